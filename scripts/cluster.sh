@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Manage a local three-node minos cluster.
+#
+#   scripts/cluster.sh start|stop|status|kill N|term N|restart N
+#
+# MINOS_PORT_BASE   node N listens on 127.0.0.1:(base + N)   (default 7100)
+# MINOS_CLUSTER_DIR data, logs and pid files                  (default .minos-cluster)
+# MINOS_BIN         the minos binary (default: target/release/minos, built if missing)
+# MINOS_NODES       number of nodes (default 3)
+# Extra `minos serve` flags can be given in MINOS_SERVE_FLAGS.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+base="${MINOS_PORT_BASE:-7100}"
+dir="${MINOS_CLUSTER_DIR:-$root/.minos-cluster}"
+nodes="${MINOS_NODES:-3}"
+bin="${MINOS_BIN:-$root/target/release/minos}"
+
+die() { echo "cluster.sh: $*" >&2; exit 2; }
+
+addr_of() { echo "127.0.0.1:$((base + $1))"; }
+
+peers() {
+  local list="" n
+  for n in $(seq 1 "$nodes"); do list="${list:+$list,}$n=$(addr_of "$n")"; done
+  echo "$list"
+}
+
+ensure_binary() {
+  if [[ -z "${MINOS_BIN:-}" ]]; then
+    (cd "$root" && cargo build --release --quiet --bin minos) || die "build failed"
+  fi
+  [[ -x "$bin" ]] || die "no minos binary at $bin"
+}
+
+pid_of() {
+  local file="$dir/node$1.pid"
+  [[ -f "$file" ]] || return 1
+  local pid; pid="$(cat "$file")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+check_node() {
+  [[ "$1" =~ ^[0-9]+$ ]] && (( $1 >= 1 && $1 <= nodes )) || die "no node '$1' (nodes are 1..$nodes)"
+}
+
+start_node() {
+  local n="$1"
+  if pid_of "$n" >/dev/null; then echo "node $n already running"; return; fi
+  mkdir -p "$dir/node$n"
+  # shellcheck disable=SC2086
+  nohup "$bin" serve --id "$n" --listen "$(addr_of "$n")" --data-dir "$dir/node$n" \
+    --peers "$(peers)" ${MINOS_SERVE_FLAGS:-} >>"$dir/node$n.log" 2>&1 &
+  echo $! >"$dir/node$n.pid"
+}
+
+await_leader() {
+  local deadline=$((SECONDS + ${MINOS_START_TIMEOUT:-30})) n
+  while (( SECONDS < deadline )); do
+    for n in $(seq 1 "$nodes"); do
+      if pid_of "$n" >/dev/null && MINOS_ADDR="$(addr_of "$n")" "$bin" cluster status --json 2>/dev/null \
+          | grep -q '"leader": [0-9]'; then
+        return 0
+      fi
+    done
+    sleep 0.1
+  done
+  die "no leader elected within ${MINOS_START_TIMEOUT:-30}s (logs: $dir/node*.log)"
+}
+
+await_healthy() {
+  local n="$1" deadline=$((SECONDS + ${MINOS_START_TIMEOUT:-30}))
+  while (( SECONDS < deadline )); do
+    curl -fsS "http://$(addr_of "$n")/v1/health" >/dev/null 2>&1 && return 0
+    pid_of "$n" >/dev/null || die "node $n exited (log: $dir/node$n.log)"
+    sleep 0.05
+  done
+  die "node $n not healthy within ${MINOS_START_TIMEOUT:-30}s (log: $dir/node$n.log)"
+}
+
+stop_node() {
+  local n="$1" pid
+  pid="$(pid_of "$n")" || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 15))
+  while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.05; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$dir/node$n.pid"
+}
+
+status() {
+  local n
+  for n in $(seq 1 "$nodes"); do
+    if pid="$(pid_of "$n")"; then
+      echo "node $n  $(addr_of "$n")  running (pid $pid)"
+    else
+      echo "node $n  $(addr_of "$n")  stopped"
+    fi
+  done
+  local first; for first in $(seq 1 "$nodes"); do pid_of "$first" >/dev/null && break; done
+  MINOS_ADDR="$(addr_of "$first")" "$bin" cluster status 2>/dev/null || true
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  start)
+    ensure_binary
+    mkdir -p "$dir"
+    for n in $(seq 1 "$nodes"); do start_node "$n"; done
+    await_leader
+    for n in $(seq 1 "$nodes"); do await_healthy "$n"; done
+    for n in $(seq 1 "$nodes"); do echo "node $n: $(addr_of "$n")"; done
+    echo "cluster is up; export MINOS_ADDR=$(addr_of 1) to use the CLI"
+    ;;
+  stop)
+    for n in $(seq 1 "$nodes"); do stop_node "$n" & done
+    wait
+    echo "cluster stopped"
+    ;;
+  status) [[ -x "$bin" ]] || die "not built yet"; status ;;
+  kill|term)
+    n="${1:-}"; check_node "$n"
+    pid="$(pid_of "$n")" || die "node $n is not running"
+    if [[ "$cmd" == kill ]]; then kill -KILL "$pid"; else kill -TERM "$pid"; fi
+    if [[ "$cmd" == term ]]; then
+      deadline=$((SECONDS + 15))
+      while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.05; done
+    fi
+    rm -f "$dir/node$n.pid"
+    echo "node $n: sent SIG${cmd^^}"
+    ;;
+  restart)
+    n="${1:-}"; check_node "$n"; ensure_binary
+    stop_node "$n"; start_node "$n"; await_healthy "$n"
+    echo "node $n: restarted at $(addr_of "$n")"
+    ;;
+  *) die "usage: scripts/cluster.sh start|stop|status|kill N|term N|restart N" ;;
+esac

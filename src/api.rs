@@ -1,0 +1,779 @@
+//! HTTP: the public JSON API (`/v1/...`, `/metrics`) and the internal routes
+//! (`/internal/...`: Raft RPCs, forwarded writes, leases, presence, calls,
+//! handoffs). They are separate routers so the internal one can later require
+//! a cluster secret and the public one an API token.
+//!
+//! Every error leaves as `{"error": {"code", "message"}}` with a 4xx/5xx
+//! status decided in one place ([`ApiError`]); bad input is refused before
+//! anything reaches the log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use crate::handler::SessionContext;
+use crate::lease::LeaseRequest;
+use crate::model::{
+    Applied, Command, Epoch, NodeId, NodeStatus, Rejection, Session, SessionId, SessionKind,
+    StateJson,
+};
+use crate::node::{Core, JoinRequest};
+use crate::raft::{TypeConfig, WriteError};
+use crate::runtime::CallError;
+use crate::scheduler::{HandoffReport, ReleaseRequest};
+use crate::state::SessionStatus;
+
+type AppState = Arc<Core>;
+
+/// An error answer: status, stable code, human message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        let code = match e {
+            WriteError::NoLeader => "no_quorum",
+            WriteError::Timeout(_) => "outcome_unknown",
+            WriteError::ShuttingDown => "shutting_down",
+            WriteError::Failed(_) => "unavailable",
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(e: Rejection) -> Self {
+        match e {
+            Rejection::NoSuchSession(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            Rejection::SessionExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "exists", e.to_string())
+            }
+            Rejection::StaleEpoch { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "stale_epoch", e.to_string())
+            }
+            Rejection::NoSuchNode(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "no_such_node", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        let (status, code) = match &e {
+            CallError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            CallError::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+            CallError::StateTooLarge(..) => (StatusCode::PAYLOAD_TOO_LARGE, "state_too_large"),
+            CallError::Unavailable(..) | CallError::NotHere => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            CallError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            rejection.body_text(),
+        )
+    } else {
+        ApiError::bad_request("bad_body", rejection.body_text())
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(body_error)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid request body: {e}")))
+}
+
+fn session_id(text: &str) -> Result<SessionId, ApiError> {
+    SessionId::new(text)
+        .map_err(|e| ApiError::bad_request("invalid_id", format!("invalid session id: {e}")))
+}
+
+/// A session as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SessionView {
+    /// Session id.
+    pub id: String,
+    /// Handler kind.
+    pub kind: String,
+    /// Owner, if placed.
+    pub owner: Option<NodeId>,
+    /// Ownership epoch.
+    pub epoch: u64,
+    /// `placed`, `moving` or `unplaced`.
+    pub status: SessionStatus,
+    /// Last committed state.
+    pub state: serde_json::Value,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+fn session_view(session: &Session, status: SessionStatus) -> SessionView {
+    SessionView {
+        id: session.id.to_string(),
+        kind: session.kind.to_string(),
+        owner: session.owner,
+        epoch: session.epoch.0,
+        status,
+        state: session.state.to_value(),
+        created_at: session.created_at,
+        updated_at: session.updated_at,
+    }
+}
+
+/// The routers of one node.
+pub fn router(core: Arc<Core>) -> Router {
+    let body_limit = core.limits.max_state_bytes + 64 * 1024;
+    let public = Router::new()
+        .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/sessions/:id", get(get_session).delete(delete_session))
+        .route("/v1/sessions/:id/call", post(call_session))
+        .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/rebalance", post(rebalance))
+        .route("/v1/nodes/:id/drain", post(drain_node))
+        .route("/v1/nodes/:id", axum::routing::delete(remove_node))
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") });
+    let internal = Router::new()
+        .route("/internal/raft/append", post(raft_append))
+        .route("/internal/raft/vote", post(raft_vote))
+        .route("/internal/raft/snapshot", post(raft_snapshot))
+        .route("/internal/propose", post(propose_forwarded))
+        .route("/internal/read_index", post(read_index))
+        .route("/internal/lease", post(lease))
+        .route("/internal/presence", get(presence))
+        .route("/internal/call/:id", post(call_local))
+        .route("/internal/release", post(release))
+        .route("/internal/join", post(join))
+        .route("/internal/leader/drain", post(leader_drain))
+        .route("/internal/leader/rebalance", post(leader_rebalance))
+        .route("/internal/leader/remove", post(leader_remove));
+    public
+        .merge(internal)
+        .layer(DefaultBodyLimit::max(body_limit.max(64 * 1024 * 1024)))
+        .with_state(core)
+}
+
+// ---- public API ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    id: String,
+    kind: Option<String>,
+    state: Option<serde_json::Value>,
+}
+
+async fn create_session(
+    State(core): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body.map_err(body_error)?;
+    if bytes.len() > core.limits.max_state_bytes + 64 * 1024 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "request body is {} bytes; the state limit is {}",
+                bytes.len(),
+                core.limits.max_state_bytes
+            ),
+        ));
+    }
+    let request: CreateRequest = parse_json(Ok(bytes))?;
+    let id = session_id(&request.id)?;
+    let kind_name = request
+        .kind
+        .unwrap_or_else(|| crate::handlers::kv::KIND.to_string());
+    let kind = SessionKind::new(kind_name.clone())
+        .map_err(|e| ApiError::bad_request("invalid_kind", format!("invalid kind: {e}")))?;
+    let handler = core.registry.get(&kind).ok_or_else(|| {
+        let known: Vec<String> = core.registry.kinds().map(|k| k.to_string()).collect();
+        ApiError::bad_request(
+            "unknown_kind",
+            format!("unknown kind {kind_name:?}; this node knows {known:?}"),
+        )
+    })?;
+    let ctx = SessionContext {
+        id: id.clone(),
+        now: Utc::now(),
+        owner: core.me,
+        epoch: Epoch(0),
+    };
+    let state = handler.create(&ctx, request.state).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rejected",
+            format!("initial state rejected: {e}"),
+        )
+    })?;
+    check_state_size(&core, &state)?;
+    let applied = core
+        .proposer
+        .propose(Command::CreateSession {
+            id,
+            kind,
+            state,
+            owner: None,
+        })
+        .await??;
+    match applied {
+        Applied::Session(session) => {
+            let status = core.view.read(|a| a.state.session_status(&session));
+            Ok((StatusCode::CREATED, Json(session_view(&session, status))).into_response())
+        }
+        other => Err(ApiError::unavailable(format!(
+            "unexpected outcome {other:?}"
+        ))),
+    }
+}
+
+fn check_state_size(core: &Core, state: &StateJson) -> Result<(), ApiError> {
+    if state.len() > core.limits.max_state_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "state_too_large",
+            format!(
+                "state is {} bytes; the limit is {}",
+                state.len(),
+                core.limits.max_state_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn barrier(core: &Core) -> Result<(), ApiError> {
+    core.read_barrier().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_quorum",
+            format!("linearizable read not possible: {e}"),
+        )
+    })
+}
+
+async fn get_session(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    let id = session_id(&id)?;
+    barrier(&core).await?;
+    core.view
+        .read(|a| {
+            a.state
+                .sessions
+                .get(&id)
+                .map(|s| session_view(s, a.state.session_status(s)))
+        })
+        .map(Json)
+        .ok_or_else(|| Rejection::NoSuchSession(id).into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    owner: Option<NodeId>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A page of sessions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionPage {
+    /// The sessions, in id order.
+    pub sessions: Vec<SessionView>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    pub next: Option<String>,
+}
+
+const LIST_MAX: usize = 1000;
+
+async fn list_sessions(
+    State(core): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SessionPage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > LIST_MAX {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be 1..={LIST_MAX}"),
+        ));
+    }
+    let after = query.after.as_deref().map(session_id).transpose()?;
+    barrier(&core).await?;
+    let page = core.view.read(|a| {
+        use std::ops::Bound;
+        let start = match &after {
+            Some(id) => Bound::Excluded(id.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut matching = a
+            .state
+            .sessions
+            .range((start, Bound::Unbounded))
+            .map(|(_, s)| s)
+            .filter(|s| query.owner.is_none() || s.owner == query.owner);
+        let sessions: Vec<SessionView> = matching
+            .by_ref()
+            .take(limit)
+            .map(|s| session_view(s, a.state.session_status(s)))
+            .collect();
+        let next = if matching.next().is_some() {
+            sessions.last().map(|s| s.id.clone())
+        } else {
+            None
+        };
+        SessionPage { sessions, next }
+    });
+    Ok(Json(page))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallQuery {
+    timeout_ms: Option<u64>,
+}
+
+async fn call_session(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::runtime::CallReply>, ApiError> {
+    let id = session_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let timeout = Duration::from_millis(query.timeout_ms.unwrap_or(5000).clamp(1, 600_000));
+    let msg: serde_json::Value = parse_json(body)?;
+    let known = core.view.read(|a| a.state.sessions.contains_key(&id));
+    if !known {
+        // It may have been created a moment ago through another node.
+        barrier(&core).await?;
+    }
+    Ok(Json(core.runtime.call(&id, msg, timeout).await?))
+}
+
+async fn delete_session(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = session_id(&id)?;
+    core.proposer
+        .propose(Command::DeleteSession { id: id.clone() })
+        .await??;
+    Ok(Json(serde_json::json!({"deleted": id.as_str()})))
+}
+
+/// A node as `/v1/cluster` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Node id.
+    pub id: NodeId,
+    /// HTTP address.
+    pub addr: String,
+    /// `up`, `draining` or `down`.
+    pub status: NodeStatus,
+    /// Sessions it owns.
+    pub sessions: usize,
+}
+
+/// The answer of `/v1/cluster`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Current leader as this node knows it.
+    pub leader: Option<NodeId>,
+    /// Raft term.
+    pub term: u64,
+    /// Node that answered.
+    pub answered_by: NodeId,
+    /// Members.
+    pub nodes: Vec<NodeView>,
+    /// Total sessions.
+    pub sessions: usize,
+    /// Sessions by status.
+    pub by_status: BTreeMap<String, usize>,
+}
+
+async fn cluster_status(State(core): State<AppState>) -> Json<ClusterView> {
+    let (leader, term) = {
+        let metrics = core.raft.metrics();
+        let m = metrics.borrow();
+        (m.current_leader, m.current_term)
+    };
+    let view = core.view.read(|a| {
+        let counts = a.state.sessions_per_node();
+        let mut by_status = BTreeMap::new();
+        for session in a.state.sessions.values() {
+            let status = serde_json::to_value(a.state.session_status(session))
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            *by_status.entry(status).or_insert(0) += 1;
+        }
+        ClusterView {
+            leader,
+            term,
+            answered_by: core.me,
+            nodes: a
+                .state
+                .nodes
+                .values()
+                .map(|n| NodeView {
+                    id: n.id,
+                    addr: n.addr.clone(),
+                    status: n.status,
+                    sessions: counts.get(&n.id).copied().unwrap_or(0),
+                })
+                .collect(),
+            sessions: a.state.sessions.len(),
+            by_status,
+        }
+    });
+    Json(view)
+}
+
+fn node_id(text: &str) -> Result<NodeId, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::bad_request("invalid_node", format!("invalid node id {text:?}")))
+}
+
+async fn drain_node(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = node_id(&id)?;
+    let known = core.view.read(|a| a.state.nodes.contains_key(&id));
+    if !known {
+        return Err(Rejection::NoSuchNode(id).into());
+    }
+    let report: HandoffReport = core
+        .on_leader("/internal/leader/drain", &id)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok((StatusCode::ACCEPTED, Json(report)).into_response())
+}
+
+async fn rebalance(State(core): State<AppState>) -> Result<Response, ApiError> {
+    let report: HandoffReport = core
+        .on_leader("/internal/leader/rebalance", &())
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok((StatusCode::ACCEPTED, Json(report)).into_response())
+}
+
+async fn remove_node(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = node_id(&id)?;
+    let voters = crate::raft::voters(&core.raft);
+    if !voters.contains(&id) {
+        return Err(Rejection::NoSuchNode(id).into());
+    }
+    let () = core
+        .on_leader("/internal/leader/remove", &id)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(serde_json::json!({"removed": id})))
+}
+
+async fn health(State(core): State<AppState>) -> Response {
+    let (leader, state) = {
+        let metrics = core.raft.metrics();
+        let m = metrics.borrow();
+        (m.current_leader, m.state)
+    };
+    let lease = *core.lease.borrow();
+    let applied = core.view.applied_index();
+    let caught_up = applied >= lease.required_applied && lease.valid_until.is_some();
+    let body = serde_json::json!({
+        "node": core.me,
+        "leader": leader,
+        "role": format!("{state:?}").to_lowercase(),
+        "applied_index": applied,
+        "caught_up": caught_up,
+        "lease_valid": lease.is_valid(tokio::time::Instant::now(), applied),
+    });
+    if leader.is_some() && caught_up {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(core): State<AppState>) -> Response {
+    let (term, leader, last_log, applied, is_leader) = {
+        let metrics = core.raft.metrics();
+        let m = metrics.borrow();
+        (
+            m.current_term,
+            m.current_leader,
+            m.last_log_index.unwrap_or(0),
+            m.last_applied.map(|l| l.index).unwrap_or(0),
+            m.state == ServerState::Leader,
+        )
+    };
+    let (sessions, owned, nodes_up) = core.view.read(|a| {
+        (
+            a.state.sessions.len(),
+            a.state.sessions_owned_by(core.me).count(),
+            a.state.eligible_nodes().len(),
+        )
+    });
+    let lease_valid = core
+        .lease
+        .borrow()
+        .is_valid(tokio::time::Instant::now(), core.view.applied_index());
+    let mut text = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    };
+    gauge("minos_raft_term", "Current Raft term.", term as f64);
+    gauge(
+        "minos_raft_leader",
+        "Current leader id (0 when unknown).",
+        leader.unwrap_or(0) as f64,
+    );
+    gauge(
+        "minos_raft_is_leader",
+        "1 when this node is the leader.",
+        f64::from(u8::from(is_leader)),
+    );
+    gauge(
+        "minos_raft_last_log_index",
+        "Last log index.",
+        last_log as f64,
+    );
+    gauge(
+        "minos_raft_applied_index",
+        "Last applied log index.",
+        applied as f64,
+    );
+    gauge(
+        "minos_sessions_total",
+        "Sessions in the table.",
+        sessions as f64,
+    );
+    gauge(
+        "minos_sessions_owned",
+        "Sessions this node owns.",
+        owned as f64,
+    );
+    gauge(
+        "minos_sessions_running",
+        "Session tasks running on this node.",
+        core.runtime.running() as f64,
+    );
+    gauge("minos_nodes_up", "Nodes Up in the table.", nodes_up as f64);
+    gauge(
+        "minos_lease_valid",
+        "1 while this node holds a valid lease.",
+        f64::from(u8::from(lease_valid)),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+// ---- internal routes ----
+
+fn bin<T: Serialize>(value: &T) -> Response {
+    match bincode::serialize(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn from_bin<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
+    bincode::deserialize(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad binary body: {e}")).into_response())
+}
+
+async fn raft_append(State(core): State<AppState>, body: Bytes) -> Response {
+    match from_bin::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(request) => bin(&core.raft.append_entries(request).await),
+        Err(response) => response,
+    }
+}
+
+async fn raft_vote(State(core): State<AppState>, body: Bytes) -> Response {
+    match from_bin::<VoteRequest<NodeId>>(&body) {
+        Ok(request) => bin(&core.raft.vote(request).await),
+        Err(response) => response,
+    }
+}
+
+async fn raft_snapshot(State(core): State<AppState>, body: Bytes) -> Response {
+    match from_bin::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Ok(request) => bin(&core.raft.install_snapshot(request).await),
+        Err(response) => response,
+    }
+}
+
+async fn propose_forwarded(State(core): State<AppState>, body: Bytes) -> Response {
+    match from_bin::<Vec<Command>>(&body) {
+        Ok(commands) => bin(&core.write_path.accept_forwarded(commands).await),
+        Err(response) => response,
+    }
+}
+
+async fn read_index(State(core): State<AppState>) -> Json<Result<u64, String>> {
+    if core.leader() != Some(core.me) {
+        return Json(Err("not the leader".into()));
+    }
+    let result =
+        tokio::time::timeout(core.timing.write_timeout, core.raft.ensure_linearizable()).await;
+    Json(match result {
+        Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("leader could not confirm a quorum in time".into()),
+    })
+}
+
+async fn lease(State(core): State<AppState>, Json(request): Json<LeaseRequest>) -> Response {
+    Json(crate::lease::grant(&core, &request)).into_response()
+}
+
+/// A response that never ends while this node runs: the leader holds it
+/// open and learns of this process's death the moment the kernel closes it.
+async fn presence(State(core): State<AppState>) -> Response {
+    let shutdown = core.shutdown.clone();
+    let stream = futures::stream::unfold(true, move |first| {
+        let mut shutdown = shutdown.clone();
+        async move {
+            if !first {
+                let tick = tokio::time::sleep(Duration::from_secs(1));
+                tokio::select! {
+                    _ = tick => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return None,
+                }
+            }
+            Some((Ok::<_, std::io::Error>(Bytes::from_static(b".")), false))
+        }
+    });
+    Response::new(Body::from_stream(stream))
+}
+
+async fn call_local(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+    Json(msg): Json<serde_json::Value>,
+) -> Json<Result<crate::runtime::CallReply, CallError>> {
+    let Ok(id) = SessionId::new(id) else {
+        return Json(Err(CallError::NotHere));
+    };
+    Json(core.runtime.call_local(&id, msg).await)
+}
+
+async fn release(
+    State(core): State<AppState>,
+    Json(request): Json<ReleaseRequest>,
+) -> Json<serde_json::Value> {
+    core.runtime.release(request.sessions.as_deref()).await;
+    Json(serde_json::json!({"released": true}))
+}
+
+async fn join(
+    State(core): State<AppState>,
+    Json(request): Json<JoinRequest>,
+) -> Json<Result<crate::node::JoinAnswer, String>> {
+    if core.leader() == Some(core.me) {
+        Json(crate::node::admit(&core, &request).await)
+    } else {
+        Json(core.on_leader("/internal/join", &request).await)
+    }
+}
+
+async fn leader_drain(
+    State(core): State<AppState>,
+    Json(node): Json<NodeId>,
+) -> Json<Result<HandoffReport, String>> {
+    if core.leader() != Some(core.me) {
+        return Json(core.on_leader("/internal/leader/drain", &node).await);
+    }
+    Json(crate::scheduler::drain(&core, node).await)
+}
+
+async fn leader_rebalance(State(core): State<AppState>) -> Json<Result<HandoffReport, String>> {
+    if core.leader() != Some(core.me) {
+        return Json(core.on_leader("/internal/leader/rebalance", &()).await);
+    }
+    Json(crate::scheduler::rebalance(&core).await)
+}
+
+async fn leader_remove(
+    State(core): State<AppState>,
+    Json(node): Json<NodeId>,
+) -> Json<Result<(), String>> {
+    if core.leader() != Some(core.me) {
+        return Json(core.on_leader("/internal/leader/remove", &node).await);
+    }
+    let voters: std::collections::BTreeSet<NodeId> = crate::raft::voters(&core.raft)
+        .into_iter()
+        .filter(|v| *v != node)
+        .collect();
+    if voters.is_empty() {
+        return Json(Err("cannot remove the last voter".into()));
+    }
+    let result = core.raft.change_membership(voters, false).await;
+    Json(match result {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    })
+}

@@ -1,0 +1,261 @@
+//! A typed client of the public HTTP API, used by the CLI, the benchmark and
+//! tests (and by any Rust program that talks to a minos cluster).
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ClusterView, SessionPage, SessionView};
+use crate::model::NodeId;
+use crate::runtime::CallReply;
+use crate::scheduler::HandoffReport;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code.
+        code: String,
+        /// Human message.
+        message: String,
+    },
+    /// The request did not get an answer (connection refused, timeout).
+    #[error("cannot reach {addr}: {source}")]
+    Transport {
+        /// Node address.
+        addr: String,
+        /// Cause.
+        source: reqwest::Error,
+    },
+    /// The answer could not be decoded.
+    #[error("unexpected answer from {addr}: {message}")]
+    Decode {
+        /// Node address.
+        addr: String,
+        /// Cause.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Error code of an API error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+/// A session to create.
+#[derive(Clone, Debug, Serialize)]
+pub struct NewSession {
+    /// Session id.
+    pub id: String,
+    /// Handler kind (default `kv`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// First state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
+}
+
+/// Client of one node's HTTP API (any node accepts any request).
+#[derive(Clone, Debug)]
+pub struct Client {
+    addr: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the node at `addr` (`host:port` or `http://host:port`).
+    pub fn new(addr: impl Into<String>) -> Self {
+        let addr = addr.into();
+        let addr = addr
+            .strip_prefix("http://")
+            .map(str::to_string)
+            .unwrap_or(addr);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self { addr, http }
+    }
+
+    /// The node address this client talks to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+                addr: self.addr.clone(),
+                message: e.to_string(),
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(ClientError::Api {
+                status: status.as_u16(),
+                code: body.error.code,
+                message: body.error.message,
+            }),
+            Err(_) => Err(ClientError::Api {
+                status: status.as_u16(),
+                code: "http".into(),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            }),
+        }
+    }
+
+    /// Creates a session.
+    pub async fn create_session(&self, session: &NewSession) -> Result<SessionView, ClientError> {
+        self.send(self.http.post(self.url("/v1/sessions")).json(session))
+            .await
+    }
+
+    /// Reads a session (linearizable).
+    pub async fn get_session(&self, id: &str) -> Result<SessionView, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/sessions/{id}"))))
+            .await
+    }
+
+    /// Lists one page of sessions.
+    pub async fn list_sessions(
+        &self,
+        owner: Option<NodeId>,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<SessionPage, ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(owner) = owner {
+            query.push(("owner", owner.to_string()));
+        }
+        if let Some(after) = after {
+            query.push(("after", after.to_string()));
+        }
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        self.send(self.http.get(self.url("/v1/sessions")).query(&query))
+            .await
+    }
+
+    /// Sends a message to a live session.
+    pub async fn call(
+        &self,
+        id: &str,
+        msg: &serde_json::Value,
+        timeout: Option<Duration>,
+    ) -> Result<CallReply, ClientError> {
+        let mut request = self
+            .http
+            .post(self.url(&format!("/v1/sessions/{id}/call")))
+            .json(msg);
+        if let Some(timeout) = timeout {
+            request = request
+                .query(&[("timeout_ms", timeout.as_millis().to_string())])
+                .timeout(timeout + Duration::from_secs(5));
+        }
+        self.send(request).await
+    }
+
+    /// Sends a typed message and decodes the typed reply.
+    pub async fn call_typed<M: Serialize, R: DeserializeOwned>(
+        &self,
+        id: &str,
+        msg: &M,
+    ) -> Result<R, ClientError> {
+        let msg = serde_json::to_value(msg).map_err(|e| ClientError::Decode {
+            addr: self.addr.clone(),
+            message: e.to_string(),
+        })?;
+        let reply = self.call(id, &msg, None).await?;
+        serde_json::from_value(reply.reply).map_err(|e| ClientError::Decode {
+            addr: self.addr.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Deletes a session.
+    pub async fn delete_session(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.delete(self.url(&format!("/v1/sessions/{id}"))))
+            .await
+    }
+
+    /// Cluster status as this node sees it.
+    pub async fn cluster(&self) -> Result<ClusterView, ClientError> {
+        self.send(self.http.get(self.url("/v1/cluster"))).await
+    }
+
+    /// Health of this node (an error when it is not healthy).
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.get(self.url("/v1/health"))).await
+    }
+
+    /// Drains a node: its sessions move away at once.
+    pub async fn drain(&self, node: NodeId) -> Result<HandoffReport, ClientError> {
+        self.send(self.http.post(self.url(&format!("/v1/nodes/{node}/drain"))))
+            .await
+    }
+
+    /// Moves sessions back to their placement choice.
+    pub async fn rebalance(&self) -> Result<HandoffReport, ClientError> {
+        self.send(self.http.post(self.url("/v1/cluster/rebalance")))
+            .await
+    }
+
+    /// Removes a node from the cluster.
+    pub async fn remove_node(&self, node: NodeId) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.delete(self.url(&format!("/v1/nodes/{node}"))))
+            .await
+    }
+}

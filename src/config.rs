@@ -1,0 +1,154 @@
+//! Timing knobs and limits, with the rules that keep them safe.
+
+use std::time::Duration;
+
+/// Timing of Raft, leases and failure detection.
+///
+/// Safety rule (checked by [`Timing::validate`]):
+/// `quorum_window + lease_duration + drift_margin < node_timeout`, so every
+/// lease a leader granted has ended before any leader declares that node
+/// Down; and `node_timeout > election_timeout_max`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Raft heartbeat interval (also the AppendEntries timeout).
+    pub heartbeat: Duration,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min: Duration,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max: Duration,
+    /// How long a granted ownership lease is valid, from the node's send time.
+    pub lease_duration: Duration,
+    /// How often a node renews its lease.
+    pub lease_interval: Duration,
+    /// Silence after which the leader declares a node Down.
+    pub node_timeout: Duration,
+    /// The leader grants leases only while a quorum acknowledged it this recently.
+    pub quorum_window: Duration,
+    /// Allowance for clock-rate differences between nodes.
+    pub drift_margin: Duration,
+    /// Bound on every Raft write.
+    pub write_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            lease_duration: Duration::from_millis(500),
+            lease_interval: Duration::from_millis(100),
+            node_timeout: Duration::from_millis(800),
+            quorum_window: Duration::from_millis(200),
+            drift_margin: Duration::from_millis(50),
+            write_timeout: Duration::from_millis(1500),
+        }
+    }
+}
+
+impl Timing {
+    /// Checks the safety rules; the message names the violated one.
+    pub fn validate(&self) -> Result<(), String> {
+        let ms = |d: Duration| d.as_millis();
+        if self.heartbeat.is_zero() || self.lease_interval.is_zero() {
+            return Err("heartbeat and lease interval must be positive".into());
+        }
+        if self.election_timeout_min >= self.election_timeout_max {
+            return Err(format!(
+                "election timeout min ({} ms) must be below max ({} ms)",
+                ms(self.election_timeout_min),
+                ms(self.election_timeout_max)
+            ));
+        }
+        if self.heartbeat >= self.election_timeout_min {
+            return Err(format!(
+                "heartbeat ({} ms) must be below the election timeout ({} ms)",
+                ms(self.heartbeat),
+                ms(self.election_timeout_min)
+            ));
+        }
+        if self.lease_interval >= self.lease_duration {
+            return Err(format!(
+                "lease interval ({} ms) must be below the lease duration ({} ms)",
+                ms(self.lease_interval),
+                ms(self.lease_duration)
+            ));
+        }
+        if self.quorum_window + self.lease_duration + self.drift_margin >= self.node_timeout {
+            return Err(format!(
+                "quorum window ({} ms) + lease ({} ms) + drift margin ({} ms) must be below the node timeout ({} ms)",
+                ms(self.quorum_window),
+                ms(self.lease_duration),
+                ms(self.drift_margin),
+                ms(self.node_timeout)
+            ));
+        }
+        if self.node_timeout <= self.election_timeout_max {
+            return Err(format!(
+                "node timeout ({} ms) must be above the election timeout max ({} ms)",
+                ms(self.node_timeout),
+                ms(self.election_timeout_max)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Derives a consistent timing from a node timeout, keeping the other
+    /// defaults' proportions (used by `--node-timeout-ms` alone).
+    pub fn with_node_timeout(node_timeout: Duration) -> Self {
+        let base = Self::default();
+        let lease = node_timeout.mul_f64(0.6);
+        Self {
+            node_timeout,
+            lease_duration: lease,
+            quorum_window: node_timeout.mul_f64(0.2),
+            drift_margin: node_timeout.mul_f64(0.05),
+            lease_interval: (lease / 5).max(Duration::from_millis(10)),
+            ..base
+        }
+    }
+}
+
+/// Size limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest accepted session state, in bytes of JSON.
+    pub max_state_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_state_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_safe() {
+        Timing::default().validate().unwrap();
+    }
+
+    #[test]
+    fn derived_timings_are_safe() {
+        for ms in [400, 800, 1500, 5000] {
+            Timing::with_node_timeout(Duration::from_millis(ms))
+                .validate()
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn unsafe_lease_is_refused() {
+        let timing = Timing {
+            lease_duration: Duration::from_millis(700),
+            ..Timing::default()
+        };
+        let message = timing.validate().unwrap_err();
+        assert!(message.contains("node timeout"), "{message}");
+    }
+}

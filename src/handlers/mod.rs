@@ -1,0 +1,4 @@
+//! Session kinds shipped with minos.
+
+pub mod kv;
+pub mod minotaur;

@@ -1,0 +1,431 @@
+//! The `minos` binary: flag parsing, tracing set-up, and calls into the
+//! library. Exit codes: 0 success, 1 server-side failure, 2 bad usage or input.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use minos::client::{Client, ClientError, NewSession};
+use minos::config::{Limits, Timing};
+use minos::model::NodeId;
+use minos::node::NodeBuilder;
+
+#[derive(Parser)]
+#[command(
+    name = "minos",
+    version,
+    about = "A consensus-backed session scheduler"
+)]
+struct Cli {
+    /// Node to talk to (any node accepts any request).
+    #[arg(
+        long,
+        global = true,
+        env = "MINOS_ADDR",
+        default_value = "127.0.0.1:7101"
+    )]
+    addr: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Start, inspect, call and stop sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Cluster-wide status and operations.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Node operations.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(minos::bench::BenchCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// This node's id (a positive integer).
+    #[arg(long, env = "MINOS_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    id: NodeId,
+    /// Address to listen on.
+    #[arg(long, env = "MINOS_LISTEN")]
+    listen: String,
+    /// Address the other nodes use (default: the listen address).
+    #[arg(long, env = "MINOS_ADVERTISE")]
+    advertise: Option<String>,
+    /// Directory for this node's data.
+    #[arg(long, env = "MINOS_DATA_DIR")]
+    data_dir: PathBuf,
+    /// All voters: `1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103`.
+    #[arg(
+        long,
+        env = "MINOS_PEERS",
+        conflicts_with = "join",
+        required_unless_present = "join"
+    )]
+    peers: Option<String>,
+    /// Join a running cluster through this member's address.
+    #[arg(long, env = "MINOS_JOIN")]
+    join: Option<String>,
+    /// Raft heartbeat interval.
+    #[arg(long, env = "MINOS_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// Election timeout, lower bound.
+    #[arg(long, env = "MINOS_ELECTION_TIMEOUT_MIN_MS")]
+    election_timeout_min_ms: Option<u64>,
+    /// Election timeout, upper bound.
+    #[arg(long, env = "MINOS_ELECTION_TIMEOUT_MAX_MS")]
+    election_timeout_max_ms: Option<u64>,
+    /// Node timeout (lease, quorum window and drift margin follow from it
+    /// unless given).
+    #[arg(long, env = "MINOS_NODE_TIMEOUT_MS")]
+    node_timeout_ms: Option<u64>,
+    /// Lease duration.
+    #[arg(long, env = "MINOS_LEASE_MS")]
+    lease_ms: Option<u64>,
+    /// Largest session state in bytes.
+    #[arg(long, env = "MINOS_MAX_STATE_BYTES", default_value_t = 1024 * 1024)]
+    max_state_bytes: usize,
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// Create a session (it starts on the node placement picks).
+    Start {
+        /// Session id.
+        id: String,
+        /// Handler kind.
+        #[arg(long, default_value = "kv")]
+        kind: String,
+        /// First state, as JSON.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show a session.
+    Get {
+        /// Session id.
+        id: String,
+    },
+    /// List sessions.
+    List {
+        /// Only sessions owned by this node.
+        #[arg(long)]
+        owner: Option<NodeId>,
+        /// Start after this id.
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send a message to a live session and print its reply.
+    Call {
+        /// Session id.
+        id: String,
+        /// The message, as JSON.
+        msg: String,
+        /// How long to wait while the session moves.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Delete a session.
+    Stop {
+        /// Session id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Leader, term and nodes.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move sessions back to their placement choice (after a node returned).
+    Rebalance,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Move a node's sessions away now; it takes no new ones.
+    Drain {
+        /// Node id.
+        id: NodeId,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// Node id.
+        id: NodeId,
+    },
+}
+
+/// A failure and the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e.status() {
+            Some(status) if (400..500).contains(&status) => 2,
+            _ => 1,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+fn parse_json(what: &str, text: &str) -> Result<serde_json::Value, Failure> {
+    serde_json::from_str(text).map_err(|e| usage(format!("{what} is not valid JSON: {e}")))
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("cannot print answer: {e}"),
+    }
+}
+
+fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, Failure> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| usage(format!("peer {part:?} is not ID=HOST:PORT")))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| usage(format!("peer id {id:?} is not a positive integer")))?;
+        if id == 0 {
+            return Err(usage("node ids start at 1"));
+        }
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(usage(format!("peer {id} is listed twice")));
+        }
+    }
+    if peers.is_empty() {
+        return Err(usage("--peers lists no node"));
+    }
+    Ok(peers)
+}
+
+fn timing(args: &ServeArgs) -> Result<Timing, Failure> {
+    let ms = Duration::from_millis;
+    let mut timing = match args.node_timeout_ms {
+        Some(node_timeout) => Timing::with_node_timeout(ms(node_timeout)),
+        None => Timing::default(),
+    };
+    if let Some(v) = args.heartbeat_ms {
+        timing.heartbeat = ms(v);
+    }
+    if let Some(v) = args.election_timeout_min_ms {
+        timing.election_timeout_min = ms(v);
+    }
+    if let Some(v) = args.election_timeout_max_ms {
+        timing.election_timeout_max = ms(v);
+    }
+    if let Some(v) = args.lease_ms {
+        timing.lease_duration = ms(v);
+        timing.lease_interval = (ms(v) / 5).max(ms(10));
+    }
+    timing.validate().map_err(usage)?;
+    Ok(timing)
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let timing = timing(&args)?;
+    let mut builder = NodeBuilder::new(args.id, &args.data_dir)
+        .listen(&args.listen)
+        .timing(timing)
+        .limits(Limits {
+            max_state_bytes: args.max_state_bytes,
+        });
+    if let Some(advertise) = &args.advertise {
+        builder = builder.advertise(advertise);
+    }
+    builder = match (&args.peers, &args.join) {
+        (Some(peers), _) => builder.peers(parse_peers(peers)?),
+        (None, Some(join)) => builder.join(join),
+        (None, None) => return Err(usage("give --peers or --join")),
+    };
+    let node = builder.start().await.map_err(|e| match e {
+        minos::node::StartError::Config(_) | minos::node::StartError::Identity(_) => {
+            usage(e.to_string())
+        }
+        other => Failure {
+            code: 1,
+            message: other.to_string(),
+        },
+    })?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: handing sessions over, then stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: handing sessions over, then stopping"),
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+fn print_cluster_table(view: &minos::api::ClusterView) {
+    println!(
+        "leader: {}   term: {}   sessions: {}   (answered by node {})",
+        view.leader.map_or("none".to_string(), |l| l.to_string()),
+        view.term,
+        view.sessions,
+        view.answered_by
+    );
+    println!(
+        "{:>4}  {:<22} {:<9} {:>8}",
+        "ID", "ADDRESS", "STATUS", "SESSIONS"
+    );
+    for node in &view.nodes {
+        let status = serde_json::to_value(node.status)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let marker = if view.leader == Some(node.id) {
+            " *"
+        } else {
+            ""
+        };
+        println!(
+            "{:>4}  {:<22} {:<9} {:>8}{marker}",
+            node.id, node.addr, status, node.sessions
+        );
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let client = Client::new(cli.addr.clone());
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Session(command) => match command {
+            SessionCommand::Start { id, kind, state } => {
+                let state = state.map(|s| parse_json("--state", &s)).transpose()?;
+                let session = client
+                    .create_session(&NewSession {
+                        id,
+                        kind: Some(kind),
+                        state,
+                    })
+                    .await?;
+                print_json(&session);
+                Ok(())
+            }
+            SessionCommand::Get { id } => {
+                print_json(&client.get_session(&id).await?);
+                Ok(())
+            }
+            SessionCommand::List {
+                owner,
+                after,
+                limit,
+            } => {
+                print_json(
+                    &client
+                        .list_sessions(owner, after.as_deref(), Some(limit))
+                        .await?,
+                );
+                Ok(())
+            }
+            SessionCommand::Call {
+                id,
+                msg,
+                timeout_ms,
+            } => {
+                let msg = parse_json("the message", &msg)?;
+                let reply = client
+                    .call(&id, &msg, Some(Duration::from_millis(timeout_ms)))
+                    .await?;
+                print_json(&reply);
+                Ok(())
+            }
+            SessionCommand::Stop { id } => {
+                print_json(&client.delete_session(&id).await?);
+                Ok(())
+            }
+        },
+        Command::Cluster(ClusterCommand::Status { json }) => {
+            let view = client.cluster().await?;
+            if json {
+                print_json(&view);
+            } else {
+                print_cluster_table(&view);
+            }
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Rebalance) => {
+            print_json(&client.rebalance().await?);
+            Ok(())
+        }
+        Command::Node(NodeCommand::Drain { id }) => {
+            print_json(&client.drain(id).await?);
+            Ok(())
+        }
+        Command::Node(NodeCommand::Remove { id }) => {
+            print_json(&client.remove_node(id).await?);
+            Ok(())
+        }
+        Command::Bench(command) => minos::bench::run(command).await.map_err(|e| Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MINOS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("minos: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("minos: {}", failure.message.lines().next().unwrap_or(""));
+            ExitCode::from(failure.code)
+        }
+    }
+}

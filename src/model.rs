@@ -1,0 +1,364 @@
+//! Domain types shared by every layer: validated identifiers, the replicated
+//! session and node records, the log command format and its outcomes.
+//!
+//! Everything here is plain data. Identifiers are validated once at the edge
+//! (`SessionId::new`, serde `try_from`) and can never be invalid inside.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A node of the cluster. Raft node ids, placement and ownership all use it.
+pub type NodeId = u64;
+
+/// Longest accepted session id, in bytes.
+pub const SESSION_ID_MAX_LEN: usize = 128;
+
+/// A validated session id: 1 to 128 characters of `[A-Za-z0-9_.:-]`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionId(String);
+
+/// Why a session id or kind name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidId {
+    /// The id is empty.
+    #[error("id is empty")]
+    Empty,
+    /// The id is longer than [`SESSION_ID_MAX_LEN`].
+    #[error("id is {0} bytes long; at most {SESSION_ID_MAX_LEN} are allowed")]
+    TooLong(usize),
+    /// The id holds a character outside `[A-Za-z0-9_.:-]`.
+    #[error("id contains {0:?}; only A-Z a-z 0-9 _ . : - are allowed")]
+    BadCharacter(char),
+}
+
+fn validate_name(text: &str) -> Result<(), InvalidId> {
+    if text.is_empty() {
+        return Err(InvalidId::Empty);
+    }
+    if text.len() > SESSION_ID_MAX_LEN {
+        return Err(InvalidId::TooLong(text.len()));
+    }
+    match text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+    {
+        Some(bad) => Err(InvalidId::BadCharacter(bad)),
+        None => Ok(()),
+    }
+}
+
+impl SessionId {
+    /// Validates `text` as a session id.
+    pub fn new(text: impl Into<String>) -> Result<Self, InvalidId> {
+        let text = text.into();
+        validate_name(&text)?;
+        Ok(Self(text))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SessionId {
+    type Error = InvalidId;
+    fn try_from(text: String) -> Result<Self, InvalidId> {
+        Self::new(text)
+    }
+}
+
+impl From<SessionId> for String {
+    fn from(id: SessionId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// The name of a registered session handler kind (same alphabet as ids).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionKind(String);
+
+impl SessionKind {
+    /// Validates `text` as a kind name.
+    pub fn new(text: impl Into<String>) -> Result<Self, InvalidId> {
+        let text = text.into();
+        validate_name(&text)?;
+        Ok(Self(text))
+    }
+
+    /// The kind as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SessionKind {
+    type Error = InvalidId;
+    fn try_from(text: String) -> Result<Self, InvalidId> {
+        Self::new(text)
+    }
+}
+
+impl From<SessionKind> for String {
+    fn from(kind: SessionKind) -> String {
+        kind.0
+    }
+}
+
+impl fmt::Display for SessionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SessionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Ownership generation of a session. Epochs come from one table-wide
+/// counter, so a session's epoch grows on every change of owner and is never
+/// reused, even by a session deleted and created again; an update carrying
+/// any other epoch is rejected (fencing).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// The epoch after this one.
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Liveness and eligibility of a node as recorded in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Alive and eligible for new sessions.
+    Up,
+    /// Alive, handing its sessions over; not eligible for new ones.
+    Draining,
+    /// Declared dead by the leader; its sessions are moved away.
+    Down,
+}
+
+/// A member of the cluster as the replicated table knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id (also its Raft id).
+    pub id: NodeId,
+    /// `host:port` where its HTTP API listens.
+    pub addr: String,
+    /// Current status.
+    pub status: NodeStatus,
+    /// When the status last changed (proposer's clock).
+    pub since: DateTime<Utc>,
+}
+
+/// Session state as canonical JSON text. Kept as text inside the log so the
+/// binary Raft encoding never has to understand JSON.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct StateJson(pub String);
+
+impl StateJson {
+    /// Serializes a value as state.
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        StateJson(value.to_string())
+    }
+
+    /// Parses the state back into a JSON value.
+    pub fn to_value(&self) -> serde_json::Value {
+        // The text was produced by serde_json (validated at the edge).
+        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Size in bytes of the JSON text.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when the text is empty (never for a stored session).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for StateJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One row of the replicated session table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Session id.
+    pub id: SessionId,
+    /// Handler kind that runs it.
+    pub kind: SessionKind,
+    /// Node that runs it, `None` while no node is eligible.
+    pub owner: Option<NodeId>,
+    /// Ownership generation.
+    pub epoch: Epoch,
+    /// Last committed state.
+    pub state: StateJson,
+    /// When it was created (proposer's clock).
+    pub created_at: DateTime<Utc>,
+    /// When its state or owner last changed (proposer's clock).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One ownership change inside a [`Command::Reassign`]. It is conditional:
+/// it applies only if the session is still at `from_epoch`, so a stale or
+/// repeated plan is harmless.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    /// Session to move.
+    pub id: SessionId,
+    /// Epoch the planner saw; the move is skipped if it changed.
+    pub from_epoch: Epoch,
+    /// New owner, or `None` to leave it unplaced.
+    pub to: Option<NodeId>,
+}
+
+/// A change to the replicated table. Serialized into the log: variants may be
+/// added at the end, never changed or reordered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A node joins the table (or changes address) as Up.
+    AddNode {
+        /// Node id.
+        id: NodeId,
+        /// HTTP address.
+        addr: String,
+    },
+    /// A node leaves the table; its sessions become unplaced.
+    RemoveNode {
+        /// Node id.
+        id: NodeId,
+    },
+    /// The leader declares a node dead.
+    NodeDown {
+        /// Node id.
+        id: NodeId,
+    },
+    /// A node is alive again and eligible.
+    NodeUp {
+        /// Node id.
+        id: NodeId,
+    },
+    /// A node hands over its sessions and takes no new ones.
+    Drain {
+        /// Node id.
+        id: NodeId,
+    },
+    /// A new session with its first owner (chosen by the leader).
+    CreateSession {
+        /// Session id.
+        id: SessionId,
+        /// Handler kind.
+        kind: SessionKind,
+        /// First state.
+        state: StateJson,
+        /// First owner.
+        owner: Option<NodeId>,
+    },
+    /// The owner commits a new state; rejected unless `epoch` is current.
+    UpdateState {
+        /// Session id.
+        id: SessionId,
+        /// The writer's epoch.
+        epoch: Epoch,
+        /// New state.
+        state: StateJson,
+    },
+    /// A batch of ownership changes, each with its own condition.
+    Reassign {
+        /// The moves.
+        moves: Vec<Move>,
+    },
+    /// Removes a session.
+    DeleteSession {
+        /// Session id.
+        id: SessionId,
+    },
+}
+
+/// A log entry's payload: the commands batched into it and the proposer's
+/// wall-clock time, which `apply` uses instead of reading a clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Proposal {
+    /// Format version 1.
+    V1 {
+        /// Proposer's wall-clock time.
+        at: DateTime<Utc>,
+        /// Commands, applied in order; each gets its own outcome.
+        commands: Vec<Command>,
+    },
+}
+
+/// What applying one command did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Nothing to report.
+    Done,
+    /// The session as it is after the command.
+    Session(Box<Session>),
+    /// Moves that took effect (the others were stale and skipped).
+    Moved(Vec<(SessionId, Option<NodeId>, Epoch)>),
+}
+
+/// Why a command was rejected by the state machine. Rejected commands change
+/// nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// The session does not exist.
+    #[error("session {0} does not exist")]
+    NoSuchSession(SessionId),
+    /// A session with this id exists already.
+    #[error("session {0} already exists")]
+    SessionExists(SessionId),
+    /// The writer's epoch is not the session's current epoch.
+    #[error("stale epoch {given} for session {id}; current epoch is {current}")]
+    StaleEpoch {
+        /// Session id.
+        id: SessionId,
+        /// Epoch the writer carried.
+        given: Epoch,
+        /// Current epoch.
+        current: Epoch,
+    },
+    /// The node is not in the table.
+    #[error("node {0} is not a member")]
+    NoSuchNode(NodeId),
+}
+
+/// Outcome of one command.
+pub type CommandResult = Result<Applied, Rejection>;

@@ -1,0 +1,329 @@
+//! Raft RPCs between nodes over HTTP with a compact binary (bincode) body,
+//! plus the small shared pieces every internal caller needs: one pooled HTTP
+//! client, injected faults (in-process partitions for tests), and the
+//! per-peer record of the last successful AppendEntries, which the leader
+//! uses to know that a quorum still follows it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::model::NodeId;
+use crate::raft::TypeConfig;
+
+/// Peers this node must not reach (in-process partitions in tests).
+#[derive(Clone, Default)]
+pub struct Faults {
+    blocked: Arc<RwLock<BTreeSet<NodeId>>>,
+}
+
+impl Faults {
+    /// True when traffic to `target` is cut.
+    pub fn is_blocked(&self, target: NodeId) -> bool {
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&target)
+    }
+
+    /// Cuts (or restores) traffic to `target`.
+    pub fn set_blocked(&self, target: NodeId, blocked: bool) {
+        let mut set = self.blocked.write().unwrap_or_else(|p| p.into_inner());
+        if blocked {
+            set.insert(target);
+        } else {
+            set.remove(&target);
+        }
+    }
+
+    /// Restores traffic to every peer.
+    pub fn clear(&self) {
+        self.blocked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// When each peer last answered an AppendEntries successfully (time the
+/// request was sent, so the record never overstates freshness).
+#[derive(Clone, Default)]
+pub struct PeerClock {
+    acked: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl PeerClock {
+    fn record(&self, peer: NodeId, sent_at: Instant) {
+        let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = acked.entry(peer).or_insert(sent_at);
+        if *slot < sent_at {
+            *slot = sent_at;
+        }
+    }
+
+    /// The latest instant by which a majority of `voters` (this node counted
+    /// as acked now) had acknowledged this node's AppendEntries.
+    pub fn quorum_acked_at(&self, me: NodeId, voters: &BTreeSet<NodeId>) -> Option<Instant> {
+        let now = Instant::now();
+        let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut times: Vec<Instant> = voters
+            .iter()
+            .filter_map(|v| {
+                if *v == me {
+                    Some(now)
+                } else {
+                    acked.get(v).copied()
+                }
+            })
+            .collect();
+        let majority = voters.len() / 2 + 1;
+        if times.len() < majority {
+            return None;
+        }
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        Some(times[majority - 1])
+    }
+
+    /// Forgets every record (on a change of term).
+    pub fn reset(&self) {
+        self.acked.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// Shared HTTP client and fault switches used by all internal traffic.
+#[derive(Clone)]
+pub struct Transport {
+    /// Pooled HTTP client.
+    pub http: reqwest::Client,
+    /// Injected faults.
+    pub faults: Faults,
+    /// AppendEntries acknowledgements per peer.
+    pub clock: PeerClock,
+}
+
+/// An internal call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    /// The peer could not be reached; the request was not delivered.
+    #[error("{0} unreachable: {1}")]
+    Unreachable(String, String),
+    /// The request may have been delivered but no usable answer came back.
+    #[error("{0}: {1}")]
+    Failed(String, String),
+}
+
+impl InternalError {
+    /// True when the request certainly did not reach the peer.
+    pub fn not_delivered(&self) -> bool {
+        matches!(self, InternalError::Unreachable(..))
+    }
+}
+
+impl Transport {
+    /// A transport with a fresh pooled client.
+    pub fn new(faults: Faults) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            http,
+            faults,
+            clock: PeerClock::default(),
+        }
+    }
+
+    /// POSTs a bincode body to `http://{addr}{path}` and decodes a bincode answer.
+    pub async fn post_bin<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, InternalError> {
+        let body = bincode::serialize(request)
+            .map_err(|e| InternalError::Failed(addr.into(), e.to_string()))?;
+        let bytes = self
+            .send(target, addr, path, timeout, |r| {
+                r.header("content-type", "application/octet-stream")
+                    .body(body)
+            })
+            .await?;
+        bincode::deserialize(&bytes)
+            .map_err(|e| InternalError::Failed(addr.into(), format!("bad answer: {e}")))
+    }
+
+    /// POSTs a JSON body and decodes a JSON answer.
+    pub async fn post_json<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, InternalError> {
+        let bytes = self
+            .send(target, addr, path, timeout, |r| r.json(request))
+            .await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| InternalError::Failed(addr.into(), format!("bad answer: {e}")))
+    }
+
+    async fn send(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<bytes::Bytes, InternalError> {
+        if self.faults.is_blocked(target) {
+            return Err(InternalError::Unreachable(
+                addr.into(),
+                "partitioned (injected)".into(),
+            ));
+        }
+        let request = build(
+            self.http
+                .post(format!("http://{addr}{path}"))
+                .timeout(timeout),
+        );
+        let response = request.send().await.map_err(|e| classify(addr, e))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| InternalError::Failed(addr.into(), e.to_string()))?;
+        if !status.is_success() {
+            return Err(InternalError::Failed(
+                addr.into(),
+                format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+fn classify(addr: &str, e: reqwest::Error) -> InternalError {
+    if e.is_connect() {
+        InternalError::Unreachable(addr.into(), e.to_string())
+    } else {
+        InternalError::Failed(addr.into(), e.to_string())
+    }
+}
+
+/// openraft's network factory: one cheap link per target sharing the client.
+#[derive(Clone)]
+pub struct Network {
+    transport: Transport,
+}
+
+impl Network {
+    /// A factory over `transport`.
+    pub fn new(transport: Transport) -> Self {
+        Self { transport }
+    }
+}
+
+/// A link to one peer.
+pub struct PeerLink {
+    target: NodeId,
+    addr: String,
+    transport: Transport,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerLink {
+        PeerLink {
+            target,
+            addr: node.addr.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl PeerLink {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        path: &str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Resp, RaftError<NodeId, E>> = self
+            .transport
+            .post_bin(self.target, &self.addr, path, request, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                InternalError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
+                InternalError::Failed(..) => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let sent_at = Instant::now();
+        let answer: AppendEntriesResponse<NodeId> =
+            self.rpc("/internal/raft/append", &rpc, &option).await?;
+        if matches!(
+            answer,
+            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
+        ) {
+            self.transport.clock.record(self.target, sent_at);
+        }
+        Ok(answer)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.rpc("/internal/raft/snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        self.rpc("/internal/raft/vote", &rpc, &option).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        // openraft's default is a constant 500 ms, which would ignore a
+        // returning node that long.
+        Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
+}

@@ -1,0 +1,329 @@
+//! openraft glue: the type configuration, the Raft config derived from
+//! [`Timing`], and the write path.
+//!
+//! Every proposal goes through one bounded batcher per node: it packs the
+//! commands waiting at that moment into one log entry (openraft 0.9 appends
+//! and fsyncs each `client_write` separately). On the leader the batch is
+//! written with a timeout; on a follower it is forwarded to the leader in one
+//! request. Only the leader resolves placement for new sessions.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::Timing;
+use crate::model::{Command, CommandResult, NodeId, Proposal};
+use crate::network::Transport;
+use crate::placement;
+use crate::store::StateView;
+
+openraft::declare_raft_types!(
+    /// minos's openraft type configuration.
+    pub TypeConfig:
+        D = Proposal,
+        R = Vec<CommandResult>,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle type.
+pub type MinosRaft = Raft<TypeConfig>;
+
+/// Longest batch packed into one log entry.
+const MAX_BATCH: usize = 1024;
+/// Queue of proposals waiting for the batcher.
+const QUEUE_DEPTH: usize = 8192;
+/// Batches written concurrently by one leader.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// openraft configuration for `timing`.
+pub fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
+    let config = openraft::Config {
+        cluster_name: "minos".into(),
+        heartbeat_interval: timing.heartbeat.as_millis() as u64,
+        election_timeout_min: timing.election_timeout_min.as_millis() as u64,
+        election_timeout_max: timing.election_timeout_max.as_millis() as u64,
+        // Snapshot and purge regularly: sled grows on insert-then-delete.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        purge_batch_size: 256,
+        ..Default::default()
+    };
+    config.validate().map_err(|e| e.to_string())
+}
+
+/// Why a write did not go through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WriteError {
+    /// No leader is known (election under way or no quorum); nothing was written.
+    #[error("no leader: the cluster has no quorum or is electing one")]
+    NoLeader,
+    /// The write was not confirmed in time; it may or may not be committed.
+    #[error("write not confirmed within {0} ms (no quorum?); its outcome is unknown")]
+    Timeout(u64),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// Another failure.
+    #[error("{0}")]
+    Failed(String),
+}
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<CommandResult, WriteError>>,
+}
+
+/// Entry point of the write path; cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    /// Proposes one command and waits for its outcome (commit and apply on
+    /// the leader).
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Proposes several commands (they may land in one entry) and waits for all.
+    pub async fn propose_all(
+        &self,
+        commands: Vec<Command>,
+    ) -> Vec<Result<CommandResult, WriteError>> {
+        let waits: Vec<_> = commands.into_iter().map(|c| self.propose(c)).collect();
+        futures::future::join_all(waits).await
+    }
+}
+
+/// Everything the batcher needs.
+pub(crate) struct WritePath {
+    pub me: NodeId,
+    pub raft: MinosRaft,
+    pub view: StateView,
+    pub transport: Transport,
+    pub timing: Timing,
+}
+
+impl WritePath {
+    /// Starts the batcher task; returns the proposer and the task.
+    pub fn start(self: Arc<Self>) -> (Proposer, tokio::task::JoinHandle<()>) {
+        let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let task = tokio::spawn(self.run(receiver));
+        (Proposer { queue }, task)
+    }
+
+    async fn run(self: Arc<Self>, mut receiver: mpsc::Receiver<Pending>) {
+        let in_flight = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
+        while let Some(first) = receiver.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let (commands, replies): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+                let outcome = this.write(commands).await;
+                drop(permit);
+                match outcome {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(error) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(error.clone()));
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Writes one batch: directly on the leader, forwarded otherwise.
+    pub async fn write(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, WriteError> {
+        let deadline = Instant::now() + self.timing.write_timeout;
+        let count = commands.len();
+        loop {
+            let leader = self.await_leader(deadline).await?;
+            let result = if leader == self.me {
+                self.write_as_leader(commands.clone(), deadline).await
+            } else {
+                self.forward(leader, commands.clone(), deadline).await
+            };
+            match result {
+                // Leadership moved before the entry was appended: try the new leader.
+                Err(Retry::NotLeader) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                Err(Retry::NotLeader) => return Err(WriteError::NoLeader),
+                Err(Retry::Failed(e)) => return Err(e),
+                Ok(results) => {
+                    debug_assert_eq!(results.len(), count);
+                    return Ok(results);
+                }
+            }
+        }
+    }
+
+    async fn await_leader(&self, deadline: Instant) -> Result<NodeId, WriteError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
+                return Ok(leader);
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(WriteError::ShuttingDown),
+                Err(_) => return Err(WriteError::NoLeader),
+            }
+        }
+    }
+
+    async fn write_as_leader(
+        &self,
+        mut commands: Vec<Command>,
+        deadline: Instant,
+    ) -> Result<Vec<CommandResult>, Retry> {
+        // The leader places new sessions; the log records its explicit choice.
+        self.view.read(|applied| {
+            let eligible = applied.state.eligible_nodes();
+            for command in &mut commands {
+                if let Command::CreateSession { id, owner, .. } = command {
+                    if owner.is_none() {
+                        *owner = placement::place(id, &eligible);
+                    }
+                }
+            }
+        });
+        let proposal = Proposal::V1 {
+            at: Utc::now(),
+            commands,
+        };
+        let budget = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout_at(deadline, self.raft.client_write(proposal)).await {
+            Err(_) => Err(Retry::Failed(
+                WriteError::Timeout(budget.as_millis() as u64),
+            )),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(Retry::NotLeader)
+            }
+            Ok(Err(e)) => Err(Retry::Failed(WriteError::Failed(e.to_string()))),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        commands: Vec<Command>,
+        deadline: Instant,
+    ) -> Result<Vec<CommandResult>, Retry> {
+        let Some(addr) = self.node_addr(leader) else {
+            return Err(Retry::NotLeader);
+        };
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let answer: Result<Result<Vec<CommandResult>, ForwardError>, _> = self
+            .transport
+            .post_bin(leader, &addr, "/internal/propose", &commands, budget)
+            .await;
+        match answer {
+            Ok(Ok(results)) => Ok(results),
+            Ok(Err(ForwardError::NotLeader)) => Err(Retry::NotLeader),
+            Ok(Err(ForwardError::Write(e))) => Err(Retry::Failed(e)),
+            // Not delivered: safe to try again once the leader is known.
+            Err(e) if e.not_delivered() => {
+                if Instant::now() + Duration::from_millis(20) < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err(Retry::NotLeader)
+                } else {
+                    Err(Retry::Failed(WriteError::NoLeader))
+                }
+            }
+            Err(e) => Err(Retry::Failed(if Instant::now() >= deadline {
+                WriteError::Timeout(budget.as_millis() as u64)
+            } else {
+                WriteError::Failed(e.to_string())
+            })),
+        }
+    }
+
+    fn node_addr(&self, node: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let borrowed = metrics.borrow();
+        borrowed
+            .membership_config
+            .membership()
+            .get_node(&node)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Handles a batch forwarded by a follower: written here only if this
+    /// node is the leader, never forwarded again.
+    pub async fn accept_forwarded(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<CommandResult>, ForwardError> {
+        let deadline = Instant::now() + self.timing.write_timeout;
+        match self.write_as_leader(commands, deadline).await {
+            Ok(results) => Ok(results),
+            Err(Retry::NotLeader) => Err(ForwardError::NotLeader),
+            Err(Retry::Failed(e)) => Err(ForwardError::Write(e)),
+        }
+    }
+}
+
+enum Retry {
+    NotLeader,
+    Failed(WriteError),
+}
+
+/// Answer of the leader to a forwarded batch.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardError {
+    /// The receiver is not the leader (any more).
+    NotLeader,
+    /// The write failed.
+    Write(WriteError),
+}
+
+/// Voter ids of the current membership.
+pub fn voters(raft: &MinosRaft) -> BTreeSet<NodeId> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
+}
+
+/// True when this node is the leader right now.
+pub fn is_leader(raft: &MinosRaft) -> bool {
+    raft.metrics().borrow().state == ServerState::Leader
+}

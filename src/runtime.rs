@@ -1,0 +1,565 @@
+//! The session runtime on every node: one task per session this node owns
+//! while it holds a valid lease, and the routing of calls to the owner.
+//!
+//! Invariants:
+//! - a task runs only while this node owns the session in the applied state,
+//!   holds a valid lease, and has not released the session for a handoff;
+//! - a task checks the lease again before every call, so a node resumed from
+//!   a pause answers nothing after its lease ended;
+//! - a state change is committed with the task's epoch before the reply
+//!   leaves; a stale epoch stops the task (fencing);
+//! - a call is retried on another attempt only when it certainly did not run
+//!   (refused before handling, or never delivered); otherwise its outcome is
+//!   reported as unknown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::handler::{DynHandler, HandlerError, LiveSession, SessionContext};
+use crate::lease::Lease;
+use crate::model::{Applied, Command, Epoch, NodeId, NodeStatus, Rejection, SessionId, StateJson};
+use crate::network::Transport;
+use crate::raft::{Proposer, WriteError};
+use crate::store::StateView;
+
+/// Calls waiting in one session's mailbox.
+const MAILBOX: usize = 256;
+/// How long a released session is held back before this node may run it
+/// again (if the move was never committed).
+const HOLD: Duration = Duration::from_secs(3);
+/// Pause between routing attempts while a session is moving.
+const RETRY_PAUSE: Duration = Duration::from_millis(2);
+
+/// A successful call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CallReply {
+    /// The handler's reply.
+    pub reply: serde_json::Value,
+    /// Node that ran the session.
+    pub owner: NodeId,
+    /// Epoch it ran under.
+    pub epoch: Epoch,
+}
+
+/// Why a call did not succeed.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum CallError {
+    /// No such session.
+    #[error("session {0} does not exist")]
+    NotFound(SessionId),
+    /// The handler rejected the message (nothing was committed).
+    #[error("rejected by the session: {0}")]
+    Rejected(String),
+    /// The new state is over the size limit (nothing was committed).
+    #[error("new state is {0} bytes; the limit is {1}")]
+    StateTooLarge(usize, usize),
+    /// The session was not available before the timeout (moving, no quorum).
+    #[error("session {0} not available within the timeout: {1}")]
+    Unavailable(SessionId, String),
+    /// The call may or may not have run (owner lost mid-call, commit unconfirmed).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// This node does not run the session (internal; the router retries).
+    #[error("not running here")]
+    NotHere,
+}
+
+struct Call {
+    msg: serde_json::Value,
+    reply: oneshot::Sender<Result<CallReply, CallError>>,
+}
+
+struct Running {
+    epoch: Epoch,
+    mailbox: mpsc::Sender<Call>,
+    task: JoinHandle<()>,
+}
+
+/// What a session task needs from its node.
+#[derive(Clone)]
+pub(crate) struct TaskEnv {
+    pub me: NodeId,
+    pub view: StateView,
+    pub lease: watch::Receiver<Lease>,
+    pub proposer: Proposer,
+    pub max_state_bytes: usize,
+    /// Wakes the reconciler (a task stopped by itself).
+    pub kick: Arc<Notify>,
+}
+
+impl TaskEnv {
+    fn lease_valid(&self) -> bool {
+        self.lease
+            .borrow()
+            .is_valid(Instant::now(), self.view.applied_index())
+    }
+}
+
+/// Live sessions of this node.
+pub struct Runtime {
+    env: TaskEnv,
+    registry: crate::handler::Registry,
+    transport: Transport,
+    tasks: Mutex<HashMap<SessionId, Running>>,
+    held: Mutex<HashMap<SessionId, Instant>>,
+    stopping: AtomicBool,
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        env: TaskEnv,
+        registry: crate::handler::Registry,
+        transport: Transport,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            env,
+            registry,
+            transport,
+            tasks: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// Number of session tasks running here.
+    pub fn running(&self) -> usize {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Ids of the sessions running here.
+    pub fn running_ids(&self) -> Vec<SessionId> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Keeps the set of running tasks equal to what this node should run.
+    pub(crate) async fn reconcile_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut applied = self.env.view.subscribe();
+        let mut lease = self.env.lease.clone();
+        loop {
+            let wake_at = self.reconcile();
+            let sleep = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = lease.changed() => {}
+                _ = self.env.kick.notified() => {}
+                _ = sleep => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.stop_all().await;
+    }
+
+    /// One reconciliation pass; returns when the next one is due at the latest.
+    fn reconcile(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let lease = *self.env.lease.borrow();
+        let applied_index = self.env.view.applied_index();
+        let mut wake_at = lease.valid_until.filter(|until| *until > now);
+        let runnable = lease.is_valid(now, applied_index) && !self.stopping.load(Ordering::SeqCst);
+        let held: Vec<SessionId> = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.retain(|_, until| *until > now);
+            for until in held.values() {
+                wake_at = Some(wake_at.map_or(*until, |w| w.min(*until)));
+            }
+            held.keys().cloned().collect()
+        };
+        let me = self.env.me;
+        let wanted: HashMap<SessionId, Epoch> = if runnable {
+            self.env.view.read(|a| {
+                let my_status = a.state.nodes.get(&me).map(|n| n.status);
+                if my_status == Some(NodeStatus::Down) {
+                    return HashMap::new();
+                }
+                a.state
+                    .sessions_owned_by(me)
+                    .filter(|s| !held.contains(&s.id))
+                    .map(|s| (s.id.clone(), s.epoch))
+                    .collect()
+            })
+        } else {
+            HashMap::new()
+        };
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|id, running| {
+            let keep = wanted.get(id) == Some(&running.epoch) && !running.task.is_finished();
+            if !keep {
+                debug!(node = me, session = %id, "stopping session task");
+            }
+            keep
+        });
+        for (id, epoch) in wanted {
+            if tasks.contains_key(&id) {
+                continue;
+            }
+            if let Some(running) = self.start_task(&id, epoch) {
+                tasks.insert(id, running);
+            }
+        }
+        wake_at
+    }
+
+    fn start_task(&self, id: &SessionId, epoch: Epoch) -> Option<Running> {
+        let (kind, state) = self.env.view.read(|a| {
+            a.state
+                .sessions
+                .get(id)
+                .filter(|s| s.epoch == epoch)
+                .map(|s| (s.kind.clone(), s.state.clone()))
+        })?;
+        let Some(handler) = self.registry.get(&kind).cloned() else {
+            warn!(session = %id, %kind, "no handler registered for this kind; session not started");
+            return None;
+        };
+        let live = match handler.start(&state) {
+            Ok(live) => live,
+            Err(e) => {
+                warn!(session = %id, error = %e, "session state does not load; not started");
+                return None;
+            }
+        };
+        let (mailbox, calls) = mpsc::channel(MAILBOX);
+        let task = SessionTask {
+            env: self.env.clone(),
+            id: id.clone(),
+            epoch,
+            handler,
+            live,
+            committed: state,
+        };
+        Some(Running {
+            epoch,
+            mailbox,
+            task: tokio::spawn(task.run(calls)),
+        })
+    }
+
+    async fn stop_all(&self) {
+        let drained: Vec<Running> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        join_stopped(drained).await;
+    }
+
+    /// Stops the given sessions (all when `None`) after the call in hand,
+    /// and holds them back until their move is committed. With `None` the
+    /// node also stops taking any session (drain, graceful stop).
+    pub(crate) async fn release(&self, sessions: Option<&[SessionId]>) {
+        let until = Instant::now() + HOLD;
+        let stopped: Vec<Running> = {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            match sessions {
+                None => {
+                    self.stopping.store(true, Ordering::SeqCst);
+                    tasks.drain().map(|(_, r)| r).collect()
+                }
+                Some(ids) => ids
+                    .iter()
+                    .filter_map(|id| {
+                        held.insert(id.clone(), until);
+                        tasks.remove(id)
+                    })
+                    .collect(),
+            }
+        };
+        join_stopped(stopped).await;
+        self.env.kick.notify_one();
+    }
+
+    /// Handles a call here if this node runs the session; never forwards.
+    pub(crate) async fn call_local(
+        &self,
+        id: &SessionId,
+        msg: serde_json::Value,
+    ) -> Result<CallReply, CallError> {
+        let mailbox = {
+            let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            tasks.get(id).map(|r| r.mailbox.clone())
+        };
+        let Some(mailbox) = mailbox else {
+            return Err(CallError::NotHere);
+        };
+        let (reply, answer) = oneshot::channel();
+        if mailbox.send(Call { msg, reply }).await.is_err() {
+            return Err(CallError::NotHere);
+        }
+        // A dropped reply means the task stopped before taking the call.
+        answer.await.unwrap_or(Err(CallError::NotHere))
+    }
+
+    /// Routes a call to the session's owner, waiting while it moves, until
+    /// `timeout`.
+    pub async fn call(
+        &self,
+        id: &SessionId,
+        msg: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<CallReply, CallError> {
+        let deadline = Instant::now() + timeout;
+        let mut applied = self.env.view.subscribe();
+        let mut last_reason = String::from("no owner yet");
+        loop {
+            let route = self.env.view.read(|a| {
+                a.state.sessions.get(id).map(|s| {
+                    let owner = s
+                        .owner
+                        .and_then(|o| a.state.nodes.get(&o))
+                        .filter(|n| n.status != NodeStatus::Down)
+                        .map(|n| (n.id, n.addr.clone()));
+                    (owner, s.epoch)
+                })
+            });
+            let attempt = match route {
+                None => return Err(CallError::NotFound(id.clone())),
+                Some((None, _)) => Err(CallError::NotHere),
+                Some((Some((owner, _)), _)) if owner == self.env.me => {
+                    self.call_local(id, msg.clone()).await
+                }
+                Some((Some((owner, addr)), epoch)) => {
+                    self.forward(id, owner, &addr, epoch, &msg, deadline, &mut applied)
+                        .await
+                }
+            };
+            match attempt {
+                Err(CallError::NotHere) => {}
+                Err(CallError::Unavailable(_, reason)) => last_reason = reason,
+                other => return other,
+            }
+            if Instant::now() >= deadline {
+                return Err(CallError::Unavailable(id.clone(), last_reason));
+            }
+            // Wait for the table to change, but not longer than a short pause:
+            // the owner may be starting the task or renewing its lease.
+            let pause = (Instant::now() + RETRY_PAUSE).min(deadline);
+            let _ = tokio::time::timeout_at(pause, applied.changed()).await;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        id: &SessionId,
+        owner: NodeId,
+        addr: &str,
+        epoch: Epoch,
+        msg: &serde_json::Value,
+        deadline: Instant,
+        applied: &mut watch::Receiver<u64>,
+    ) -> Result<CallReply, CallError> {
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let path = format!("/internal/call/{id}");
+        let request = self
+            .transport
+            .post_json::<_, Result<CallReply, CallError>>(owner, addr, &path, msg, budget);
+        tokio::pin!(request);
+        loop {
+            tokio::select! {
+                answer = &mut request => {
+                    return match answer {
+                        Ok(result) => result,
+                        Err(e) if e.not_delivered() => Err(CallError::Unavailable(id.clone(), e.to_string())),
+                        Err(e) => Err(CallError::OutcomeUnknown(format!("owner {owner} did not answer: {e}"))),
+                    };
+                }
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return Err(CallError::OutcomeUnknown("node shutting down".into()));
+                    }
+                    let moved = self.env.view.read(|a| {
+                        a.state.sessions.get(id).map(|s| s.epoch) != Some(epoch)
+                    });
+                    if moved {
+                        return Err(CallError::OutcomeUnknown(format!(
+                            "session moved away from node {owner} while the call was in flight"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn join_stopped(stopped: Vec<Running>) {
+    for running in stopped {
+        drop(running.mailbox);
+        // The task finishes the call in hand, then sees its mailbox closed.
+        let _ = running.task.await;
+    }
+}
+
+struct SessionTask {
+    env: TaskEnv,
+    id: SessionId,
+    epoch: Epoch,
+    handler: Arc<dyn DynHandler>,
+    live: Box<dyn LiveSession>,
+    committed: StateJson,
+}
+
+enum Commit {
+    Done,
+    /// This task must stop: fenced, deleted, or the outcome is unknown.
+    Stop(CallError),
+}
+
+impl SessionTask {
+    fn context(&self) -> SessionContext {
+        SessionContext {
+            id: self.id.clone(),
+            now: Utc::now(),
+            owner: self.env.me,
+            epoch: self.epoch,
+        }
+    }
+
+    async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
+        debug!(node = self.env.me, session = %self.id, epoch = %self.epoch, "session task started");
+        loop {
+            let deadline = self.live.next_deadline();
+            let timer = async {
+                match deadline {
+                    Some(at) => {
+                        let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                        tokio::time::sleep(wait).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                call = calls.recv() => {
+                    let Some(call) = call else { break };
+                    if !self.env.lease_valid() {
+                        let _ = call.reply.send(Err(CallError::NotHere));
+                        continue;
+                    }
+                    if let Commit::Stop(_) = self.fire_due_deadline().await {
+                        let _ = call.reply.send(Err(CallError::NotHere));
+                        break;
+                    }
+                    let (answer, stop) = self.handle(call.msg).await;
+                    let _ = call.reply.send(answer);
+                    if stop {
+                        break;
+                    }
+                }
+                _ = timer => {
+                    if !self.env.lease_valid() {
+                        // The reconciler stops this task; do not spin meanwhile.
+                        let _ = calls.recv().await;
+                        break;
+                    }
+                    if let Commit::Stop(_) = self.fire_due_deadline().await {
+                        break;
+                    }
+                }
+            }
+        }
+        debug!(node = self.env.me, session = %self.id, "session task stopped");
+        self.env.kick.notify_one();
+    }
+
+    async fn fire_due_deadline(&mut self) -> Commit {
+        let ctx = self.context();
+        match self.live.next_deadline() {
+            Some(at) if at <= ctx.now => {
+                self.live.on_deadline(&ctx);
+                self.commit().await
+            }
+            _ => Commit::Done,
+        }
+    }
+
+    async fn handle(&mut self, msg: serde_json::Value) -> (Result<CallReply, CallError>, bool) {
+        let ctx = self.context();
+        match self.live.handle(&ctx, msg) {
+            Err(HandlerError(message)) => {
+                self.restore();
+                (Err(CallError::Rejected(message)), false)
+            }
+            Ok(reply) => match self.commit().await {
+                Commit::Done => (
+                    Ok(CallReply {
+                        reply,
+                        owner: self.env.me,
+                        epoch: self.epoch,
+                    }),
+                    false,
+                ),
+                Commit::Stop(CallError::StateTooLarge(size, limit)) => {
+                    self.restore();
+                    (Err(CallError::StateTooLarge(size, limit)), false)
+                }
+                Commit::Stop(error) => (Err(error), true),
+            },
+        }
+    }
+
+    /// Commits the live state if it changed.
+    async fn commit(&mut self) -> Commit {
+        let state = self.live.state();
+        if state == self.committed {
+            return Commit::Done;
+        }
+        if state.len() > self.env.max_state_bytes {
+            return Commit::Stop(CallError::StateTooLarge(
+                state.len(),
+                self.env.max_state_bytes,
+            ));
+        }
+        let command = Command::UpdateState {
+            id: self.id.clone(),
+            epoch: self.epoch,
+            state: state.clone(),
+        };
+        match self.env.proposer.propose(command).await {
+            Ok(Ok(Applied::Session(_))) | Ok(Ok(_)) => {
+                self.committed = state;
+                Commit::Done
+            }
+            // Fenced or deleted: the call did not take effect.
+            Ok(Err(Rejection::StaleEpoch { .. })) | Ok(Err(Rejection::NoSuchSession(_))) => {
+                Commit::Stop(CallError::NotHere)
+            }
+            Ok(Err(other)) => Commit::Stop(CallError::OutcomeUnknown(other.to_string())),
+            Err(WriteError::NoLeader) | Err(WriteError::ShuttingDown) => {
+                // Nothing was written; restart from the committed state.
+                Commit::Stop(CallError::Unavailable(
+                    self.id.clone(),
+                    "no leader to commit the new state".into(),
+                ))
+            }
+            Err(e) => Commit::Stop(CallError::OutcomeUnknown(e.to_string())),
+        }
+    }
+
+    fn restore(&mut self) {
+        match self.handler.start(&self.committed) {
+            Ok(live) => self.live = live,
+            Err(e) => warn!(session = %self.id, error = %e, "could not restore committed state"),
+        }
+    }
+}

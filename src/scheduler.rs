@@ -1,0 +1,372 @@
+//! The leader's scheduler: failure detection and reassignment, plus the
+//! handoffs (drain, graceful stop, rebalance).
+//!
+//! Runs only on the leader: started when this node becomes leader, stopped
+//! when it loses leadership. Every command it proposes is conditional
+//! (`Move::from_epoch`), so a stale plan or a retried proposal is harmless.
+//! Only the scheduler proposes `NodeDown`, `NodeUp` and `Reassign`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::model::{Command, Move, NodeId, NodeStatus, SessionId};
+use crate::node::Core;
+use crate::placement;
+
+/// How often the detector looks at the liveness record.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Starts and stops the scheduler as leadership comes and goes.
+pub async fn supervise(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    let mut server = core.raft.server_metrics();
+    let mut running: Option<(u64, tokio::task::JoinHandle<()>)> = None;
+    loop {
+        let (state, term) = {
+            let m = server.borrow_and_update();
+            (m.state, m.vote.leader_id().term)
+        };
+        let leading = state == ServerState::Leader;
+        match (&running, leading) {
+            (Some((running_term, _)), true) if *running_term == term => {}
+            (_, true) => {
+                if let Some((_, task)) = running.take() {
+                    task.abort();
+                }
+                info!(node = core.me, term, "leader: starting the scheduler");
+                let nodes: Vec<NodeId> =
+                    core.view.read(|a| a.state.nodes.keys().copied().collect());
+                core.liveness.start_term(term, nodes.into_iter());
+                running = Some((term, tokio::spawn(run(core.clone(), term))));
+            }
+            (Some(_), false) => {
+                if let Some((_, task)) = running.take() {
+                    info!(node = core.me, "no longer leader: scheduler stopped");
+                    task.abort();
+                }
+            }
+            (None, false) => {}
+        }
+        tokio::select! {
+            changed = server.changed() => if changed.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+    }
+    if let Some((_, task)) = running {
+        task.abort();
+    }
+}
+
+async fn run(core: Arc<Core>, term: u64) {
+    let (dead_tx, mut dead_rx) = mpsc::channel::<NodeId>(64);
+    let mut watchers: BTreeMap<NodeId, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut applied = core.view.subscribe();
+    let mut repaired_at: Option<u64> = None;
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Some(node) = dead_rx.recv() => {
+                info!(node, "process of node is gone (connection closed, then refused)");
+                core.liveness.mark_dead(node);
+            }
+            _ = applied.changed() => {}
+        }
+        if core.raft.metrics().borrow().current_term != term {
+            break;
+        }
+        // Keep one presence watcher per other member.
+        let members: Vec<(NodeId, String)> = core.view.read(|a| {
+            a.state
+                .nodes
+                .values()
+                .filter(|n| n.id != core.me)
+                .map(|n| (n.id, n.addr.clone()))
+                .collect()
+        });
+        watchers.retain(|id, task| {
+            let keep = members.iter().any(|(m, _)| m == id);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (id, addr) in &members {
+            watchers.entry(*id).or_insert_with(|| {
+                tokio::spawn(watch_presence(
+                    core.clone(),
+                    *id,
+                    addr.clone(),
+                    dead_tx.clone(),
+                ))
+            });
+        }
+
+        let index = core.view.applied_index();
+        let (commands, nodes_changed) = plan(&core, repaired_at != Some(index));
+        if commands.is_empty() {
+            repaired_at = Some(index);
+            continue;
+        }
+        let started = Instant::now();
+        let results = core.proposer.propose_all(commands.clone()).await;
+        for (command, result) in commands.iter().zip(&results) {
+            match result {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(?command, error = %e, "scheduler command not written");
+                    if let Command::NodeUp { id } = command {
+                        core.liveness.retry_up(*id);
+                    }
+                }
+            }
+        }
+        if nodes_changed {
+            info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                ?commands,
+                "scheduler committed"
+            );
+        }
+    }
+    for task in watchers.into_values() {
+        task.abort();
+    }
+}
+
+/// Decides what to propose: Down/Up verdicts and the moves that follow.
+fn plan(core: &Core, state_changed: bool) -> (Vec<Command>, bool) {
+    let candidates: Vec<NodeId> = core.view.read(|a| {
+        a.state
+            .nodes
+            .values()
+            .filter(|n| n.id != core.me && n.status != NodeStatus::Down)
+            .map(|n| n.id)
+            .collect()
+    });
+    let (down, up) = core
+        .liveness
+        .verdicts(core.timing.node_timeout, candidates.into_iter());
+    // The table follows the Raft membership: voters and learners that are
+    // missing are added (bootstrap, joins), removed members are removed.
+    let members: BTreeMap<NodeId, String> = {
+        let metrics = core.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
+    };
+    let membership_changes: Vec<Command> = core.view.read(|a| {
+        let added = members
+            .iter()
+            .filter(|(id, addr)| a.state.nodes.get(id).map(|n| &n.addr) != Some(*addr))
+            .map(|(id, addr)| Command::AddNode {
+                id: *id,
+                addr: addr.clone(),
+            });
+        let removed = a
+            .state
+            .nodes
+            .keys()
+            .filter(|id| !members.contains_key(id))
+            .map(|id| Command::RemoveNode { id: *id });
+        added.chain(removed).collect()
+    });
+    if !membership_changes.is_empty() {
+        for id in up {
+            core.liveness.retry_up(id);
+        }
+        return (membership_changes, true);
+    }
+    if down.is_empty() && up.is_empty() && !state_changed {
+        return (Vec::new(), false);
+    }
+    core.view.read(|a| {
+        let mut commands = Vec::new();
+        let mut nodes = a.state.nodes.clone();
+        for id in &down {
+            commands.push(Command::NodeDown { id: *id });
+            if let Some(node) = nodes.get_mut(id) {
+                node.status = NodeStatus::Down;
+            }
+        }
+        for id in &up {
+            if nodes.get(id).is_some_and(|n| n.status != NodeStatus::Up) {
+                commands.push(Command::NodeUp { id: *id });
+                if let Some(node) = nodes.get_mut(id) {
+                    node.status = NodeStatus::Up;
+                }
+            }
+        }
+        let nodes_changed = !commands.is_empty();
+        let moves = placement::repair_with(&a.state, &nodes);
+        if !moves.is_empty() {
+            commands.push(Command::Reassign { moves });
+        }
+        (commands, nodes_changed)
+    })
+}
+
+/// Holds a long-lived request open to `node`. When it ends, a fresh
+/// connection tells a dead process (refused) from a slow one (anything else:
+/// leases handle those).
+async fn watch_presence(core: Arc<Core>, node: NodeId, addr: String, dead: mpsc::Sender<NodeId>) {
+    loop {
+        if !core.transport.faults.is_blocked(node) {
+            if let Ok(response) = core
+                .transport
+                .http
+                .get(format!("http://{addr}/internal/presence"))
+                .send()
+                .await
+            {
+                let mut response = response;
+                while let Ok(Some(_)) = response.chunk().await {
+                    if core.transport.faults.is_blocked(node) {
+                        break;
+                    }
+                }
+            }
+        }
+        let probe = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await;
+        if let Ok(Err(e)) = probe {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused
+                && !core.transport.faults.is_blocked(node)
+            {
+                let _ = dead.send(node).await;
+            }
+        }
+        // Pace reconnects to a node that is down or restarting.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// What a handoff moved.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HandoffReport {
+    /// Sessions whose move was committed.
+    pub moved: usize,
+    /// Sessions that could not be handed over (owner unreachable).
+    pub skipped: usize,
+}
+
+/// A node lets go of sessions: it stops their tasks (finishing the call in
+/// hand) and holds them until the move is committed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    /// Sessions to release; `None` releases all (drain).
+    pub sessions: Option<Vec<SessionId>>,
+}
+
+async fn release_on(core: &Core, node: NodeId, request: &ReleaseRequest) -> bool {
+    if node == core.me {
+        core.runtime.release(request.sessions.as_deref()).await;
+        return true;
+    }
+    let Some(addr) = core.node_addr(node) else {
+        return false;
+    };
+    core.transport
+        .post_json::<_, serde_json::Value>(
+            node,
+            &addr,
+            "/internal/release",
+            request,
+            core.timing.write_timeout,
+        )
+        .await
+        .is_ok()
+}
+
+/// Leader: drains `node` (marks it Draining, has it stop its sessions, then
+/// commits their moves at once). If the node cannot be reached it stays
+/// Draining and failure detection moves its sessions if it is dead.
+pub async fn drain(core: &Core, node: NodeId) -> Result<HandoffReport, String> {
+    let known = core.view.read(|a| a.state.nodes.contains_key(&node));
+    if !known {
+        return Err(format!("node {node} is not a member"));
+    }
+    core.proposer
+        .propose(Command::Drain { id: node })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if !release_on(core, node, &ReleaseRequest { sessions: None }).await {
+        let owned = core.view.read(|a| a.state.sessions_owned_by(node).count());
+        return Ok(HandoffReport {
+            moved: 0,
+            skipped: owned,
+        });
+    }
+    let moves = core.view.read(|a| placement::evacuate(&a.state, node));
+    commit_moves(core, moves).await
+}
+
+/// Leader: moves every session to its placement choice among the eligible
+/// nodes, with the same handoff as drain.
+pub async fn rebalance(core: &Core) -> Result<HandoffReport, String> {
+    let moves = core.view.read(|a| {
+        placement::rebalance(&a.state)
+            .into_iter()
+            .map(|m| (a.state.sessions[&m.id].owner, m))
+            .collect::<Vec<_>>()
+    });
+    let mut by_owner: BTreeMap<Option<NodeId>, Vec<Move>> = BTreeMap::new();
+    for (owner, step) in moves {
+        by_owner.entry(owner).or_default().push(step);
+    }
+    let mut report = HandoffReport::default();
+    let mut ready = Vec::new();
+    for (owner, steps) in by_owner {
+        let released = match owner {
+            None => true,
+            Some(node) => {
+                let ids = steps.iter().map(|m| m.id.clone()).collect();
+                release_on(
+                    core,
+                    node,
+                    &ReleaseRequest {
+                        sessions: Some(ids),
+                    },
+                )
+                .await
+            }
+        };
+        if released {
+            ready.extend(steps);
+        } else {
+            report.skipped += steps.len();
+        }
+    }
+    let committed = commit_moves(core, ready).await?;
+    report.moved = committed.moved;
+    Ok(report)
+}
+
+async fn commit_moves(core: &Core, moves: Vec<Move>) -> Result<HandoffReport, String> {
+    if moves.is_empty() {
+        return Ok(HandoffReport::default());
+    }
+    match core.proposer.propose(Command::Reassign { moves }).await {
+        Ok(Ok(crate::model::Applied::Moved(moved))) => Ok(HandoffReport {
+            moved: moved.len(),
+            skipped: 0,
+        }),
+        Ok(Ok(_)) => Ok(HandoffReport::default()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}

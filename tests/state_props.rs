@@ -1,0 +1,775 @@
+// Applies random logs of cluster commands (nodes 1..=4, sessions s0..s7, moves partly planned by `minos::placement` and partly stale or random) to `ClusterState` and checks after every command that owners are members, epochs only grow and grow with every change of owner, every new epoch (of a created session or a moved one) is above every epoch the table ever held, deleted sessions included, `last_epoch` covers every epoch and never decreases, re-adding a member keeps its status, sessions vanish only by DeleteSession, rejections change nothing, replay is deterministic, and repair leaves no session on a Down or missing node.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use minos::model::{
+    Applied, Command, CommandResult, Epoch, Move, NodeId, NodeStatus, Proposal, SessionId,
+    SessionKind, StateJson,
+};
+use minos::placement::{evacuate, place, rebalance, repair};
+use minos::state::ClusterState;
+
+/// Node ids the generated commands use; node 5 is only ever a move target, and
+/// never a member.
+const MEMBER_IDS: std::ops::RangeInclusive<NodeId> = 1..=4;
+const NEVER_MEMBER: NodeId = 5;
+/// Session ids are `s0` to `s7`.
+const SESSION_COUNT: u8 = 8;
+
+fn session_id(n: u8) -> SessionId {
+    SessionId::new(format!("s{n}")).expect("s0..s7 are valid ids")
+}
+
+fn start_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 6, 12, 12, 0, 0).unwrap()
+}
+
+/// How a generated CreateSession picks its first owner.
+#[derive(Clone, Debug)]
+enum OwnerChoice {
+    /// A given node, member or not, whatever its status.
+    Node(NodeId),
+    /// What the leader would choose: `place` over the eligible nodes.
+    Placed,
+    /// No owner.
+    Unowned,
+}
+
+/// The epoch a generated UpdateState carries, relative to the session's.
+#[derive(Clone, Debug)]
+enum EpochChoice {
+    Current,
+    Behind,
+    Ahead,
+    /// `n` below the table's `last_epoch`: often an epoch another session, or
+    /// an earlier incarnation of this one, holds or held.
+    Recent(u64),
+}
+
+/// Where a generated Reassign's planned moves come from.
+#[derive(Clone, Debug)]
+enum Plan {
+    Repair,
+    Evacuate(NodeId),
+    Rebalance,
+    /// The repair and rebalance moves planned before the `n`-th latest
+    /// proposal: stale by the time they are applied.
+    Replay(usize),
+    Nothing,
+}
+
+/// A move made up by the test: any session, any epoch, any target.
+#[derive(Clone, Debug)]
+struct RandomMove {
+    session: u8,
+    /// `None`: the session's current epoch; `Some(n)`: `n` below the table's
+    /// `last_epoch`.
+    from_epoch: Option<u64>,
+    to: Option<NodeId>,
+}
+
+/// One generated command, made concrete against the state it is proposed on.
+#[derive(Clone, Debug)]
+enum Op {
+    AddNode {
+        id: NodeId,
+        port: u16,
+    },
+    RemoveNode(NodeId),
+    NodeDown(NodeId),
+    NodeUp(NodeId),
+    Drain(NodeId),
+    Create {
+        session: u8,
+        owner: OwnerChoice,
+        value: u8,
+    },
+    Update {
+        session: u8,
+        epoch: EpochChoice,
+        value: u8,
+    },
+    Reassign {
+        plan: Plan,
+        random: Vec<RandomMove>,
+    },
+    Delete(u8),
+}
+
+fn member() -> impl Strategy<Value = NodeId> {
+    MEMBER_IDS
+}
+
+fn session() -> impl Strategy<Value = u8> {
+    0..SESSION_COUNT
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let owner = prop_oneof![
+        2 => member().prop_map(OwnerChoice::Node),
+        3 => Just(OwnerChoice::Placed),
+        1 => Just(OwnerChoice::Unowned),
+    ];
+    let epoch = prop_oneof![
+        4 => Just(EpochChoice::Current),
+        1 => Just(EpochChoice::Behind),
+        1 => Just(EpochChoice::Ahead),
+        1 => (0u64..6).prop_map(EpochChoice::Recent),
+    ];
+    let plan = prop_oneof![
+        3 => Just(Plan::Repair),
+        2 => member().prop_map(Plan::Evacuate),
+        2 => Just(Plan::Rebalance),
+        2 => (0usize..8).prop_map(Plan::Replay),
+        1 => Just(Plan::Nothing),
+    ];
+    let random_move = (
+        session(),
+        prop::option::of(0u64..6),
+        prop::option::of(prop_oneof![member(), Just(NEVER_MEMBER)]),
+    )
+        .prop_map(|(session, from_epoch, to)| RandomMove {
+            session,
+            from_epoch,
+            to,
+        });
+    prop_oneof![
+        4 => (member(), 0u16..2).prop_map(|(id, port)| Op::AddNode { id, port }),
+        1 => member().prop_map(Op::RemoveNode),
+        2 => member().prop_map(Op::NodeDown),
+        2 => member().prop_map(Op::NodeUp),
+        1 => member().prop_map(Op::Drain),
+        4 => (session(), owner, any::<u8>())
+            .prop_map(|(session, owner, value)| Op::Create { session, owner, value }),
+        4 => (session(), epoch, any::<u8>())
+            .prop_map(|(session, epoch, value)| Op::Update { session, epoch, value }),
+        3 => (plan, vec(random_move, 0..3)).prop_map(|(plan, random)| Op::Reassign { plan, random }),
+        1 => session().prop_map(Op::Delete),
+    ]
+}
+
+/// A log: proposals of one to three commands each.
+fn log() -> impl Strategy<Value = Vec<Vec<Op>>> {
+    vec(vec(op(), 1..=3), 1..60)
+}
+
+/// Turns a generated op into a command the way a proposer would, looking at
+/// `state` (the state before the proposal) and at plans made earlier.
+fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Command {
+    let current_epoch = |n: u8| {
+        state
+            .sessions
+            .get(&session_id(n))
+            .map_or(Epoch(1), |session| session.epoch)
+    };
+    match op {
+        Op::AddNode { id, port } => Command::AddNode {
+            id: *id,
+            addr: format!(
+                "127.0.0.1:{}",
+                7000 + u16::try_from(*id).unwrap() * 10 + port
+            ),
+        },
+        Op::RemoveNode(id) => Command::RemoveNode { id: *id },
+        Op::NodeDown(id) => Command::NodeDown { id: *id },
+        Op::NodeUp(id) => Command::NodeUp { id: *id },
+        Op::Drain(id) => Command::Drain { id: *id },
+        Op::Create {
+            session,
+            owner,
+            value,
+        } => {
+            let id = session_id(*session);
+            let owner = match owner {
+                OwnerChoice::Node(node) => Some(*node),
+                OwnerChoice::Placed => place(&id, &state.eligible_nodes()),
+                OwnerChoice::Unowned => None,
+            };
+            Command::CreateSession {
+                id,
+                kind: SessionKind::new("kv").unwrap(),
+                state: StateJson(format!("{{\"created\":{value}}}")),
+                owner,
+            }
+        }
+        Op::Update {
+            session,
+            epoch,
+            value,
+        } => {
+            let current = current_epoch(*session);
+            let epoch = match epoch {
+                EpochChoice::Current => current,
+                EpochChoice::Behind => Epoch(current.0.saturating_sub(1)),
+                EpochChoice::Ahead => current.next(),
+                EpochChoice::Recent(back) => Epoch(state.last_epoch.0.saturating_sub(*back)),
+            };
+            Command::UpdateState {
+                id: session_id(*session),
+                epoch,
+                state: StateJson(format!("{{\"updated\":{value}}}")),
+            }
+        }
+        Op::Reassign { plan, random } => {
+            let mut moves = match plan {
+                Plan::Repair => repair(state),
+                Plan::Evacuate(node) => evacuate(state, *node),
+                Plan::Rebalance => rebalance(state),
+                Plan::Replay(back) => earlier_plans
+                    .iter()
+                    .rev()
+                    .nth(back % earlier_plans.len().max(1))
+                    .cloned()
+                    .unwrap_or_default(),
+                Plan::Nothing => Vec::new(),
+            };
+            moves.extend(random.iter().map(|step| Move {
+                id: session_id(step.session),
+                from_epoch: match step.from_epoch {
+                    None => current_epoch(step.session),
+                    Some(back) => Epoch(state.last_epoch.0.saturating_sub(back)),
+                },
+                to: step.to,
+            }));
+            Command::Reassign { moves }
+        }
+        Op::Delete(session) => Command::DeleteSession {
+            id: session_id(*session),
+        },
+    }
+}
+
+/// Invariants of one table on its own.
+fn check_table(state: &ClusterState) -> Result<(), TestCaseError> {
+    for (id, node) in &state.nodes {
+        prop_assert_eq!(*id, node.id, "node keyed under another id");
+    }
+    for (id, session) in &state.sessions {
+        prop_assert_eq!(id, &session.id, "session keyed under another id");
+        prop_assert!(
+            session.epoch >= Epoch(1),
+            "{id} has epoch {}",
+            session.epoch
+        );
+        // The table-wide counter covers every epoch handed out.
+        prop_assert!(
+            session.epoch <= state.last_epoch,
+            "{id} has epoch {}, above last_epoch {}",
+            session.epoch,
+            state.last_epoch
+        );
+        // (1) An owner is a member (Down and Draining members included).
+        if let Some(owner) = session.owner {
+            prop_assert!(
+                state.nodes.contains_key(&owner),
+                "{id} is owned by {owner}, which is not a member: {state:?}"
+            );
+        }
+    }
+    // Every epoch is handed out once: no two sessions share one.
+    let mut epochs = BTreeSet::new();
+    for session in state.sessions.values() {
+        prop_assert!(
+            epochs.insert(session.epoch),
+            "epoch {} held by two sessions: {state:?}",
+            session.epoch
+        );
+    }
+    Ok(())
+}
+
+/// Invariants of one command: `before` and `after` are the states around it,
+/// applied at `at`; `max_seen` is the highest epoch any session (deleted ones
+/// included) held in any table before this command.
+fn check_command(
+    before: &ClusterState,
+    after: &ClusterState,
+    command: &Command,
+    result: &CommandResult,
+    at: DateTime<Utc>,
+    max_seen: Epoch,
+) -> Result<(), TestCaseError> {
+    check_table(after)?;
+
+    // The epoch counter never goes back, and never lags what was handed out.
+    prop_assert!(
+        after.last_epoch >= before.last_epoch,
+        "{:?}: last_epoch went {} -> {}",
+        command,
+        before.last_epoch,
+        after.last_epoch
+    );
+    prop_assert!(
+        before.last_epoch >= max_seen,
+        "last_epoch {} below an epoch seen earlier ({})",
+        before.last_epoch,
+        max_seen
+    );
+
+    // (4) A rejected command changes nothing.
+    if result.is_err() {
+        prop_assert_eq!(
+            before,
+            after,
+            "{:?} was rejected but changed the table",
+            command
+        );
+        return Ok(());
+    }
+
+    // (3) A session disappears only through a successful DeleteSession, and
+    // appears only through a successful CreateSession.
+    let ids_before: BTreeSet<&SessionId> = before.sessions.keys().collect();
+    let ids_after: BTreeSet<&SessionId> = after.sessions.keys().collect();
+    let removed: Vec<_> = ids_before.difference(&ids_after).collect();
+    let added: Vec<_> = ids_after.difference(&ids_before).collect();
+    match command {
+        Command::DeleteSession { id } => {
+            prop_assert_eq!(removed, vec![&id], "DeleteSession removed other sessions");
+        }
+        _ => prop_assert!(removed.is_empty(), "{:?} removed {:?}", command, removed),
+    }
+    match command {
+        Command::CreateSession {
+            id, state, owner, ..
+        } => {
+            prop_assert_eq!(added, vec![&id]);
+            let created = &after.sessions[id];
+            // A new session (a re-created one too) gets an epoch above every
+            // epoch the table ever held, so no write of an earlier life can
+            // match it.
+            prop_assert!(
+                created.epoch > max_seen,
+                "{}: created at epoch {}, not above {} seen before",
+                id,
+                created.epoch,
+                max_seen
+            );
+            prop_assert_eq!(created.epoch, before.last_epoch.next());
+            prop_assert_eq!(after.last_epoch, created.epoch);
+            prop_assert_eq!(&created.state, state);
+            // The requested owner is kept when it is a member, dropped otherwise.
+            let expected_owner = owner.filter(|node| before.nodes.contains_key(node));
+            prop_assert_eq!(created.owner, expected_owner);
+        }
+        _ => prop_assert!(added.is_empty(), "{:?} added {:?}", command, added),
+    }
+
+    // AddNode of a member only updates its address: status (a drain, a Down)
+    // and `since` stay. A new member starts Up.
+    match command {
+        Command::AddNode { id, addr } => {
+            let node = &after.nodes[id];
+            prop_assert_eq!(&node.addr, addr);
+            match before.nodes.get(id) {
+                Some(old) => {
+                    prop_assert_eq!(node.status, old.status, "AddNode changed {}'s status", id);
+                    prop_assert_eq!(node.since, old.since, "AddNode changed {}'s since", id);
+                }
+                None => {
+                    prop_assert_eq!(node.status, NodeStatus::Up);
+                    prop_assert_eq!(node.since, at);
+                }
+            }
+            for (other, node) in &after.nodes {
+                if other != id {
+                    prop_assert_eq!(Some(node), before.nodes.get(other));
+                }
+            }
+        }
+        Command::RemoveNode { .. }
+        | Command::NodeDown { .. }
+        | Command::NodeUp { .. }
+        | Command::Drain { .. } => {}
+        _ => prop_assert_eq!(
+            &before.nodes,
+            &after.nodes,
+            "{:?} changed the members",
+            command
+        ),
+    }
+
+    // (2) Epochs never decrease and grow on every change of owner; every new
+    // epoch comes from the table-wide counter, above all epochs seen before.
+    let moved: BTreeMap<&SessionId, Vec<(Option<NodeId>, Epoch)>> = match result {
+        Ok(Applied::Moved(moved)) => {
+            let mut by_session: BTreeMap<&SessionId, Vec<_>> = BTreeMap::new();
+            for (id, owner, epoch) in moved {
+                by_session.entry(id).or_default().push((*owner, *epoch));
+            }
+            by_session
+        }
+        _ => BTreeMap::new(),
+    };
+    for (id, old) in &before.sessions {
+        let Some(new) = after.sessions.get(id) else {
+            continue;
+        };
+        prop_assert!(
+            new.epoch >= old.epoch,
+            "{id}: epoch went {} -> {}",
+            old.epoch,
+            new.epoch
+        );
+        if new.owner != old.owner {
+            prop_assert!(
+                new.epoch > old.epoch,
+                "{id}: owner {:?} -> {:?} without a new epoch ({})",
+                old.owner,
+                new.owner,
+                new.epoch
+            );
+        }
+        if new.epoch != old.epoch {
+            prop_assert!(
+                new.epoch > max_seen && new.epoch > before.last_epoch,
+                "{}: new epoch {} not above {} seen before (last_epoch {})",
+                id,
+                new.epoch,
+                max_seen,
+                before.last_epoch
+            );
+        }
+        match command {
+            Command::Reassign { .. } => {
+                let steps = moved.get(id).map_or(&[][..], Vec::as_slice);
+                match steps.last() {
+                    Some(last) => {
+                        prop_assert_eq!(*last, (new.owner, new.epoch), "{}: last move", id)
+                    }
+                    None => {
+                        prop_assert_eq!(new.epoch, old.epoch, "{}: epoch changed unmoved", id);
+                        prop_assert_eq!(new.owner, old.owner, "{}: owner changed unmoved", id);
+                    }
+                }
+            }
+            Command::RemoveNode { id: node } => {
+                let lost_owner = old.owner == Some(*node);
+                if lost_owner {
+                    prop_assert!(
+                        new.epoch > old.epoch,
+                        "{}: un-owned without a new epoch",
+                        id
+                    );
+                } else {
+                    prop_assert_eq!(new.epoch, old.epoch, "{}: RemoveNode changed the epoch", id);
+                }
+                prop_assert_eq!(new.owner, if lost_owner { None } else { old.owner });
+            }
+            _ => {
+                prop_assert_eq!(
+                    new.epoch,
+                    old.epoch,
+                    "{}: {:?} changed the epoch",
+                    id,
+                    command
+                );
+                prop_assert_eq!(
+                    new.owner,
+                    old.owner,
+                    "{}: {:?} changed the owner",
+                    id,
+                    command
+                );
+            }
+        }
+        // Only the owner's committed writes change a session's state.
+        if !matches!(command, Command::UpdateState { id: updated, .. } if updated == id) {
+            prop_assert_eq!(
+                &new.state,
+                &old.state,
+                "{}: {:?} changed the state",
+                id,
+                command
+            );
+        }
+    }
+    // Each effective move and each un-owning takes the next epoch of the
+    // counter, in order; nothing else but CreateSession advances it.
+    match (command, result) {
+        (Command::Reassign { .. }, Ok(Applied::Moved(steps))) => {
+            let expected: Vec<Epoch> = (1..=steps.len() as u64)
+                .map(|n| Epoch(before.last_epoch.0 + n))
+                .collect();
+            let got: Vec<Epoch> = steps.iter().map(|(_, _, epoch)| *epoch).collect();
+            prop_assert_eq!(got, expected, "move epochs");
+            prop_assert_eq!(after.last_epoch.0, before.last_epoch.0 + steps.len() as u64);
+        }
+        (Command::RemoveNode { id: node }, _) => {
+            let lost = before
+                .sessions
+                .values()
+                .filter(|s| s.owner == Some(*node))
+                .count() as u64;
+            prop_assert_eq!(after.last_epoch.0, before.last_epoch.0 + lost);
+        }
+        (Command::CreateSession { .. }, _) => {}
+        _ => prop_assert_eq!(
+            after.last_epoch,
+            before.last_epoch,
+            "{:?} advanced last_epoch",
+            command
+        ),
+    }
+
+    if let Command::UpdateState { id, epoch, .. } = command {
+        // An accepted write carried the current epoch of an owned session.
+        let old = &before.sessions[id];
+        prop_assert_eq!(*epoch, old.epoch);
+        prop_assert!(old.owner.is_some(), "{id}: write accepted while unowned");
+    }
+    Ok(())
+}
+
+/// Moves the planners make for `state` must be fresh and must change owners;
+/// applied at once, they must all take effect and reach their goal.
+fn check_planners(state: &ClusterState, at: DateTime<Utc>) -> Result<(), TestCaseError> {
+    let eligible = state.eligible_nodes();
+    let mut plans = vec![("repair", repair(state)), ("rebalance", rebalance(state))];
+    plans.extend(MEMBER_IDS.map(|node| ("evacuate", evacuate(state, node))));
+    for (name, moves) in &plans {
+        for step in moves {
+            let session = &state.sessions[&step.id];
+            prop_assert_eq!(
+                step.from_epoch,
+                session.epoch,
+                "{} planned a stale move",
+                name
+            );
+            prop_assert_ne!(
+                step.to,
+                session.owner,
+                "{} planned a move to the same owner",
+                name
+            );
+            if let Some(to) = step.to {
+                prop_assert!(
+                    eligible.contains(&to),
+                    "{name} moves {} to ineligible {to}",
+                    step.id
+                );
+            }
+        }
+    }
+
+    // (6) After repair no session is on a Down or missing node; when a node is
+    // eligible, no session is left unplaced either.
+    let mut repaired = state.clone();
+    let moves = repair(state);
+    let results = repaired.apply(&Proposal::V1 {
+        at,
+        commands: vec![Command::Reassign {
+            moves: moves.clone(),
+        }],
+    });
+    match &results[..] {
+        [Ok(Applied::Moved(moved))] => prop_assert_eq!(moved.len(), moves.len()),
+        other => prop_assert!(false, "repair was not applied whole: {other:?}"),
+    }
+    check_table(&repaired)?;
+    for session in repaired.sessions.values() {
+        match session.owner {
+            None => prop_assert!(
+                eligible.is_empty(),
+                "{} unplaced after repair although {eligible:?} are eligible",
+                session.id
+            ),
+            Some(owner) => {
+                let status = repaired.nodes[&owner].status;
+                prop_assert_ne!(
+                    status,
+                    NodeStatus::Down,
+                    "{} still on Down {}",
+                    session.id,
+                    owner
+                );
+            }
+        }
+    }
+    prop_assert!(repair(&repaired).is_empty(), "repair is not idempotent");
+
+    // A fresh rebalance puts every session on its rendezvous choice.
+    if !eligible.is_empty() {
+        let mut balanced = state.clone();
+        balanced.apply(&Proposal::V1 {
+            at,
+            commands: vec![Command::Reassign {
+                moves: rebalance(state),
+            }],
+        });
+        for session in balanced.sessions.values() {
+            prop_assert_eq!(session.owner, place(&session.id, &eligible));
+        }
+    }
+    Ok(())
+}
+
+fn replay(log: &[Proposal]) -> (ClusterState, Vec<Vec<CommandResult>>) {
+    let mut state = ClusterState::default();
+    let results = log.iter().map(|proposal| state.apply(proposal)).collect();
+    (state, results)
+}
+
+fn run_log(ops: &[Vec<Op>]) -> Result<(), TestCaseError> {
+    let mut state = ClusterState::default();
+    let mut log: Vec<Proposal> = Vec::new();
+    let mut all_results: Vec<Vec<CommandResult>> = Vec::new();
+    let mut earlier_plans: Vec<Vec<Move>> = Vec::new();
+    // The highest epoch any session ever held, deleted sessions included.
+    let mut max_seen = Epoch(0);
+
+    for (index, batch) in ops.iter().enumerate() {
+        let at = start_time() + Duration::seconds(index as i64);
+        let commands: Vec<Command> = batch
+            .iter()
+            .map(|op| to_command(op, &state, &earlier_plans))
+            .collect();
+        let mut plan = repair(&state);
+        plan.extend(rebalance(&state));
+        earlier_plans.push(plan);
+
+        // Command by command, checking each step.
+        let mut stepped = state.clone();
+        let mut stepped_results = Vec::with_capacity(commands.len());
+        for command in &commands {
+            let before = stepped.clone();
+            let mut results = stepped.apply(&Proposal::V1 {
+                at,
+                commands: vec![command.clone()],
+            });
+            prop_assert_eq!(results.len(), 1);
+            let result = results.remove(0);
+            check_command(&before, &stepped, command, &result, at, max_seen)?;
+            if let Some(top) = stepped.sessions.values().map(|s| s.epoch).max() {
+                max_seen = max_seen.max(top);
+            }
+            stepped_results.push(result);
+        }
+
+        // The whole batch as one entry must give the same state and outcomes.
+        let proposal = Proposal::V1 { at, commands };
+        let results = state.apply(&proposal);
+        prop_assert_eq!(
+            &results,
+            &stepped_results,
+            "batched and stepped outcomes differ"
+        );
+        prop_assert_eq!(&state, &stepped, "batched and stepped states differ");
+
+        check_planners(&state, at)?;
+        log.push(proposal);
+        all_results.push(results);
+    }
+
+    // (5) Replaying the log from scratch, twice, gives the same table, outcomes
+    // and snapshot bytes; the snapshot reads back to the same table.
+    let (first, first_results) = replay(&log);
+    let (second, second_results) = replay(&log);
+    prop_assert_eq!(&first, &state);
+    prop_assert_eq!(&second, &state);
+    prop_assert_eq!(&first_results, &all_results);
+    prop_assert_eq!(&second_results, &all_results);
+    let snapshot = serde_json::to_vec(&first).unwrap();
+    prop_assert_eq!(&snapshot, &serde_json::to_vec(&second).unwrap());
+    let restored: ClusterState = serde_json::from_slice(&snapshot).unwrap();
+    prop_assert_eq!(&restored, &state);
+    let log_text = serde_json::to_string(&log).unwrap();
+    let log_back: Vec<Proposal> = serde_json::from_str(&log_text).unwrap();
+    prop_assert_eq!(&log_back, &log, "the log does not survive serialization");
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn random_logs_keep_the_table_invariants(ops in log()) {
+        run_log(&ops)?;
+    }
+}
+
+#[test]
+fn a_move_to_the_current_owner_still_bumps_the_epoch() {
+    // Pins down a corner the properties allow: a no-op move (which the
+    // planners never make) fences the owner's writes without moving anything.
+    let at = start_time();
+    let mut state = ClusterState::default();
+    let id = session_id(0);
+    state.apply(&Proposal::V1 {
+        at,
+        commands: vec![
+            Command::AddNode {
+                id: 1,
+                addr: "127.0.0.1:7010".into(),
+            },
+            Command::CreateSession {
+                id: id.clone(),
+                kind: SessionKind::new("kv").unwrap(),
+                state: StateJson("{}".into()),
+                owner: Some(1),
+            },
+            Command::Reassign {
+                moves: vec![Move {
+                    id: id.clone(),
+                    from_epoch: Epoch(1),
+                    to: Some(1),
+                }],
+            },
+        ],
+    });
+    let session = &state.sessions[&id];
+    assert_eq!((session.owner, session.epoch), (Some(1), Epoch(2)));
+}
+
+#[test]
+fn a_write_from_a_deleted_incarnation_is_fenced_from_the_new_one() {
+    // A session is deleted and created again under the same id; an UpdateState
+    // the old owner proposed before the delete, committed after the re-create,
+    // must be rejected: the new incarnation gets a fresh epoch from the
+    // table-wide counter, never the old one's.
+    let at = start_time();
+    let mut state = ClusterState::default();
+    let id = session_id(0);
+    let create = Command::CreateSession {
+        id: id.clone(),
+        kind: SessionKind::new("kv").unwrap(),
+        state: StateJson("{\"incarnation\":1}".into()),
+        owner: Some(1),
+    };
+    let mut recreate = create.clone();
+    if let Command::CreateSession { state, .. } = &mut recreate {
+        *state = StateJson("{\"incarnation\":2}".into());
+    }
+    let results = state.apply(&Proposal::V1 {
+        at,
+        commands: vec![
+            Command::AddNode {
+                id: 1,
+                addr: "127.0.0.1:7010".into(),
+            },
+            create,
+            Command::DeleteSession { id: id.clone() },
+            recreate,
+            // In flight from the first incarnation's task.
+            Command::UpdateState {
+                id: id.clone(),
+                epoch: Epoch(1),
+                state: StateJson("{\"incarnation\":1,\"late\":true}".into()),
+            },
+        ],
+    });
+    assert!(
+        results[4].is_err(),
+        "a write for the deleted incarnation overwrote the new one: {:?}",
+        state.sessions[&id].state
+    );
+    let session = &state.sessions[&id];
+    assert!(
+        session.epoch > Epoch(1),
+        "re-created at epoch {}",
+        session.epoch
+    );
+    assert_eq!(session.state, StateJson("{\"incarnation\":2}".into()));
+}
