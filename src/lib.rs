@@ -16,3 +16,4 @@ pub mod runtime;
 pub mod scheduler;
 pub mod state;
 pub mod store;
+pub mod testkit;
