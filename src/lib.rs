@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod chaos;
 pub mod client;
 pub mod config;
 pub mod handler;

@@ -48,6 +48,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(minos::bench::BenchCommand),
+    /// Fault injection with a history checker (no lost write, never two owners).
+    Chaos(minos::chaos::ChaosArgs),
 }
 
 #[derive(Args)]
