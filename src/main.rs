@@ -402,6 +402,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             code: e.exit_code(),
             message: e.to_string(),
         }),
+        Command::Chaos(args) => minos::chaos::run(args).await.map_err(|e| Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }),
     }
 }
 
