@@ -438,13 +438,22 @@ impl SessionTask {
 
     async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
         debug!(node = self.env.me, session = %self.id, epoch = %self.epoch, "session task started");
+        let mut lease = self.env.lease.clone();
         loop {
             let deadline = self.live.next_deadline();
+            let lease_ok = self.env.lease_valid();
+            // Timers fire only under a valid lease; without one, wait for the
+            // next renewal instead (the reconciler may stop this task first).
             let timer = async {
+                if !lease_ok {
+                    let _ = lease.changed().await;
+                    return false;
+                }
                 match deadline {
                     Some(at) => {
                         let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                        tokio::time::sleep(wait).await
+                        tokio::time::sleep(wait).await;
+                        true
                     }
                     None => std::future::pending().await,
                 }
@@ -466,14 +475,11 @@ impl SessionTask {
                         break;
                     }
                 }
-                _ = timer => {
-                    if !self.env.lease_valid() {
-                        // The reconciler stops this task; do not spin meanwhile.
-                        let _ = calls.recv().await;
-                        break;
-                    }
-                    if let Commit::Stop(_) = self.fire_due_deadline().await {
-                        break;
+                fire = timer => {
+                    if fire {
+                        if let Commit::Stop(_) = self.fire_due_deadline().await {
+                            break;
+                        }
                     }
                 }
             }
