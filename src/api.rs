@@ -23,12 +23,9 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
-use crate::handler::SessionContext;
+use crate::error::Error;
 use crate::lease::LeaseRequest;
-use crate::model::{
-    Applied, Command, Epoch, NodeId, NodeStatus, Rejection, Session, SessionId, SessionKind,
-    StateJson,
-};
+use crate::model::{Command, NodeId, NodeStatus, Rejection, Session, SessionId, SessionKind};
 use crate::node::{Core, JoinRequest};
 use crate::raft::{TypeConfig, WriteError};
 use crate::runtime::CallError;
@@ -67,6 +64,22 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let (status, code) = match &e {
+            Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+            Error::UnknownKind(_) => (StatusCode::BAD_REQUEST, "unknown_kind"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::Exists(_) => (StatusCode::CONFLICT, "exists"),
+            Error::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+            Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "state_too_large"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }
 
@@ -176,7 +189,7 @@ fn session_view(session: &Session, status: SessionStatus) -> SessionView {
 }
 
 /// The routers of one node.
-pub fn router(core: Arc<Core>) -> Router {
+pub(crate) fn router(core: Arc<Core>) -> Router {
     let body_limit = core.limits.max_state_bytes + 64 * 1024;
     let public = Router::new()
         .route("/v1/sessions", post(create_session).get(list_sessions))
@@ -242,60 +255,20 @@ async fn create_session(
         .unwrap_or_else(|| crate::handlers::kv::KIND.to_string());
     let kind = SessionKind::new(kind_name.clone())
         .map_err(|e| ApiError::bad_request("invalid_kind", format!("invalid kind: {e}")))?;
-    let handler = core.registry.get(&kind).ok_or_else(|| {
-        let known: Vec<String> = core.registry.kinds().map(|k| k.to_string()).collect();
-        ApiError::bad_request(
-            "unknown_kind",
-            format!("unknown kind {kind_name:?}; this node knows {known:?}"),
-        )
-    })?;
-    let ctx = SessionContext {
-        id: id.clone(),
-        now: Utc::now(),
-        owner: core.me,
-        epoch: Epoch(0),
-    };
-    let state = handler.create(&ctx, request.state).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "rejected",
-            format!("initial state rejected: {e}"),
-        )
-    })?;
-    check_state_size(&core, &state)?;
-    let applied = core
-        .proposer
-        .propose(Command::CreateSession {
-            id,
-            kind,
-            state,
-            owner: None,
-        })
-        .await??;
-    match applied {
-        Applied::Session(session) => {
-            let status = core.view.read(|a| a.state.session_status(&session));
-            Ok((StatusCode::CREATED, Json(session_view(&session, status))).into_response())
-        }
-        other => Err(ApiError::unavailable(format!(
-            "unexpected outcome {other:?}"
-        ))),
-    }
-}
-
-fn check_state_size(core: &Core, state: &StateJson) -> Result<(), ApiError> {
-    if state.len() > core.limits.max_state_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "state_too_large",
-            format!(
-                "state is {} bytes; the limit is {}",
-                state.len(),
-                core.limits.max_state_bytes
-            ),
-        ));
-    }
-    Ok(())
+    let session = crate::sessions::create_session(&core, id, kind, request.state)
+        .await
+        .map_err(|e| match e {
+            Error::UnknownKind(_) => {
+                let known: Vec<String> = core.registry.kinds().map(|k| k.to_string()).collect();
+                ApiError::bad_request(
+                    "unknown_kind",
+                    format!("unknown kind {kind_name:?}; this node knows {known:?}"),
+                )
+            }
+            other => other.into(),
+        })?;
+    let status = core.view.read(|a| a.state.session_status(&session));
+    Ok((StatusCode::CREATED, Json(session_view(&session, status))).into_response())
 }
 
 async fn barrier(core: &Core) -> Result<(), ApiError> {

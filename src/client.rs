@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{ClusterView, SessionPage, SessionView};
 use crate::model::NodeId;
 use crate::runtime::CallReply;
-use crate::scheduler::HandoffReport;
+pub use crate::scheduler::HandoffReport;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]

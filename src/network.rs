@@ -96,11 +96,6 @@ impl PeerClock {
         times.sort_unstable_by(|a, b| b.cmp(a));
         Some(times[majority - 1])
     }
-
-    /// Forgets every record (on a change of term).
-    pub fn reset(&self) {
-        self.acked.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
 }
 
 /// Shared HTTP client and fault switches used by all internal traffic.

@@ -149,7 +149,7 @@ impl NodeBuilder {
     }
 
     /// Fault switches shared with a test harness.
-    pub fn faults(mut self, faults: Faults) -> Self {
+    pub(crate) fn faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
         self
     }
@@ -161,7 +161,7 @@ impl NodeBuilder {
 }
 
 /// Everything the parts of a node share.
-pub struct Core {
+pub(crate) struct Core {
     pub(crate) me: NodeId,
     pub(crate) raft: MinosRaft,
     pub(crate) view: StateView,
@@ -564,6 +564,25 @@ impl Node {
     /// Reads the applied table.
     pub fn read_state<T>(&self, read: impl FnOnce(&crate::state::ClusterState) -> T) -> T {
         self.core.view.read(|a| read(&a.state))
+    }
+
+    /// Typed access to the sessions of kind `kind`, handled by `H`. The kind
+    /// must be registered on this node (and on every node of the cluster).
+    pub fn sessions<H: crate::handler::SessionHandler>(
+        &self,
+        kind: &str,
+    ) -> Result<crate::sessions::Sessions<H>, crate::error::Error> {
+        let kind = crate::model::SessionKind::new(kind)
+            .map_err(|e| crate::error::Error::InvalidInput(format!("invalid kind: {e}")))?;
+        if self.core.registry.get(&kind).is_none() {
+            return Err(crate::error::Error::UnknownKind(kind.to_string()));
+        }
+        Ok(crate::sessions::Sessions::new(self.core.clone(), kind))
+    }
+
+    /// A client of this node's HTTP API.
+    pub fn client(&self) -> crate::client::Client {
+        crate::client::Client::new(self.addr.to_string())
     }
 
     /// Sessions running on this node right now.

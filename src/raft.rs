@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
+use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
@@ -321,9 +321,4 @@ pub fn voters(raft: &MinosRaft) -> BTreeSet<NodeId> {
         .membership()
         .voter_ids()
         .collect()
-}
-
-/// True when this node is the leader right now.
-pub fn is_leader(raft: &MinosRaft) -> bool {
-    raft.metrics().borrow().state == ServerState::Leader
 }

@@ -105,7 +105,7 @@ impl TaskEnv {
 }
 
 /// Live sessions of this node.
-pub struct Runtime {
+pub(crate) struct Runtime {
     env: TaskEnv,
     registry: crate::handler::Registry,
     transport: Transport,

@@ -112,7 +112,7 @@ pub enum MinotaurMessage {
 }
 
 /// The answer to a [`MinotaurMessage`].
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MinotaurReply {
     /// The whole game (`get_game`, `join`).

@@ -1,0 +1,185 @@
+//! Typed sessions for embedding services: start, call, read and stop a
+//! session of a registered kind with the handler's own message and reply
+//! types (serde underneath). The same sessions stay callable over HTTP with
+//! JSON.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::handler::{SessionContext, SessionHandler};
+use crate::model::{Applied, Command, Epoch, NodeId, Session, SessionId, SessionKind};
+use crate::node::Core;
+
+/// Default time a typed call waits while its session moves.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A typed reply with where it was answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply<R> {
+    /// The handler's reply.
+    pub reply: R,
+    /// Node that ran the session.
+    pub owner: NodeId,
+    /// Epoch it ran under.
+    pub epoch: Epoch,
+}
+
+/// Sessions of one kind, seen through a local [`crate::Node`].
+pub struct Sessions<H> {
+    core: Arc<Core>,
+    kind: SessionKind,
+    _handler: PhantomData<fn() -> H>,
+}
+
+impl<H> Clone for Sessions<H> {
+    fn clone(&self) -> Self {
+        Self {
+            core: self.core.clone(),
+            kind: self.kind.clone(),
+            _handler: PhantomData,
+        }
+    }
+}
+
+fn session_id(id: &str) -> Result<SessionId, Error> {
+    SessionId::new(id).map_err(|e| Error::InvalidInput(format!("invalid session id: {e}")))
+}
+
+/// Creates a session: the handler builds the first state, the leader places
+/// it, and the create is committed before this returns.
+pub(crate) async fn create_session(
+    core: &Core,
+    id: SessionId,
+    kind: SessionKind,
+    initial: Option<serde_json::Value>,
+) -> Result<Session, Error> {
+    let handler = core
+        .registry
+        .get(&kind)
+        .ok_or_else(|| Error::UnknownKind(kind.to_string()))?;
+    let ctx = SessionContext {
+        id: id.clone(),
+        now: Utc::now(),
+        owner: core.me,
+        epoch: Epoch(0),
+    };
+    let state = handler
+        .create(&ctx, initial)
+        .map_err(|e| Error::Rejected(format!("initial state rejected: {e}")))?;
+    if state.len() > core.limits.max_state_bytes {
+        return Err(Error::TooLarge {
+            size: state.len(),
+            limit: core.limits.max_state_bytes,
+        });
+    }
+    let command = Command::CreateSession {
+        id,
+        kind,
+        state,
+        owner: None,
+    };
+    match core.proposer.propose(command).await?? {
+        Applied::Session(session) => Ok(*session),
+        other => Err(Error::OutcomeUnknown(format!(
+            "unexpected outcome {other:?}"
+        ))),
+    }
+}
+
+impl<H: SessionHandler> Sessions<H> {
+    pub(crate) fn new(core: Arc<Core>, kind: SessionKind) -> Self {
+        Self {
+            core,
+            kind,
+            _handler: PhantomData,
+        }
+    }
+
+    /// Starts a session with the handler's default first state.
+    pub async fn start(&self, id: &str) -> Result<Session, Error> {
+        create_session(&self.core, session_id(id)?, self.kind.clone(), None).await
+    }
+
+    /// Starts a session with `initial` as the creator's first state (the
+    /// handler's `create` validates it).
+    pub async fn start_with<S: Serialize>(&self, id: &str, initial: &S) -> Result<Session, Error> {
+        let initial = serde_json::to_value(initial)
+            .map_err(|e| Error::InvalidInput(format!("initial state does not serialize: {e}")))?;
+        create_session(
+            &self.core,
+            session_id(id)?,
+            self.kind.clone(),
+            Some(initial),
+        )
+        .await
+    }
+
+    /// Sends a message to the live session wherever it runs, waiting up to
+    /// [`DEFAULT_CALL_TIMEOUT`] while it moves.
+    pub async fn call(&self, id: &str, msg: &H::Msg) -> Result<Reply<H::Reply>, Error>
+    where
+        H::Msg: Serialize,
+        H::Reply: DeserializeOwned,
+    {
+        self.call_with_timeout(id, msg, DEFAULT_CALL_TIMEOUT).await
+    }
+
+    /// [`Sessions::call`] with an explicit timeout.
+    pub async fn call_with_timeout(
+        &self,
+        id: &str,
+        msg: &H::Msg,
+        timeout: Duration,
+    ) -> Result<Reply<H::Reply>, Error>
+    where
+        H::Msg: Serialize,
+        H::Reply: DeserializeOwned,
+    {
+        let id = session_id(id)?;
+        let msg = serde_json::to_value(msg)
+            .map_err(|e| Error::InvalidInput(format!("message does not serialize: {e}")))?;
+        if !self.core.view.read(|a| a.state.sessions.contains_key(&id)) {
+            self.core.read_barrier().await.map_err(Error::Unavailable)?;
+        }
+        let answer = self.core.runtime.call(&id, msg, timeout).await?;
+        let reply = serde_json::from_value(answer.reply).map_err(|e| {
+            Error::OutcomeUnknown(format!(
+                "the reply does not decode as this kind's reply: {e}"
+            ))
+        })?;
+        Ok(Reply {
+            reply,
+            owner: answer.owner,
+            epoch: answer.epoch,
+        })
+    }
+
+    /// The last committed state (linearizable read).
+    pub async fn state(&self, id: &str) -> Result<H::State, Error> {
+        let id = session_id(id)?;
+        self.core.read_barrier().await.map_err(Error::Unavailable)?;
+        let state = self
+            .core
+            .view
+            .read(|a| a.state.sessions.get(&id).map(|s| s.state.clone()))
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        serde_json::from_str(&state.0)
+            .map_err(|e| Error::Rejected(format!("stored state does not fit this kind: {e}")))
+    }
+
+    /// Deletes the session.
+    pub async fn stop(&self, id: &str) -> Result<(), Error> {
+        let id = session_id(id)?;
+        self.core
+            .proposer
+            .propose(Command::DeleteSession { id })
+            .await??;
+        Ok(())
+    }
+}
