@@ -66,7 +66,6 @@ pub async fn supervise(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
 async fn run(core: Arc<Core>, term: u64) {
     let (dead_tx, mut dead_rx) = mpsc::channel::<NodeId>(64);
     let mut watchers: BTreeMap<NodeId, tokio::task::JoinHandle<()>> = BTreeMap::new();
-    let mut applied = core.view.subscribe();
     let mut repaired_at: Option<u64> = None;
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -77,7 +76,6 @@ async fn run(core: Arc<Core>, term: u64) {
                 info!(node, "process of node is gone (connection closed, then refused)");
                 core.liveness.mark_dead(node);
             }
-            _ = applied.changed() => {}
         }
         if core.raft.metrics().borrow().current_term != term {
             break;
