@@ -515,15 +515,26 @@ async fn health(State(core): State<AppState>) -> Response {
     let lease = *core.lease.borrow();
     let applied = core.view.applied_index();
     let caught_up = applied >= lease.required_applied && lease.valid_until.is_some();
+    // A leader cut off from its quorum still names itself leader (openraft
+    // does not step down); it can neither write nor read, so it is not healthy.
+    // Same rule as the lease grant.
+    let quorum = state != ServerState::Leader || {
+        let voters = crate::raft::voters(&core.raft);
+        core.transport
+            .clock
+            .quorum_acked_at(core.me, &voters)
+            .is_some_and(|at| at.elapsed() <= core.timing.quorum_window)
+    };
     let body = serde_json::json!({
         "node": core.me,
         "leader": leader,
         "role": format!("{state:?}").to_lowercase(),
         "applied_index": applied,
         "caught_up": caught_up,
+        "quorum": quorum,
         "lease_valid": lease.is_valid(tokio::time::Instant::now(), applied),
     });
-    if leader.is_some() && caught_up {
+    if leader.is_some() && caught_up && quorum {
         (StatusCode::OK, Json(body)).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
@@ -613,36 +624,37 @@ fn bin<T: Serialize>(value: &T) -> Response {
     }
 }
 
-fn from_bin<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
-    bincode::deserialize(body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad binary body: {e}")).into_response())
+fn from_bin<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> {
+    bincode::deserialize(body).map_err(|e| {
+        Box::new((StatusCode::BAD_REQUEST, format!("bad binary body: {e}")).into_response())
+    })
 }
 
 async fn raft_append(State(core): State<AppState>, body: Bytes) -> Response {
     match from_bin::<AppendEntriesRequest<TypeConfig>>(&body) {
         Ok(request) => bin(&core.raft.append_entries(request).await),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 
 async fn raft_vote(State(core): State<AppState>, body: Bytes) -> Response {
     match from_bin::<VoteRequest<NodeId>>(&body) {
         Ok(request) => bin(&core.raft.vote(request).await),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 
 async fn raft_snapshot(State(core): State<AppState>, body: Bytes) -> Response {
     match from_bin::<InstallSnapshotRequest<TypeConfig>>(&body) {
         Ok(request) => bin(&core.raft.install_snapshot(request).await),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 
 async fn propose_forwarded(State(core): State<AppState>, body: Bytes) -> Response {
     match from_bin::<Vec<Command>>(&body) {
         Ok(commands) => bin(&core.write_path.accept_forwarded(commands).await),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 

@@ -235,16 +235,24 @@ async fn watch_presence(core: Arc<Core>, node: NodeId, addr: String, dead: mpsc:
                 }
             }
         }
-        let probe = tokio::time::timeout(
-            Duration::from_millis(200),
-            tokio::net::TcpStream::connect(&addr),
-        )
-        .await;
-        if let Ok(Err(e)) = probe {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused
-                && !core.transport.faults.is_blocked(node)
-            {
-                let _ = dead.send(node).await;
+        // The kernel of a dying process may close its connections a moment
+        // before its listening socket: probe a few times, 1 ms apart, before
+        // taking a successful connect as "alive".
+        for _ in 0..20 {
+            let probe = tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(&addr),
+            )
+            .await;
+            match probe {
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    if !core.transport.faults.is_blocked(node) {
+                        let _ = dead.send(node).await;
+                    }
+                    break;
+                }
+                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(1)).await,
+                _ => break,
             }
         }
         // Pace reconnects to a node that is down or restarting.

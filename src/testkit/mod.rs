@@ -113,8 +113,8 @@ impl ClusterBuilder {
             timing: self.timing,
             registry: self.registry,
             slots: peers
-                .iter()
-                .map(|(id, _)| {
+                .keys()
+                .map(|id| {
                     let slot = Slot {
                         node: None,
                         faults: Faults::default(),
