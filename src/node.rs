@@ -537,6 +537,10 @@ impl Node {
         )));
         node.tasks
             .push(tokio::spawn(runtime.reconcile_loop(shutdown_rx.clone())));
+        node.tasks.push(tokio::spawn(crate::scheduler::watch_leader(
+            core.clone(),
+            shutdown_rx.clone(),
+        )));
         info!(node = me, addr = %local, "node started");
         Ok(node)
     }

@@ -214,49 +214,114 @@ fn plan(core: &Core, state_changed: bool) -> (Vec<Command>, bool) {
     })
 }
 
-/// Holds a long-lived request open to `node`. When it ends, a fresh
-/// connection tells a dead process (refused) from a slow one (anything else:
-/// leases handle those).
-async fn watch_presence(core: Arc<Core>, node: NodeId, addr: String, dead: mpsc::Sender<NodeId>) {
-    loop {
-        if !core.transport.faults.is_blocked(node) {
-            if let Ok(response) = core
-                .transport
-                .http
-                .get(format!("http://{addr}/internal/presence"))
-                .send()
-                .await
-            {
-                let mut response = response;
-                while let Ok(Some(_)) = response.chunk().await {
-                    if core.transport.faults.is_blocked(node) {
-                        break;
-                    }
-                }
+/// Holds a long-lived request open to `node` until it ends, then tells a
+/// dead process (a fresh connection is refused) from anything else (slow,
+/// cut off, restarting: leases handle those). True when the process is gone.
+async fn presence_lost(core: &Core, node: NodeId, addr: &str) -> bool {
+    if core.transport.faults.is_blocked(node) {
+        return false;
+    }
+    if let Ok(mut response) = core
+        .transport
+        .http
+        .get(format!("http://{addr}/internal/presence"))
+        .send()
+        .await
+    {
+        while let Ok(Some(_)) = response.chunk().await {
+            if core.transport.faults.is_blocked(node) {
+                return false;
             }
         }
-        // The kernel of a dying process may close its connections a moment
-        // before its listening socket: probe a few times, 1 ms apart, before
-        // taking a successful connect as "alive".
-        for _ in 0..20 {
-            let probe = tokio::time::timeout(
-                Duration::from_millis(200),
-                tokio::net::TcpStream::connect(&addr),
-            )
-            .await;
-            match probe {
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    if !core.transport.faults.is_blocked(node) {
-                        let _ = dead.send(node).await;
-                    }
-                    break;
-                }
-                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(1)).await,
-                _ => break,
+    }
+    // The kernel of a dying process may close its connections a moment
+    // before its listening socket: probe a few times, 1 ms apart, before
+    // taking a successful connect as "alive".
+    for _ in 0..20 {
+        let probe = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        match probe {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return !core.transport.faults.is_blocked(node);
             }
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(1)).await,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Leader side: reports `node` dead whenever its process is gone.
+async fn watch_presence(core: Arc<Core>, node: NodeId, addr: String, dead: mpsc::Sender<NodeId>) {
+    loop {
+        if presence_lost(&core, node, &addr).await {
+            let _ = dead.send(node).await;
         }
         // Pace reconnects to a node that is down or restarting.
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Every node: watches the leader's process, and when it is gone starts an
+/// election at once instead of waiting for openraft's election timeout.
+///
+/// openraft refuses votes while a follower's leader lease runs
+/// (`election_timeout_max` after the last heartbeat), but only while that
+/// follower's vote is committed. So every survivor but one first becomes a
+/// candidate (which un-commits its vote; its own bid fails), and the
+/// designated survivor (lowest id) then bids twice, reaching a term above
+/// theirs, and wins at once. If anything goes differently, openraft's own
+/// timers still elect a leader. Safe because minos never serves reads from a
+/// leader lease (reads use `ensure_linearizable`).
+pub async fn watch_leader(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = core.raft.metrics();
+    loop {
+        let leader = metrics.borrow_and_update().current_leader;
+        let target = leader
+            .filter(|l| *l != core.me)
+            .and_then(|l| core.node_addr(l).map(|addr| (l, addr)));
+        if let Some((leader, addr)) = target {
+            let lost = tokio::select! {
+                lost = presence_lost(&core, leader, &addr) => lost,
+                _ = shutdown.changed() => return,
+            };
+            if lost && core.leader() == Some(leader) {
+                info!(
+                    node = core.me,
+                    leader, "leader process is gone: electing now"
+                );
+                early_election(&core, leader).await;
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn early_election(core: &Core, dead_leader: NodeId) {
+    let survivors: Vec<NodeId> = crate::raft::voters(&core.raft)
+        .into_iter()
+        .filter(|v| *v != dead_leader)
+        .collect();
+    if !survivors.contains(&core.me) {
+        return;
+    }
+    let designated = survivors.iter().copied().min();
+    if designated != Some(core.me) {
+        let _ = core.raft.trigger().elect().await;
+        return;
+    }
+    // Give the others a moment to become candidates, then outbid them.
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    if core.leader() == Some(dead_leader) || core.leader().is_none() {
+        let _ = core.raft.trigger().elect().await;
+        let _ = core.raft.trigger().elect().await;
     }
 }
 
