@@ -1,10 +1,20 @@
-//! Benchmarks: `minos bench failover` (see `failover`).
+//! Benchmarks: `minos bench failover` (see [`failover`]), its report
+//! ([`report`]) and plot ([`plot`]).
+
+pub mod failover;
+pub mod plot;
+pub mod report;
+
+pub use failover::{FailoverArgs, FailoverConfig, Mode};
+pub use report::Report;
 
 /// Benchmark subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Failover latency of a real cluster of `minos serve` processes.
-    Failover,
+    /// Failover latency of a real cluster of `minos serve` processes: per
+    /// mode (graceful, crash, leader-crash, freeze), the time from the signal
+    /// to the first answer of each affected session on its new owner.
+    Failover(FailoverArgs),
 }
 
 /// A benchmark failed.
@@ -13,7 +23,7 @@ pub enum BenchError {
     /// Bad flags.
     #[error("{0}")]
     Usage(String),
-    /// The run failed.
+    /// The run failed, or lost a session, or saw a double owner.
     #[error("{0}")]
     Failed(String),
 }
@@ -31,6 +41,44 @@ impl BenchError {
 /// Runs a benchmark command.
 pub async fn run(command: BenchCommand) -> Result<(), BenchError> {
     match command {
-        BenchCommand::Failover => Err(BenchError::Failed("not built yet".into())),
+        BenchCommand::Failover(args) => {
+            let json = args.json.clone();
+            let plot = args.plot.clone();
+            let config = args.into_config()?;
+            let report = failover::run(&config).await?;
+            publish(&report, json.as_deref(), plot.as_deref())
+        }
     }
+}
+
+/// Prints the tables (stdout) and alarms (stderr), writes the JSON and the
+/// plot when asked, and fails when a session was lost, came back with the
+/// wrong state, or had two owners.
+pub fn publish(
+    report: &Report,
+    json: Option<&std::path::Path>,
+    plot: Option<&std::path::Path>,
+) -> Result<(), BenchError> {
+    print!("{}", report.tables());
+    for alarm in report.alarms() {
+        eprintln!("{alarm}");
+    }
+    if let Some(path) = json {
+        report.write_json(path).map_err(BenchError::Failed)?;
+        eprintln!(
+            "raw samples and configuration written to {}",
+            path.display()
+        );
+    }
+    if let Some(path) = plot {
+        report.write_plot(path).map_err(BenchError::Failed)?;
+        eprintln!("latency CDF written to {}", path.display());
+    }
+    let (lost, double, wrong) = report.failures();
+    if lost + double + wrong > 0 {
+        return Err(BenchError::Failed(format!(
+            "FAILED: {lost} sessions lost, {double} double owners, {wrong} sessions back with a wrong state"
+        )));
+    }
+    Ok(())
 }
