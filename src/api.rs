@@ -76,6 +76,7 @@ impl From<Error> for ApiError {
             Error::Exists(_) => (StatusCode::CONFLICT, "exists"),
             Error::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
             Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "state_too_large"),
+            Error::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
         };
@@ -85,13 +86,7 @@ impl From<Error> for ApiError {
 
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
-        let code = match e {
-            WriteError::NoLeader => "no_quorum",
-            WriteError::Timeout(_) => "outcome_unknown",
-            WriteError::ShuttingDown => "shutting_down",
-            WriteError::Failed(_) => "unavailable",
-        };
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+        Error::from(e).into()
     }
 }
 
@@ -387,6 +382,13 @@ async fn delete_session(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = session_id(&id)?;
+    // An unknown session is answered without writing a rejected entry.
+    if !core.view.read(|a| a.state.sessions.contains_key(&id)) {
+        barrier(&core).await?;
+        if !core.view.read(|a| a.state.sessions.contains_key(&id)) {
+            return Err(Rejection::NoSuchSession(id).into());
+        }
+    }
     core.proposer
         .propose(Command::DeleteSession { id: id.clone() })
         .await??;

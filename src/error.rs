@@ -32,8 +32,11 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// Not possible right now (no quorum, session moving past the timeout);
-    /// nothing was written.
+    /// No leader or no quorum; nothing was written.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// Not possible right now (session moving past the timeout, node
+    /// shutting down); nothing was written.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The operation may or may not have taken effect.
@@ -45,7 +48,8 @@ impl From<WriteError> for Error {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Timeout(_) | WriteError::Failed(_) => Error::OutcomeUnknown(e.to_string()),
-            WriteError::NoLeader | WriteError::ShuttingDown => Error::Unavailable(e.to_string()),
+            WriteError::NoLeader => Error::NoQuorum(e.to_string()),
+            WriteError::ShuttingDown => Error::Unavailable(e.to_string()),
         }
     }
 }

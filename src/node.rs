@@ -356,11 +356,9 @@ impl Node {
         let dir = builder.data_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", dir.display())))?;
-        let db = tokio::task::spawn_blocking(move || store::open_db(&dir))
-            .await
-            .map_err(|e| StartError::Storage(e.to_string()))?
-            .map_err(|e| StartError::Storage(e.to_string()))?;
-        let stored = store::read_identity(&db).map_err(StartError::Storage)?;
+        // The identity lives in a plain file, checked before sled is opened,
+        // so a refused start touches nothing.
+        let stored = store::read_identity(&dir).map_err(StartError::Storage)?;
         let mut needs_join = None;
         match (&stored, &membership) {
             (Some(identity), _) if identity.node_id != me => {
@@ -387,14 +385,15 @@ impl Node {
                     node_id: me,
                     cluster: peers_cluster_name(peers),
                 };
-                let db2 = db.clone();
-                tokio::task::spawn_blocking(move || store::write_identity(&db2, &identity))
-                    .await
-                    .map_err(|e| StartError::Storage(e.to_string()))?
-                    .map_err(StartError::Storage)?;
+                store::write_identity(&dir, &identity).map_err(StartError::Storage)?;
             }
             (None, Membership::Join(addr)) => needs_join = Some(addr.clone()),
         }
+        let sled_dir = dir.clone();
+        let db = tokio::task::spawn_blocking(move || store::open_db(&sled_dir))
+            .await
+            .map_err(|e| StartError::Storage(e.to_string()))?
+            .map_err(|e| StartError::Storage(e.to_string()))?;
 
         let (log_store, sm_store) =
             store::open_stores(&db).map_err(|e| StartError::Storage(e.to_string()))?;
@@ -488,11 +487,7 @@ impl Node {
                     node_id: me,
                     cluster: answer.cluster,
                 };
-                let db2 = db.clone();
-                tokio::task::spawn_blocking(move || store::write_identity(&db2, &identity))
-                    .await
-                    .map_err(|e| StartError::Storage(e.to_string()))?
-                    .map_err(StartError::Storage)?;
+                store::write_identity(&dir, &identity).map_err(StartError::Storage)?;
             }
             (Membership::Peers(peers), None) => {
                 let members: BTreeMap<NodeId, BasicNode> = peers

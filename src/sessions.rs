@@ -78,6 +78,14 @@ pub(crate) async fn create_session(
             limit: core.limits.max_state_bytes,
         });
     }
+    // A duplicate is answered without writing a rejected entry: a session
+    // seen locally is confirmed by a linearizable read first.
+    if core.view.read(|a| a.state.sessions.contains_key(&id)) {
+        core.read_barrier().await.map_err(Error::NoQuorum)?;
+        if core.view.read(|a| a.state.sessions.contains_key(&id)) {
+            return Err(Error::Exists(id));
+        }
+    }
     let command = Command::CreateSession {
         id,
         kind,
@@ -145,7 +153,7 @@ impl<H: SessionHandler> Sessions<H> {
         let msg = serde_json::to_value(msg)
             .map_err(|e| Error::InvalidInput(format!("message does not serialize: {e}")))?;
         if !self.core.view.read(|a| a.state.sessions.contains_key(&id)) {
-            self.core.read_barrier().await.map_err(Error::Unavailable)?;
+            self.core.read_barrier().await.map_err(Error::NoQuorum)?;
         }
         let answer = self.core.runtime.call(&id, msg, timeout).await?;
         let reply = serde_json::from_value(answer.reply).map_err(|e| {
@@ -163,7 +171,7 @@ impl<H: SessionHandler> Sessions<H> {
     /// The last committed state (linearizable read).
     pub async fn state(&self, id: &str) -> Result<H::State, Error> {
         let id = session_id(id)?;
-        self.core.read_barrier().await.map_err(Error::Unavailable)?;
+        self.core.read_barrier().await.map_err(Error::NoQuorum)?;
         let state = self
             .core
             .view

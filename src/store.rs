@@ -34,7 +34,6 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
-const KEY_IDENTITY: &[u8] = b"identity";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -72,26 +71,34 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
         .open()
 }
 
-/// Reads the identity stored in `db`, if any.
-pub fn read_identity(db: &sled::Db) -> Result<Option<Identity>, String> {
-    let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
-    match meta.get(KEY_IDENTITY).map_err(|e| e.to_string())? {
-        None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
+const IDENTITY_FILE: &str = "identity.json";
+
+/// Reads the identity file of a data directory, if any.
+pub fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| format!("unreadable identity record: {e}")),
+            .map_err(|e| format!("unreadable identity file {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
-/// Stores the identity durably (blocking fsync: call from a blocking context
-/// or at start-up).
-pub fn write_identity(db: &sled::Db, identity: &Identity) -> Result<(), String> {
-    let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
-    let bytes = serde_json::to_vec(identity).map_err(|e| e.to_string())?;
-    meta.insert(KEY_IDENTITY, bytes)
-        .map_err(|e| e.to_string())?;
-    db.flush().map_err(|e| e.to_string())?;
-    Ok(())
+/// Writes the identity file durably (temporary file, fsync, rename, fsync
+/// of the directory). Called once per data directory, at start-up.
+pub fn write_identity(dir: &Path, identity: &Identity) -> Result<(), String> {
+    use std::io::Write;
+    let bytes = serde_json::to_vec_pretty(identity).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(IDENTITY_FILE))?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// The Raft log, vote and committed index.

@@ -257,6 +257,16 @@ impl ProcessCluster {
         self.await_exit(id, Duration::from_secs(20)).await
     }
 
+    /// Starts a stopped node's process again with the same flags and data,
+    /// without waiting for it to be healthy (a node cannot be healthy alone
+    /// when a whole cluster restarts).
+    pub fn launch(&mut self, id: NodeId) -> Result<(), String> {
+        if self.is_running(id) {
+            return Err(format!("node {id} is running"));
+        }
+        self.spawn(id)
+    }
+
     /// Starts a stopped node again with the same flags and data.
     pub async fn restart(&mut self, id: NodeId) -> Result<(), String> {
         if self.is_running(id) {
