@@ -206,7 +206,7 @@ pub fn generate(seed: u64, options: &ScheduleOptions) -> Vec<Episode> {
             }
             pick -= weight;
         }
-        let mut target = |rng: &mut SplitMix64| match rng.below(3) {
+        let target = |rng: &mut SplitMix64| match rng.below(3) {
             0 => Target::Leader,
             1 => Target::Follower(rng.below(nodes.max(2) - 1) as u8),
             _ => Target::Node(1 + rng.below(nodes)),
@@ -278,7 +278,7 @@ mod tests {
                 other => panic!("fault {other} is not allowed"),
             }
         }
-        let kinds: std::collections::BTreeSet<std::mem::Discriminant<Fault>> = episodes
+        let kinds: std::collections::HashSet<std::mem::Discriminant<Fault>> = episodes
             .iter()
             .map(|e| std::mem::discriminant(&e.fault))
             .collect();
