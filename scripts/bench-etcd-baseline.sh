@@ -336,6 +336,14 @@ class Cluster:
                     pass
 
 
+def load_average():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return None
+
+
 def percentile(sorted_values, p):
     if not sorted_values:
         return 0.0
@@ -418,7 +426,8 @@ def orchestrate(opts):
         "baseline": "etcd lease + keep-alive + watch + txn takeover",
         "etcd_version": version,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "machine": {"cores": os.cpu_count(), "network": "loopback (127.0.0.1)"},
+        "machine": {"cores": os.cpu_count(), "network": "loopback (127.0.0.1)",
+                    "load_average_start": load_average()},
         "config": {"sessions": opts.sessions, "trials": opts.trials, "modes": modes,
                    "ttl_requested_s": opts.ttl, "keepalive_interval_ms": round(opts.ttl * 1000 / 3),
                    "etcd_heartbeat_ms": opts.heartbeat_ms,
@@ -455,7 +464,9 @@ def orchestrate(opts):
     cap = float(opts.cap_ms)
     print(f"etcd baseline: 3 members, {opts.sessions} sessions, lease TTL {opts.ttl} s "
           f"(keep-alive every {opts.ttl * 1000 / 3:.0f} ms), etcd heartbeat {opts.heartbeat_ms} ms, "
-          f"election {opts.election_timeout_ms} ms, cap {opts.cap_ms} ms, {os.cpu_count()} cores, loopback")
+          f"election {opts.election_timeout_ms} ms, cap {opts.cap_ms} ms, {os.cpu_count()} cores, loopback, "
+          f"load {report['machine']['load_average_start']}")
+    report["machine"]["load_average_end"] = load_average()
     print(f"{'mode':<13} {'trials':>6} {'sessions':>8} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
           f"{'max ms':>9} {'mean ms':>9} {'lost':>5} {'double':>6} {'wrong':>6}")
     for entry in report["modes"]:

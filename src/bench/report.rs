@@ -226,6 +226,22 @@ pub struct Machine {
     pub arch: &'static str,
     /// Where the nodes talk.
     pub network: &'static str,
+    /// `/proc/loadavg` when the run started (other work on a shared machine
+    /// shows here).
+    pub load_average_start: Option<String>,
+    /// `/proc/loadavg` when the report was written.
+    pub load_average_end: Option<String>,
+}
+
+/// The 1, 5 and 15 minute load averages (Linux only).
+pub fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 /// Everything a benchmark run produced.
@@ -256,6 +272,8 @@ impl Report {
                 os: std::env::consts::OS,
                 arch: std::env::consts::ARCH,
                 network: "loopback (127.0.0.1)",
+                load_average_start: load_average(),
+                load_average_end: None,
             },
             config: config.clone(),
             runs: Vec::new(),
@@ -297,7 +315,7 @@ impl Report {
             let t = &run.timing;
             out.push_str(&format!(
                 "failover latency: {} nodes, {} sessions, node timeout {} ms, lease {} ms, \
-                 heartbeat {} ms, election {}-{} ms, cap {} ms, {} cores, loopback\n",
+                 heartbeat {} ms, election {}-{} ms, cap {} ms, {} cores, loopback, load {}\n",
                 self.config.nodes,
                 self.config.sessions,
                 t.node_timeout_ms,
@@ -306,7 +324,8 @@ impl Report {
                 t.election_timeout_min_ms,
                 t.election_timeout_max_ms,
                 cap,
-                self.machine.cores
+                self.machine.cores,
+                self.machine.load_average_start.as_deref().unwrap_or("?")
             ));
             out.push_str(&format!(
                 "{:<13} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>6} {:>6}\n",
@@ -395,6 +414,7 @@ impl Report {
     pub fn write_json(&self, path: &Path) -> Result<(), String> {
         let mut report = self.clone();
         report.summarize();
+        report.machine.load_average_end = load_average();
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
     }
