@@ -15,11 +15,6 @@ pub type NodeId = u64;
 /// Longest accepted session id, in bytes.
 pub const SESSION_ID_MAX_LEN: usize = 128;
 
-/// A validated session id: 1 to 128 characters of `[A-Za-z0-9_.:-]`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SessionId(String);
-
 /// Why a session id or kind name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidId {
@@ -50,88 +45,67 @@ fn validate_name(text: &str) -> Result<(), InvalidId> {
     }
 }
 
-impl SessionId {
-    /// Validates `text` as a session id.
-    pub fn new(text: impl Into<String>) -> Result<Self, InvalidId> {
-        let text = text.into();
-        validate_name(&text)?;
-        Ok(Self(text))
-    }
+/// Defines a validated name type (1 to 128 characters of `[A-Za-z0-9_.:-]`)
+/// that serializes as a plain string and can never hold an invalid value.
+macro_rules! validated_name {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
 
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl $name {
+            #[doc = concat!("Validates `text` as a ", $what, ".")]
+            pub fn new(text: impl Into<String>) -> Result<Self, InvalidId> {
+                let text = text.into();
+                validate_name(&text)?;
+                Ok(Self(text))
+            }
+
+            #[doc = concat!("The ", $what, " as text.")]
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidId;
+            fn try_from(text: String) -> Result<Self, InvalidId> {
+                Self::new(text)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> String {
+                name.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+    };
 }
 
-impl TryFrom<String> for SessionId {
-    type Error = InvalidId;
-    fn try_from(text: String) -> Result<Self, InvalidId> {
-        Self::new(text)
-    }
-}
+validated_name!(
+    /// A validated session id: 1 to 128 characters of `[A-Za-z0-9_.:-]`.
+    SessionId,
+    "session id"
+);
 
-impl From<SessionId> for String {
-    fn from(id: SessionId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
-    }
-}
-
-/// The name of a registered session handler kind (same alphabet as ids).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SessionKind(String);
-
-impl SessionKind {
-    /// Validates `text` as a kind name.
-    pub fn new(text: impl Into<String>) -> Result<Self, InvalidId> {
-        let text = text.into();
-        validate_name(&text)?;
-        Ok(Self(text))
-    }
-
-    /// The kind as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for SessionKind {
-    type Error = InvalidId;
-    fn try_from(text: String) -> Result<Self, InvalidId> {
-        Self::new(text)
-    }
-}
-
-impl From<SessionKind> for String {
-    fn from(kind: SessionKind) -> String {
-        kind.0
-    }
-}
-
-impl fmt::Display for SessionKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for SessionKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
-    }
-}
+validated_name!(
+    /// The name of a registered session handler kind (same alphabet as ids).
+    SessionKind,
+    "kind name"
+);
 
 /// Ownership generation of a session. Epochs come from one table-wide
 /// counter, so a session's epoch grows on every change of owner and is never
