@@ -110,7 +110,10 @@ pub(crate) struct Runtime {
     registry: crate::handler::Registry,
     transport: Transport,
     tasks: Mutex<HashMap<SessionId, Running>>,
-    held: Mutex<HashMap<SessionId, Instant>>,
+    /// Released sessions: the epoch they were released at, and until when
+    /// they are held back at the latest. A hold ends early once the move
+    /// away is committed, so a session that comes back soon runs at once.
+    held: Mutex<HashMap<SessionId, (Epoch, Instant)>>,
     stopping: AtomicBool,
 }
 
@@ -177,8 +180,18 @@ impl Runtime {
         let runnable = lease.is_valid(now, applied_index) && !self.stopping.load(Ordering::SeqCst);
         let held: Vec<SessionId> = {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            held.retain(|_, until| *until > now);
-            for until in held.values() {
+            // A hold ends once the move away is committed (another owner
+            // under a later epoch): the session may come back at once.
+            self.env.view.read(|a| {
+                held.retain(|id, (epoch, until)| {
+                    *until > now
+                        && a.state
+                            .sessions
+                            .get(id)
+                            .is_some_and(|s| s.owner == Some(self.env.me) || s.epoch == *epoch)
+                })
+            });
+            for (_, until) in held.values() {
                 wake_at = Some(wake_at.map_or(*until, |w| w.min(*until)));
             }
             held.keys().cloned().collect()
@@ -269,6 +282,14 @@ impl Runtime {
     /// node also stops taking any session (drain, graceful stop).
     pub(crate) async fn release(&self, sessions: Option<&[SessionId]>) {
         let until = Instant::now() + HOLD;
+        let epochs: HashMap<SessionId, Epoch> = match sessions {
+            None => HashMap::new(),
+            Some(ids) => self.env.view.read(|a| {
+                ids.iter()
+                    .filter_map(|id| a.state.sessions.get(id).map(|s| (id.clone(), s.epoch)))
+                    .collect()
+            }),
+        };
         let stopped: Vec<Running> = {
             let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -280,7 +301,9 @@ impl Runtime {
                 Some(ids) => ids
                     .iter()
                     .filter_map(|id| {
-                        held.insert(id.clone(), until);
+                        if let Some(epoch) = epochs.get(id) {
+                            held.insert(id.clone(), (*epoch, until));
+                        }
                         tasks.remove(id)
                     })
                     .collect(),
