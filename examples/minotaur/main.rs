@@ -1,0 +1,106 @@
+//! `minotaur`: a game server that embeds minos.
+//!
+//! Each process runs one minos node (the games live in its sessions and move
+//! to another process when this one dies) and serves its own game routes on
+//! a second listener. Start three with `scripts/minotaur-cluster.sh start`,
+//! or by hand:
+//!
+//! ```text
+//! cargo run --release --example minotaur -- --id 1 \
+//!     --listen 127.0.0.1:7401 --minos-listen 127.0.0.1:7301 \
+//!     --data-dir /tmp/minotaur/node1 \
+//!     --peers 1=127.0.0.1:7301,2=127.0.0.1:7302,3=127.0.0.1:7303
+//! ```
+//!
+//! This file only parses flags and sets up logging; `server.rs` is the
+//! server, and it can be started from a test in-process.
+
+mod server;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Parser;
+use minos::model::NodeId;
+use tokio::net::TcpListener;
+
+/// A Minotaur game server embedding a minos node.
+#[derive(Debug, Parser)]
+#[command(name = "minotaur")]
+struct Args {
+    /// This node's minos id (a key of --peers).
+    #[arg(long)]
+    id: NodeId,
+    /// Address of the game routes (`host:port`).
+    #[arg(long)]
+    listen: String,
+    /// Address of the embedded minos node's API; must be this id's --peers address.
+    #[arg(long)]
+    minos_listen: String,
+    /// Where minos keeps this node's data.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Every minos node: `1=host:port,2=host:port,...`.
+    #[arg(long, value_parser = parse_peers)]
+    peers: BTreeMap<NodeId, String>,
+    /// Length of a game round, in seconds.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(i64).range(1..=i64::from(u32::MAX)))]
+    round_seconds: i64,
+}
+
+/// Parses `1=host:port,2=host:port`.
+fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
+    let mut peers = BTreeMap::new();
+    for entry in text.split(',').filter(|e| !e.trim().is_empty()) {
+        let (id, addr) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?} is not id=host:port"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|e| format!("bad node id {id:?}: {e}"))?;
+        if peers.insert(id, addr.trim().to_owned()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no node listed".into());
+    }
+    Ok(peers)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+    let args = Args::parse();
+    let game_listener = TcpListener::bind(&args.listen).await?;
+    let minos_listener = TcpListener::bind(&args.minos_listen).await?;
+    let mut config = server::Config::new(args.id, args.data_dir, args.peers);
+    config.round_duration = chrono::Duration::seconds(args.round_seconds);
+    server::run(config, game_listener, minos_listener, shutdown_signal()).await
+}
