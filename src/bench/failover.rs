@@ -959,3 +959,70 @@ impl Poll {
         (sample, doubles)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The double-owner ledger flags a second owner for a (session, epoch)
+    // pair and only that: repeats of one owner and new epochs are fine.
+    #[test]
+    fn ledger_flags_two_owners_of_one_epoch() {
+        let ledger = Ledger::default();
+        assert_eq!(ledger.observe("s", 1, 2), None);
+        assert_eq!(ledger.observe("s", 1, 2), None);
+        assert_eq!(ledger.observe("s", 2, 3), None);
+        assert_eq!(ledger.observe("t", 1, 3), None);
+        assert_eq!(ledger.observe("s", 1, 3), Some(2));
+        assert_eq!(ledger.observe("s", 2, 1), Some(3));
+    }
+
+    // Timing flags reach `minos serve` unchanged and derive the same timing
+    // as its flag parser, unsafe ones are refused, and a sweep makes one run
+    // per node timeout: checked against config::Timing's own derivation.
+    #[test]
+    fn timing_flags_follow_minos_serve() {
+        let knobs = TimingKnobs {
+            node_timeout_ms: Some(400),
+            heartbeat_ms: Some(40),
+            ..TimingKnobs::default()
+        };
+        assert_eq!(
+            knobs.serve_args(),
+            ["--heartbeat-ms", "40", "--node-timeout-ms", "400"]
+        );
+        let timing = knobs.timing().expect("safe timing");
+        let derived = Timing::with_node_timeout(Duration::from_millis(400));
+        assert_eq!(timing.lease_duration, derived.lease_duration);
+        assert_eq!(timing.heartbeat, Duration::from_millis(40));
+        let unsafe_knobs = TimingKnobs {
+            election_timeout_min_ms: Some(500),
+            ..TimingKnobs::default()
+        };
+        assert!(unsafe_knobs.timing().is_err());
+
+        let mut config = FailoverConfig::short(PathBuf::from("minos"), 10, 2, vec![Mode::Crash]);
+        config.sweep_node_timeout_ms = vec![400, 1600];
+        let runs = config.runs();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[1].node_timeout_ms, Some(1600));
+    }
+
+    // Bad configurations are refused with a message naming the flag, before
+    // any process starts.
+    #[test]
+    fn bad_configurations_are_refused() {
+        let exe = std::env::current_exe().expect("test binary path");
+        let good = FailoverConfig::short(exe, 10, 2, vec![Mode::Crash]);
+        assert_eq!(good.validate(), Ok(()));
+        let mut zero = good.clone();
+        zero.sessions = 0;
+        assert!(zero.validate().unwrap_err().contains("--sessions"));
+        let mut slow = good.clone();
+        slow.poll_interval = Duration::from_millis(50);
+        assert!(slow.validate().unwrap_err().contains("--poll-ms"));
+        let mut missing = good;
+        missing.bin = PathBuf::from("/nonexistent/minos");
+        assert!(missing.validate().unwrap_err().contains("no minos binary"));
+    }
+}
