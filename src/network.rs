@@ -103,6 +103,11 @@ impl PeerClock {
 pub struct Transport {
     /// Pooled HTTP client.
     pub http: reqwest::Client,
+    /// Client that opens a fresh connection for every request: used to
+    /// forward calls, so a crashed owner shows as "connection refused" (not
+    /// delivered, safe to retry) rather than as a reset on a stale pooled
+    /// connection (outcome unknown).
+    pub fresh: reqwest::Client,
     /// Injected faults.
     pub faults: Faults,
     /// AppendEntries acknowledgements per peer.
@@ -136,8 +141,15 @@ impl Transport {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
+        let fresh = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
         Self {
             http,
+            fresh,
             faults,
             clock: PeerClock::default(),
         }
@@ -180,8 +192,39 @@ impl Transport {
             .map_err(|e| InternalError::Failed(addr.into(), format!("bad answer: {e}")))
     }
 
+    /// POSTs JSON on a fresh connection (see [`Transport::fresh`]).
+    pub async fn post_call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, InternalError> {
+        let bytes = self
+            .send_with(&self.fresh, target, addr, path, timeout, |r| {
+                r.json(request)
+            })
+            .await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| InternalError::Failed(addr.into(), format!("bad answer: {e}")))
+    }
+
     async fn send(
         &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<bytes::Bytes, InternalError> {
+        self.send_with(&self.http, target, addr, path, timeout, build)
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        client: &reqwest::Client,
         target: NodeId,
         addr: &str,
         path: &str,
@@ -194,11 +237,7 @@ impl Transport {
                 "partitioned (injected)".into(),
             ));
         }
-        let request = build(
-            self.http
-                .post(format!("http://{addr}{path}"))
-                .timeout(timeout),
-        );
+        let request = build(client.post(format!("http://{addr}{path}")).timeout(timeout));
         let response = request.send().await.map_err(|e| classify(addr, e))?;
         let status = response.status();
         let bytes = response
