@@ -29,7 +29,7 @@ use crate::model::{Command, NodeId, NodeStatus, Rejection, Session, SessionId, S
 use crate::node::{Core, JoinRequest};
 use crate::raft::{TypeConfig, WriteError};
 use crate::runtime::CallError;
-use crate::scheduler::{HandoffReport, ReleaseRequest};
+use crate::scheduler::{DrainRequest, HandoffReport, ReleaseRequest};
 use crate::state::SessionStatus;
 
 type AppState = Arc<Core>;
@@ -478,7 +478,13 @@ async fn drain_node(
         return Err(Rejection::NoSuchNode(id).into());
     }
     let report: HandoffReport = core
-        .on_leader("/internal/leader/drain", &id)
+        .on_leader(
+            "/internal/leader/drain",
+            &DrainRequest {
+                node: id,
+                released: false,
+            },
+        )
         .await
         .map_err(ApiError::unavailable)?;
     Ok((StatusCode::ACCEPTED, Json(report)).into_response())
@@ -729,12 +735,12 @@ async fn join(
 
 async fn leader_drain(
     State(core): State<AppState>,
-    Json(node): Json<NodeId>,
+    Json(request): Json<DrainRequest>,
 ) -> Json<Result<HandoffReport, String>> {
     if core.leader() != Some(core.me) {
-        return Json(core.on_leader("/internal/leader/drain", &node).await);
+        return Json(core.on_leader("/internal/leader/drain", &request).await);
     }
-    Json(crate::scheduler::drain(&core, node).await)
+    Json(crate::scheduler::drain(&core, request.node, request.released).await)
 }
 
 async fn leader_rebalance(State(core): State<AppState>) -> Json<Result<HandoffReport, String>> {

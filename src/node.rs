@@ -604,9 +604,13 @@ impl Node {
             );
             let handed: Result<crate::scheduler::HandoffReport, String> =
                 if core.leader() == Some(me) {
-                    crate::scheduler::drain(&core, me).await
+                    crate::scheduler::drain(&core, me, true).await
                 } else {
-                    core.on_leader("/internal/leader/drain", &me).await
+                    let request = crate::scheduler::DrainRequest {
+                        node: me,
+                        released: true,
+                    };
+                    core.on_leader("/internal/leader/drain", &request).await
                 };
             if let Err(e) = handed {
                 warn!(node = me, error = %e, "handoff failed; failure detection will move the sessions");

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use crate::handler::{DynHandler, HandlerError, LiveSession, SessionContext};
 use crate::lease::Lease;
 use crate::model::{Applied, Command, Epoch, NodeId, NodeStatus, Rejection, SessionId, StateJson};
-use crate::network::Transport;
+use crate::network::{InternalError, Transport};
 use crate::raft::{Proposer, WriteError};
 use crate::store::StateView;
 
@@ -36,6 +36,9 @@ const MAILBOX: usize = 256;
 /// How long a released session is held back before this node may run it
 /// again (if the move was never committed).
 const HOLD: Duration = Duration::from_secs(3);
+/// How long a call in flight to a session's old owner may still report that
+/// it was never delivered, after the move was seen.
+const MOVED_GRACE: Duration = Duration::from_millis(100);
 /// Pause between routing attempts while a session is moving.
 const RETRY_PAUSE: Duration = Duration::from_millis(2);
 
@@ -79,9 +82,23 @@ struct Call {
 }
 
 struct Running {
+    id: SessionId,
     epoch: Epoch,
     mailbox: mpsc::Sender<Call>,
-    task: JoinHandle<()>,
+    task: JoinHandle<TaskExit>,
+    /// Set when the task must answer no more calls (it was replaced or
+    /// released); it finishes the commit in hand, then exits.
+    stop: Arc<AtomicBool>,
+}
+
+/// What a finished task leaves for its successor on this node: the states
+/// the table may show for its epoch once its writes have landed (the last
+/// state it knows committed, plus any whose commit outcome is unknown).
+/// A successor under the same epoch starts only from one of these, so it
+/// never builds on a local view that lags behind the writes it follows.
+struct TaskExit {
+    epoch: Epoch,
+    acceptable: Vec<StateJson>,
 }
 
 /// What a session task needs from its node.
@@ -115,6 +132,11 @@ pub(crate) struct Runtime {
     /// away is committed, so a session that comes back soon runs at once.
     held: Mutex<HashMap<SessionId, (Epoch, Instant)>>,
     stopping: AtomicBool,
+    /// Tasks told to stop that may still be finishing a commit: no
+    /// successor starts for the session until they are done.
+    finishing: Mutex<HashMap<SessionId, JoinHandle<TaskExit>>>,
+    /// How the last task of each session ended (see [`TaskExit`]).
+    exits: Mutex<HashMap<SessionId, TaskExit>>,
 }
 
 impl Runtime {
@@ -130,6 +152,8 @@ impl Runtime {
             tasks: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            finishing: Mutex::new(HashMap::new()),
+            exits: Mutex::new(HashMap::new()),
         })
     }
 
@@ -213,25 +237,70 @@ impl Runtime {
             HashMap::new()
         };
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.retain(|id, running| {
-            let keep = wanted.get(id) == Some(&running.epoch) && !running.task.is_finished();
-            if !keep {
+        let mut finishing = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
+        let unwanted: Vec<SessionId> = tasks
+            .iter()
+            .filter(|(id, running)| {
+                wanted.get(*id) != Some(&running.epoch) || running.task.is_finished()
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in unwanted {
+            if let Some(running) = tasks.remove(&id) {
                 debug!(node = me, session = %id, "stopping session task");
+                // A task dropped here may still be committing (a lease lapse
+                // in the middle of a write): it must not answer another call,
+                // and no successor may start before it is done.
+                running.stop.store(true, Ordering::SeqCst);
+                finishing.insert(id, running.task);
             }
-            keep
+        }
+        finishing.retain(|id, task| {
+            if !task.is_finished() {
+                return true;
+            }
+            if let Some(Ok(exit)) = futures::FutureExt::now_or_never(&mut *task) {
+                exits.insert(id.clone(), exit);
+            }
+            false
+        });
+        if !finishing.is_empty() {
+            // Their ends kick the reconciler too, but look again soon.
+            let soon = now + RETRY_PAUSE;
+            wake_at = Some(wake_at.map_or(soon, |w| w.min(soon)));
+        }
+        // An exit matters only while the table still shows its epoch.
+        self.env.view.read(|a| {
+            exits.retain(|id, exit| {
+                a.state
+                    .sessions
+                    .get(id)
+                    .is_some_and(|s| s.epoch == exit.epoch)
+            })
         });
         for (id, epoch) in wanted {
-            if tasks.contains_key(&id) {
+            if tasks.contains_key(&id) || finishing.contains_key(&id) {
                 continue;
             }
-            if let Some(running) = self.start_task(&id, epoch) {
+            let acceptable = exits.get(&id).map(|exit| exit.acceptable.clone());
+            if let Some(running) = self.start_task(&id, epoch, acceptable) {
+                exits.remove(&id);
                 tasks.insert(id, running);
             }
         }
         wake_at
     }
 
-    fn start_task(&self, id: &SessionId, epoch: Epoch) -> Option<Running> {
+    /// Starts a task for `id` under `epoch` from the applied state; when a
+    /// task of the same epoch ran here before, only once the applied state
+    /// is one of the states it left (`acceptable`).
+    fn start_task(
+        &self,
+        id: &SessionId,
+        epoch: Epoch,
+        acceptable: Option<Vec<StateJson>>,
+    ) -> Option<Running> {
         let (kind, state) = self.env.view.read(|a| {
             a.state
                 .sessions
@@ -239,6 +308,13 @@ impl Runtime {
                 .filter(|s| s.epoch == epoch)
                 .map(|s| (s.kind.clone(), s.state.clone()))
         })?;
+        let acceptable = match acceptable {
+            // The local view has not caught up with the predecessor's
+            // writes yet: wait for the next applied entry.
+            Some(states) if !states.contains(&state) => return None,
+            Some(states) => states,
+            None => vec![state.clone()],
+        };
         let Some(handler) = self.registry.get(&kind).cloned() else {
             warn!(session = %id, %kind, "no handler registered for this kind; session not started");
             return None;
@@ -251,6 +327,7 @@ impl Runtime {
             }
         };
         let (mailbox, calls) = mpsc::channel(MAILBOX);
+        let stop = Arc::new(AtomicBool::new(false));
         let task = SessionTask {
             env: self.env.clone(),
             id: id.clone(),
@@ -258,11 +335,15 @@ impl Runtime {
             handler,
             live,
             committed: state,
+            acceptable,
+            stop: stop.clone(),
         };
         Some(Running {
+            id: id.clone(),
             epoch,
             mailbox,
             task: tokio::spawn(task.run(calls)),
+            stop,
         })
     }
 
@@ -309,7 +390,10 @@ impl Runtime {
                     .collect(),
             }
         };
-        join_stopped(stopped).await;
+        let ended = join_stopped(stopped).await;
+        let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
+        exits.extend(ended);
+        drop(exits);
         self.env.kick.notify_one();
     }
 
@@ -397,17 +481,18 @@ impl Runtime {
         let path = format!("/internal/call/{id}");
         let request = self
             .transport
-            .post_json::<_, Result<CallReply, CallError>>(owner, addr, &path, msg, budget);
+            .post_call::<_, Result<CallReply, CallError>>(owner, addr, &path, msg, budget);
         tokio::pin!(request);
+        let settle = |answer: Result<Result<CallReply, CallError>, InternalError>| match answer {
+            Ok(result) => result,
+            Err(e) if e.not_delivered() => Err(CallError::Unavailable(id.clone(), e.to_string())),
+            Err(e) => Err(CallError::OutcomeUnknown(format!(
+                "owner {owner} did not answer: {e}"
+            ))),
+        };
         loop {
             tokio::select! {
-                answer = &mut request => {
-                    return match answer {
-                        Ok(result) => result,
-                        Err(e) if e.not_delivered() => Err(CallError::Unavailable(id.clone(), e.to_string())),
-                        Err(e) => Err(CallError::OutcomeUnknown(format!("owner {owner} did not answer: {e}"))),
-                    };
-                }
+                answer = &mut request => return settle(answer),
                 changed = applied.changed() => {
                     if changed.is_err() {
                         return Err(CallError::OutcomeUnknown("node shutting down".into()));
@@ -416,9 +501,15 @@ impl Runtime {
                         a.state.sessions.get(id).map(|s| s.epoch) != Some(epoch)
                     });
                     if moved {
-                        return Err(CallError::OutcomeUnknown(format!(
-                            "session moved away from node {owner} while the call was in flight"
-                        )));
+                        // The attempt may still be connecting to a dead owner
+                        // (then it was never delivered and can go to the new
+                        // owner); give it a moment to say so.
+                        return match tokio::time::timeout(MOVED_GRACE, &mut request).await {
+                            Ok(answer) => settle(answer),
+                            Err(_) => Err(CallError::OutcomeUnknown(format!(
+                                "session moved away from node {owner} while the call was in flight"
+                            ))),
+                        };
                     }
                 }
             }
@@ -426,12 +517,17 @@ impl Runtime {
     }
 }
 
-async fn join_stopped(stopped: Vec<Running>) {
+async fn join_stopped(stopped: Vec<Running>) -> Vec<(SessionId, TaskExit)> {
+    let mut ended = Vec::new();
     for running in stopped {
+        running.stop.store(true, Ordering::SeqCst);
         drop(running.mailbox);
         // The task finishes the call in hand, then sees its mailbox closed.
-        let _ = running.task.await;
+        if let Ok(exit) = running.task.await {
+            ended.push((running.id, exit));
+        }
     }
+    ended
 }
 
 struct SessionTask {
@@ -441,6 +537,9 @@ struct SessionTask {
     handler: Arc<dyn DynHandler>,
     live: Box<dyn LiveSession>,
     committed: StateJson,
+    /// States the table may hold for this epoch (see [`TaskExit`]).
+    acceptable: Vec<StateJson>,
+    stop: Arc<AtomicBool>,
 }
 
 enum Commit {
@@ -459,7 +558,7 @@ impl SessionTask {
         }
     }
 
-    async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
+    async fn run(mut self, mut calls: mpsc::Receiver<Call>) -> TaskExit {
         debug!(node = self.env.me, session = %self.id, epoch = %self.epoch, "session task started");
         let mut lease = self.env.lease.clone();
         loop {
@@ -484,7 +583,7 @@ impl SessionTask {
             tokio::select! {
                 call = calls.recv() => {
                     let Some(call) = call else { break };
-                    if !self.env.lease_valid() {
+                    if !self.env.lease_valid() || self.stop.load(Ordering::SeqCst) {
                         let _ = call.reply.send(Err(CallError::NotHere));
                         continue;
                     }
@@ -509,6 +608,10 @@ impl SessionTask {
         }
         debug!(node = self.env.me, session = %self.id, "session task stopped");
         self.env.kick.notify_one();
+        TaskExit {
+            epoch: self.epoch,
+            acceptable: self.acceptable,
+        }
     }
 
     async fn fire_due_deadline(&mut self) -> Commit {
@@ -564,8 +667,11 @@ impl SessionTask {
             epoch: self.epoch,
             state: state.clone(),
         };
+        // Until the answer says otherwise, the table may end up with it.
+        self.acceptable.push(state.clone());
         match self.env.proposer.propose(command).await {
             Ok(Ok(Applied::Session(_))) | Ok(Ok(_)) => {
+                self.acceptable = vec![state.clone()];
                 self.committed = state;
                 Commit::Done
             }
@@ -576,6 +682,7 @@ impl SessionTask {
             Ok(Err(other)) => Commit::Stop(CallError::OutcomeUnknown(other.to_string())),
             Err(WriteError::NoLeader) | Err(WriteError::ShuttingDown) => {
                 // Nothing was written; restart from the committed state.
+                self.acceptable.pop();
                 Commit::Stop(CallError::Unavailable(
                     self.id.clone(),
                     "no leader to commit the new state".into(),

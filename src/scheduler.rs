@@ -278,10 +278,16 @@ async fn watch_presence(core: Arc<Core>, node: NodeId, addr: String, dead: mpsc:
 /// leader lease (reads use `ensure_linearizable`).
 pub async fn watch_leader(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     let mut metrics = core.raft.metrics();
+    // The dead leader this node already acted on: act once per death, or a
+    // second bid would tie with the designated survivor's.
+    let mut handled: Option<NodeId> = None;
     loop {
         let leader = metrics.borrow_and_update().current_leader;
+        if leader != handled {
+            handled = None;
+        }
         let target = leader
-            .filter(|l| *l != core.me)
+            .filter(|l| *l != core.me && handled != Some(*l))
             .and_then(|l| core.node_addr(l).map(|addr| (l, addr)));
         if let Some((leader, addr)) = target {
             let lost = tokio::select! {
@@ -293,6 +299,7 @@ pub async fn watch_leader(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
                     node = core.me,
                     leader, "leader process is gone: electing now"
                 );
+                handled = Some(leader);
                 early_election(&core, leader).await;
             }
         }
@@ -317,12 +324,35 @@ async fn early_election(core: &Core, dead_leader: NodeId) {
         let _ = core.raft.trigger().elect().await;
         return;
     }
-    // Give the others a moment to become candidates, then outbid them.
+    // Give the others a moment to become candidates, then outbid them; bid
+    // again (bounded) while no leader has emerged.
     tokio::time::sleep(Duration::from_millis(15)).await;
-    if core.leader() == Some(dead_leader) || core.leader().is_none() {
+    for _ in 0..3 {
+        let leader = core.leader();
+        if leader.is_some() && leader != Some(dead_leader) {
+            return;
+        }
         let _ = core.raft.trigger().elect().await;
         let _ = core.raft.trigger().elect().await;
+        let mut metrics = core.raft.metrics();
+        let elected = tokio::time::timeout(
+            Duration::from_millis(40),
+            metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != dead_leader)),
+        )
+        .await;
+        if matches!(elected, Ok(Ok(_))) {
+            return;
+        }
     }
+}
+
+/// Asks the leader to drain a node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrainRequest {
+    /// The node to drain.
+    pub node: NodeId,
+    /// True when the node itself asks and has stopped its sessions already.
+    pub released: bool,
 }
 
 /// What a handoff moved.
@@ -364,11 +394,40 @@ async fn release_on(core: &Core, node: NodeId, request: &ReleaseRequest) -> bool
 
 /// Leader: drains `node` (marks it Draining, has it stop its sessions, then
 /// commits their moves at once). If the node cannot be reached it stays
-/// Draining and failure detection moves its sessions if it is dead.
-pub async fn drain(core: &Core, node: NodeId) -> Result<HandoffReport, String> {
+/// Draining and failure detection moves its sessions if it is dead. When the
+/// node itself asks (graceful stop), it has stopped its sessions already, so
+/// `Drain` and the moves go in one entry.
+pub async fn drain(
+    core: &Core,
+    node: NodeId,
+    already_released: bool,
+) -> Result<HandoffReport, String> {
     let known = core.view.read(|a| a.state.nodes.contains_key(&node));
     if !known {
         return Err(format!("node {node} is not a member"));
+    }
+    if already_released || node == core.me {
+        if node == core.me {
+            core.runtime.release(None).await;
+        }
+        let moves = core.view.read(|a| placement::evacuate(&a.state, node));
+        let count = moves.len();
+        let results = core
+            .proposer
+            .propose_all(vec![
+                Command::Drain { id: node },
+                Command::Reassign { moves },
+            ])
+            .await;
+        for result in results {
+            result
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        return Ok(HandoffReport {
+            moved: count,
+            skipped: 0,
+        });
     }
     core.proposer
         .propose(Command::Drain { id: node })
