@@ -72,6 +72,34 @@ fn has(report: &ChaosReport, pred: impl Fn(&Fault) -> bool) -> bool {
     report.episodes.iter().any(|e| pred(&e.fault))
 }
 
+/// Removes containers and networks left by an earlier run of this test that
+/// was killed before it could clean up (their fixed subnets would clash).
+async fn remove_stale_test_clusters() {
+    let list = |args: &'static [&'static str]| async move {
+        docker::run_command("docker", args)
+            .await
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let containers = list(&["ps", "-aq", "--filter", "name=minoschaos"]).await;
+    for id in &containers {
+        let _ = docker::run_command("docker", &["rm", "-f", id]).await;
+    }
+    let networks = list(&["network", "ls", "-q", "--filter", "name=minoschaos"]).await;
+    for id in &networks {
+        let _ = docker::run_command("docker", &["network", "rm", id]).await;
+    }
+    if !containers.is_empty() || !networks.is_empty() {
+        eprintln!(
+            "--- removed {} stale containers and {} stale networks of an earlier run",
+            containers.len(),
+            networks.len()
+        );
+    }
+}
+
 /// A private copy of the binary, so a concurrent rebuild in a shared target
 /// directory cannot swap it while nodes restart.
 fn private_binary() -> (tempfile::TempDir, PathBuf) {
@@ -154,6 +182,7 @@ async fn docker_partitions_keep_every_promise() {
     docker::build_image(&root.join("Dockerfile"), &bin, &tag)
         .await
         .expect("docker build");
+    remove_stale_test_clusters().await;
     let ports = minos::testkit::process::free_ports(3).expect("free ports");
     let project = format!("minoschaos{}", std::process::id());
     let mut cluster = ComposeCluster::up(ComposeOptions {
