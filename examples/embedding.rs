@@ -85,15 +85,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     victim.kill().await;
     let (via, node) = nodes.iter().next().ok_or("a survivor")?;
     let rooms = node.sessions::<Room>("room")?;
-    // A call that meets the crash answers OutcomeUnknown (it may have run).
-    // History only reads, so trying again is safe; a retry waits for the move.
-    let mut heard = rooms.call("lobby", &RoomMsg::History).await;
-    for _ in 0..2 {
-        if let Err(minos::Error::OutcomeUnknown(_)) = heard {
-            heard = rooms.call("lobby", &RoomMsg::History).await;
-        }
-    }
-    let heard = heard?;
+    // The call waits while the room moves, then runs on the new owner.
+    let heard = rooms.call("lobby", &RoomMsg::History).await?;
     let (new_owner, took) = (heard.owner, crashed.elapsed());
     println!("killed node {owner}; via node {via}, lobby answers from node {new_owner}");
     println!("after {took:?}, with its state: {:?}", heard.reply);

@@ -6,8 +6,10 @@ use crate::model::{Rejection, SessionId};
 use crate::raft::WriteError;
 use crate::runtime::CallError;
 
-/// Why a session operation failed.
+/// Why a session operation failed. New variants may be added: match with a
+/// catch-all arm.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The input is invalid (bad id, bad message); nothing was written.
     #[error("invalid input: {0}")]

@@ -72,4 +72,6 @@ pub use config::{Limits, Timing};
 pub use error::Error;
 pub use handler::{HandlerError, Registry, SessionContext, SessionHandler};
 pub use node::{Node, NodeBuilder, StartError};
+/// The JSON library of handler first states and of the HTTP API.
+pub use serde_json;
 pub use sessions::{Reply, Sessions};

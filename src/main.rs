@@ -1,7 +1,6 @@
 //! The `minos` binary: flag parsing, tracing set-up, and calls into the
 //! library. Exit codes: 0 success, 1 server-side failure, 2 bad usage or input.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -217,29 +216,6 @@ fn print_json(value: &impl serde::Serialize) {
     }
 }
 
-fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, Failure> {
-    let mut peers = BTreeMap::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| usage(format!("peer {part:?} is not ID=HOST:PORT")))?;
-        let id: NodeId = id
-            .trim()
-            .parse()
-            .map_err(|_| usage(format!("peer id {id:?} is not a positive integer")))?;
-        if id == 0 {
-            return Err(usage("node ids start at 1"));
-        }
-        if peers.insert(id, addr.trim().to_string()).is_some() {
-            return Err(usage(format!("peer {id} is listed twice")));
-        }
-    }
-    if peers.is_empty() {
-        return Err(usage("--peers lists no node"));
-    }
-    Ok(peers)
-}
-
 fn timing(args: &ServeArgs) -> Result<Timing, Failure> {
     let ms = Duration::from_millis;
     let mut timing = match args.node_timeout_ms {
@@ -275,7 +251,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         builder = builder.advertise(advertise);
     }
     builder = match (&args.peers, &args.join) {
-        (Some(peers), _) => builder.peers(parse_peers(peers)?),
+        (Some(peers), _) => builder.peers(minos::node::parse_peers(peers).map_err(usage)?),
         (None, Some(join)) => builder.join(join),
         (None, None) => return Err(usage("give --peers or --join")),
     };

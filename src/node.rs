@@ -301,6 +301,33 @@ pub struct Node {
     server: JoinHandle<()>,
 }
 
+/// Parses a peers list `1=host:port,2=host:port,...` (the `--peers` flag).
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("peer {part:?} is not ID=HOST:PORT"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a positive integer"))?;
+        if id == 0 {
+            return Err("node ids start at 1".into());
+        }
+        if addr.trim().is_empty() {
+            return Err(format!("peer {id} has no address"));
+        }
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("peer {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("the peers list names no node".into());
+    }
+    Ok(peers)
+}
+
 fn peers_cluster_name(peers: &BTreeMap<NodeId, String>) -> String {
     let list: Vec<String> = peers
         .iter()
@@ -543,6 +570,11 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.core.me
+    }
+
+    /// The leader as this node knows it, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.core.leader()
     }
 
     /// The address the HTTP API listens on.

@@ -44,32 +44,11 @@ struct Args {
     #[arg(long)]
     data_dir: PathBuf,
     /// Every minos node: `1=host:port,2=host:port,...`.
-    #[arg(long, value_parser = parse_peers)]
+    #[arg(long, value_parser = minos::node::parse_peers)]
     peers: BTreeMap<NodeId, String>,
     /// Length of a game round, in seconds.
     #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(i64).range(1..=i64::from(u32::MAX)))]
     round_seconds: i64,
-}
-
-/// Parses `1=host:port,2=host:port`.
-fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
-    let mut peers = BTreeMap::new();
-    for entry in text.split(',').filter(|e| !e.trim().is_empty()) {
-        let (id, addr) = entry
-            .split_once('=')
-            .ok_or_else(|| format!("{entry:?} is not id=host:port"))?;
-        let id: NodeId = id
-            .trim()
-            .parse()
-            .map_err(|e| format!("bad node id {id:?}: {e}"))?;
-        if peers.insert(id, addr.trim().to_owned()).is_some() {
-            return Err(format!("node {id} is listed twice"));
-        }
-    }
-    if peers.is_empty() {
-        return Err("no node listed".into());
-    }
-    Ok(peers)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -370,6 +370,7 @@ impl IntoResponse for GameError {
                     E::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
                     E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                     E::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                 };
                 (status, code, e.to_string())
             }

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use super::parse_peers;
 use super::server::{Config, GameServer};
+use minos::node::parse_peers;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
