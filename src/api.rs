@@ -102,6 +102,9 @@ impl From<Rejection> for ApiError {
             Rejection::StaleEpoch { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "stale_epoch", e.to_string())
             }
+            Rejection::StaleVersion { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "stale_version", e.to_string())
+            }
             Rejection::NoSuchNode(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "no_such_node", e.to_string())
             }
@@ -160,6 +163,9 @@ pub struct SessionView {
     pub owner: Option<NodeId>,
     /// Ownership epoch.
     pub epoch: u64,
+    /// Number of committed state updates.
+    #[serde(default)]
+    pub version: u64,
     /// `placed`, `moving` or `unplaced`.
     pub status: SessionStatus,
     /// Last committed state.
@@ -176,6 +182,7 @@ fn session_view(session: &Session, status: SessionStatus) -> SessionView {
         kind: session.kind.to_string(),
         owner: session.owner,
         epoch: session.epoch.0,
+        version: session.version,
         status,
         state: session.state.to_value(),
         created_at: session.created_at,

@@ -61,9 +61,9 @@ impl From<Rejection> for Error {
         match e {
             Rejection::NoSuchSession(id) => Error::NotFound(id),
             Rejection::SessionExists(id) => Error::Exists(id),
-            Rejection::StaleEpoch { .. } | Rejection::NoSuchNode(_) => {
-                Error::Unavailable(e.to_string())
-            }
+            Rejection::StaleEpoch { .. }
+            | Rejection::StaleVersion { .. }
+            | Rejection::NoSuchNode(_) => Error::Unavailable(e.to_string()),
         }
     }
 }

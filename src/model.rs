@@ -201,6 +201,10 @@ pub struct Session {
     pub owner: Option<NodeId>,
     /// Ownership generation.
     pub epoch: Epoch,
+    /// Number of state updates committed so far. An update names the version
+    /// it was built on (compare-and-set), so a late write from an earlier
+    /// task can never overwrite a newer state, even under the same epoch.
+    pub version: u64,
     /// Last committed state.
     pub state: StateJson,
     /// When it was created (proposer's clock).
@@ -264,12 +268,15 @@ pub enum Command {
         /// First owner.
         owner: Option<NodeId>,
     },
-    /// The owner commits a new state; rejected unless `epoch` is current.
+    /// The owner commits a new state; rejected unless `epoch` and `version`
+    /// are current.
     UpdateState {
         /// Session id.
         id: SessionId,
         /// The writer's epoch.
         epoch: Epoch,
+        /// The session version the new state was built on.
+        version: u64,
         /// New state.
         state: StateJson,
     },
@@ -332,6 +339,16 @@ pub enum Rejection {
     /// The node is not in the table.
     #[error("node {0} is not a member")]
     NoSuchNode(NodeId),
+    /// The writer built on an older state than the session's current one.
+    #[error("stale version {given} for session {id}; current version is {current}")]
+    StaleVersion {
+        /// Session id.
+        id: SessionId,
+        /// Version the writer built on.
+        given: u64,
+        /// Current version.
+        current: u64,
+    },
 }
 
 /// Outcome of one command.

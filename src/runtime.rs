@@ -301,12 +301,12 @@ impl Runtime {
         epoch: Epoch,
         acceptable: Option<Vec<StateJson>>,
     ) -> Option<Running> {
-        let (kind, state) = self.env.view.read(|a| {
+        let (kind, state, version) = self.env.view.read(|a| {
             a.state
                 .sessions
                 .get(id)
                 .filter(|s| s.epoch == epoch)
-                .map(|s| (s.kind.clone(), s.state.clone()))
+                .map(|s| (s.kind.clone(), s.state.clone(), s.version))
         })?;
         let acceptable = match acceptable {
             // The local view has not caught up with the predecessor's
@@ -335,6 +335,7 @@ impl Runtime {
             handler,
             live,
             committed: state,
+            version,
             acceptable,
             stop: stop.clone(),
         };
@@ -537,6 +538,8 @@ struct SessionTask {
     handler: Arc<dyn DynHandler>,
     live: Box<dyn LiveSession>,
     committed: StateJson,
+    /// Version of `committed` in the table: the next update builds on it.
+    version: u64,
     /// States the table may hold for this epoch (see [`TaskExit`]).
     acceptable: Vec<StateJson>,
     stop: Arc<AtomicBool>,
@@ -665,6 +668,7 @@ impl SessionTask {
         let command = Command::UpdateState {
             id: self.id.clone(),
             epoch: self.epoch,
+            version: self.version,
             state: state.clone(),
         };
         // Until the answer says otherwise, the table may end up with it.
@@ -673,12 +677,13 @@ impl SessionTask {
             Ok(Ok(Applied::Session(_))) | Ok(Ok(_)) => {
                 self.acceptable = vec![state.clone()];
                 self.committed = state;
+                self.version += 1;
                 Commit::Done
             }
-            // Fenced or deleted: the call did not take effect.
-            Ok(Err(Rejection::StaleEpoch { .. })) | Ok(Err(Rejection::NoSuchSession(_))) => {
-                Commit::Stop(CallError::NotHere)
-            }
+            // Fenced, outdated or deleted: the call did not take effect.
+            Ok(Err(Rejection::StaleEpoch { .. }))
+            | Ok(Err(Rejection::StaleVersion { .. }))
+            | Ok(Err(Rejection::NoSuchSession(_))) => Commit::Stop(CallError::NotHere),
             Ok(Err(other)) => Commit::Stop(CallError::OutcomeUnknown(other.to_string())),
             Err(WriteError::NoLeader) | Err(WriteError::ShuttingDown) => {
                 // Nothing was written; restart from the committed state.

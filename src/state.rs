@@ -9,6 +9,8 @@
 //! - every session has at most one owner, and an owner is a known node;
 //! - a session's epoch never decreases, and grows on every change of owner;
 //! - a session disappears only through `DeleteSession`;
+//! - a state update applies only on the current epoch and version, and
+//!   every applied update raises the version by one;
 //! - a rejected command changes nothing.
 
 use std::collections::BTreeMap;
@@ -108,6 +110,7 @@ impl ClusterState {
                     kind: kind.clone(),
                     owner,
                     epoch: self.last_epoch,
+                    version: 0,
                     state: state.clone(),
                     created_at: at,
                     updated_at: at,
@@ -115,7 +118,12 @@ impl ClusterState {
                 self.sessions.insert(id.clone(), session.clone());
                 Ok(Applied::Session(Box::new(session)))
             }
-            Command::UpdateState { id, epoch, state } => {
+            Command::UpdateState {
+                id,
+                epoch,
+                version,
+                state,
+            } => {
                 let session = self
                     .sessions
                     .get_mut(id)
@@ -127,7 +135,15 @@ impl ClusterState {
                         current: session.epoch,
                     });
                 }
+                if session.version != *version {
+                    return Err(Rejection::StaleVersion {
+                        id: id.clone(),
+                        given: *version,
+                        current: session.version,
+                    });
+                }
                 session.state = state.clone();
+                session.version += 1;
                 session.updated_at = at;
                 Ok(Applied::Session(Box::new(session.clone())))
             }

@@ -870,6 +870,7 @@ fn a_deposed_owners_commit_with_a_stale_epoch_is_rejected() {
     let stale = Command::UpdateState {
         id: id.clone(),
         epoch: old_epoch,
+        version: 0,
         state: minos::model::StateJson::from_value(&json!({"v": "from the deposed owner"})),
     };
     assert_eq!(
@@ -887,6 +888,7 @@ fn a_deposed_owners_commit_with_a_stale_epoch_is_rejected() {
     let current = Command::UpdateState {
         id: id.clone(),
         epoch: new_epoch,
+        version: 0,
         state: minos::model::StateJson::from_value(&json!({"v": 1})),
     };
     assert!(state.apply_command(&current, at).is_ok());

@@ -208,9 +208,21 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
                 EpochChoice::Ahead => current.next(),
                 EpochChoice::Recent(back) => Epoch(state.last_epoch.0.saturating_sub(*back)),
             };
+            // Mostly the current version; one in four builds on the one before
+            // (a late write from an earlier task), which must be refused.
+            let version = state
+                .sessions
+                .get(&session_id(*session))
+                .map_or(0, |s| s.version);
+            let version = if value % 4 == 0 {
+                version.saturating_sub(1)
+            } else {
+                version
+            };
             Command::UpdateState {
                 id: session_id(*session),
                 epoch,
+                version,
                 state: StateJson(format!("{{\"updated\":{value}}}")),
             }
         }
@@ -516,10 +528,16 @@ fn check_command(
         ),
     }
 
-    if let Command::UpdateState { id, epoch, .. } = command {
-        // An accepted write carried the current epoch of an owned session.
+    if let Command::UpdateState {
+        id, epoch, version, ..
+    } = command
+    {
+        // An accepted write carried the current epoch and version of an owned
+        // session, and raised the version by one.
         let old = &before.sessions[id];
         prop_assert_eq!(*epoch, old.epoch);
+        prop_assert_eq!(*version, old.version);
+        prop_assert_eq!(after.sessions[id].version, old.version + 1);
         prop_assert!(old.owner.is_some(), "{id}: write accepted while unowned");
     }
     Ok(())
@@ -756,6 +774,7 @@ fn a_write_from_a_deleted_incarnation_is_fenced_from_the_new_one() {
             Command::UpdateState {
                 id: id.clone(),
                 epoch: Epoch(1),
+                version: 0,
                 state: StateJson("{\"incarnation\":1,\"late\":true}".into()),
             },
         ],
@@ -772,4 +791,56 @@ fn a_write_from_a_deleted_incarnation_is_fenced_from_the_new_one() {
         session.epoch
     );
     assert_eq!(session.state, StateJson("{\"incarnation\":2}".into()));
+}
+
+/// A write built on an older version is refused even under the current
+/// epoch: a late write from an earlier task of the same owner (its commit
+/// outcome was unknown, the task was replaced) cannot overwrite what the
+/// task after it committed.
+#[test]
+fn a_late_write_under_the_same_epoch_is_refused() {
+    let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+    let mut state = ClusterState::default();
+    let id = session_id(0);
+    let setup = [
+        Command::AddNode {
+            id: 1,
+            addr: "127.0.0.1:7001".into(),
+        },
+        Command::CreateSession {
+            id: id.clone(),
+            kind: minos::model::SessionKind::new("kv").unwrap(),
+            state: StateJson("{}".into()),
+            owner: Some(1),
+        },
+    ];
+    for command in &setup {
+        state.apply_command(command, at).unwrap();
+    }
+    let epoch = state.sessions[&id].epoch;
+    let write = |version: u64, text: &str| Command::UpdateState {
+        id: id.clone(),
+        epoch,
+        version,
+        state: StateJson(text.into()),
+    };
+    // The successor commits on version 0 ...
+    state
+        .apply_command(&write(0, "{\"by\":\"successor\"}"), at)
+        .unwrap();
+    // ... then the predecessor's write, also built on version 0, lands.
+    let late = state.apply_command(&write(0, "{\"by\":\"predecessor\"}"), at);
+    assert_eq!(
+        late,
+        Err(minos::model::Rejection::StaleVersion {
+            id: id.clone(),
+            given: 0,
+            current: 1
+        })
+    );
+    assert_eq!(
+        state.sessions[&id].state,
+        StateJson("{\"by\":\"successor\"}".into())
+    );
+    assert_eq!(state.sessions[&id].version, 1);
 }
