@@ -117,7 +117,7 @@ pub struct Stats {
 /// The checker's verdict.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CheckReport {
-    /// Kept violations (at most [`KEEP_PER_RULE`] per rule).
+    /// Kept violations (at most `KEEP_PER_RULE` per rule).
     pub violations: Vec<Violation>,
     /// All violations, counted per rule.
     pub counts: BTreeMap<Rule, usize>,
