@@ -297,6 +297,9 @@ pub struct Node {
     core: Arc<Core>,
     addr: SocketAddr,
     shutdown_tx: watch::Sender<bool>,
+    /// The write batcher: it ends only when every proposer is gone, so it is
+    /// aborted on stop.
+    batcher: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
     server: JoinHandle<()>,
 }
@@ -495,7 +498,8 @@ impl Node {
             core: core.clone(),
             addr: local,
             shutdown_tx,
-            tasks: vec![batcher],
+            batcher,
+            tasks: Vec::new(),
             server,
         };
 
@@ -663,9 +667,17 @@ impl Node {
     pub async fn kill(mut self) {
         let _ = self.shutdown_tx.send(true);
         let _ = self.core.raft.shutdown().await;
-        for task in self.tasks.drain(..) {
-            task.abort();
-            let _ = task.await;
+        self.batcher.abort();
+        // Tasks see the shutdown signal and end (the runtime stops its
+        // session tasks); whatever is still running after a moment is aborted.
+        for mut task in self.tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_millis(500), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                let _ = task.await;
+            }
         }
         // Connections close after the request in hand; do not wait for long.
         if tokio::time::timeout(Duration::from_secs(2), &mut self.server)

@@ -65,7 +65,8 @@ pub async fn supervise(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
 
 async fn run(core: Arc<Core>, term: u64) {
     let (dead_tx, mut dead_rx) = mpsc::channel::<NodeId>(64);
-    let mut watchers: BTreeMap<NodeId, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    // Aborted when this task ends or is aborted (leadership lost).
+    let mut watchers: BTreeMap<NodeId, AbortOnDrop> = BTreeMap::new();
     let mut repaired_at: Option<u64> = None;
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -89,21 +90,15 @@ async fn run(core: Arc<Core>, term: u64) {
                 .map(|n| (n.id, n.addr.clone()))
                 .collect()
         });
-        watchers.retain(|id, task| {
-            let keep = members.iter().any(|(m, _)| m == id);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
+        watchers.retain(|id, _| members.iter().any(|(m, _)| m == id));
         for (id, addr) in &members {
             watchers.entry(*id).or_insert_with(|| {
-                tokio::spawn(watch_presence(
+                AbortOnDrop(tokio::spawn(watch_presence(
                     core.clone(),
                     *id,
                     addr.clone(),
                     dead_tx.clone(),
-                ))
+                )))
             });
         }
 
@@ -134,8 +129,14 @@ async fn run(core: Arc<Core>, term: u64) {
             );
         }
     }
-    for task in watchers.into_values() {
-        task.abort();
+}
+
+/// A task handle that aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -78,3 +78,44 @@ async fn sessions_handed_over_by_rebalance_come_back_at_once_when_their_new_owne
     cluster.shutdown().await;
     Ok(())
 }
+
+/// With no eligible node (all draining), a new session is created
+/// `unplaced` and is placed and runs as soon as a node is eligible again
+/// (here: a drained node that restarts becomes Up on its first lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_with_no_eligible_node_waits_unplaced_then_runs() -> Result<(), String> {
+    let deadline = Duration::from_secs(10);
+    let mut cluster = Cluster::start(3).await?;
+    let client = cluster.client(1);
+    for node in 1..=3 {
+        client.drain(node).await.map_err(|e| e.to_string())?;
+    }
+    let created = client
+        .create_session(&NewSession {
+            id: "orphan".into(),
+            kind: None,
+            state: Some(json!({"n": 1})),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(created.owner, None);
+    assert_eq!(created.status, minos::state::SessionStatus::Unplaced);
+
+    eprintln!("--- restart node 2: it comes back Up and takes the session");
+    cluster.restart(2).await?;
+    let owner = cluster.await_owner("orphan", |_| true, deadline).await?;
+    assert_eq!(owner, 2, "only node 2 is eligible");
+    let reply = cluster
+        .client(1)
+        .call("orphan", &json!({"op": "get"}), Some(deadline))
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(reply.reply, json!({"n": 1}));
+    let session = client
+        .get_session("orphan")
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(session.status, minos::state::SessionStatus::Placed);
+    cluster.shutdown().await;
+    Ok(())
+}

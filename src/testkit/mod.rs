@@ -217,17 +217,24 @@ impl Cluster {
     pub async fn restart(&mut self, id: NodeId) -> Result<(), String> {
         self.kill(id).await;
         let addr = self.addr(id);
-        let listener = await_until("the port to be free", Duration::from_secs(5), || {
-            let addr = addr.clone();
-            async move { TcpListener::bind(&addr).await.ok() }
-        })
-        .await?;
-        let node = self
-            .node_builder(id)
-            .listener(listener)
-            .start()
-            .await
-            .map_err(|e| format!("node {id}: {e}"))?;
+        // The old node's storage is released when its last task has ended,
+        // which may be a moment after `kill` returns: retry while sled's
+        // lock is still held.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let node = loop {
+            let listener = await_until("the port to be free", Duration::from_secs(5), || {
+                let addr = addr.clone();
+                async move { TcpListener::bind(&addr).await.ok() }
+            })
+            .await?;
+            match self.node_builder(id).listener(listener).start().await {
+                Ok(node) => break node,
+                Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(format!("node {id}: {e}")),
+            }
+        };
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.node = Some(node);
         }
