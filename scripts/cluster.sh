@@ -14,7 +14,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 base="${MINOS_PORT_BASE:-7100}"
 dir="${MINOS_CLUSTER_DIR:-$root/.minos-cluster}"
 nodes="${MINOS_NODES:-3}"
-bin="${MINOS_BIN:-$root/target/release/minos}"
+bin="${MINOS_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/minos}"
 
 die() { echo "cluster.sh: $*" >&2; exit 2; }
 
