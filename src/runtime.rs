@@ -38,7 +38,7 @@ const MAILBOX: usize = 256;
 const HOLD: Duration = Duration::from_secs(3);
 /// How long a call in flight to a session's old owner may still report that
 /// it was never delivered, after the move was seen.
-const MOVED_GRACE: Duration = Duration::from_millis(100);
+const MOVED_GRACE: Duration = Duration::from_millis(20);
 /// Pause between routing attempts while a session is moving.
 const RETRY_PAUSE: Duration = Duration::from_millis(2);
 
