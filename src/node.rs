@@ -438,7 +438,12 @@ impl Node {
             sm_store,
         )
         .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        .map_err(|e| {
+            StartError::Storage(format!(
+                "cannot read the log and state in {}: {e} (written by an incompatible minos version?)",
+                builder.data_dir.display()
+            ))
+        })?;
 
         let write_path = Arc::new(WritePath {
             me,
