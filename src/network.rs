@@ -185,11 +185,8 @@ impl Transport {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, InternalError> {
-        let bytes = self
-            .send(target, addr, path, timeout, |r| r.json(request))
-            .await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| InternalError::Failed(addr.into(), format!("bad answer: {e}")))
+        self.json_with(&self.http, target, addr, path, request, timeout)
+            .await
     }
 
     /// POSTs JSON on a fresh connection (see [`Transport::fresh`]).
@@ -201,10 +198,21 @@ impl Transport {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, InternalError> {
+        self.json_with(&self.fresh, target, addr, path, request, timeout)
+            .await
+    }
+
+    async fn json_with<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        client: &reqwest::Client,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, InternalError> {
         let bytes = self
-            .send_with(&self.fresh, target, addr, path, timeout, |r| {
-                r.json(request)
-            })
+            .send_with(client, target, addr, path, timeout, |r| r.json(request))
             .await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| InternalError::Failed(addr.into(), format!("bad answer: {e}")))
