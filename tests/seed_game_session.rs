@@ -50,6 +50,28 @@ async fn start_game_on_node1(cluster: &Cluster, id: &str) -> Result<(), String> 
     Ok(())
 }
 
+/// Calls the game through node 2: it must answer from another node than
+/// node 1, with both actions registered before node 1 went away.
+async fn assert_served_elsewhere_with_its_state(
+    cluster: &Cluster,
+    game: &str,
+) -> Result<(), String> {
+    let reply = cluster
+        .client(2)
+        .call(game, &json!({"op": "get_game"}), Some(DEADLINE))
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_ne!(reply.owner, 1, "the game must be served by another node");
+    assert_eq!(reply.reply["id"], game);
+    assert_eq!(
+        reply.reply["registered_actions"]
+            .as_object()
+            .map(|a| a.len()),
+        Some(2)
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn game_session_is_restarted_on_another_node() -> Result<(), String> {
     let mut cluster = Cluster::start(3).await?;
@@ -59,19 +81,7 @@ async fn game_session_is_restarted_on_another_node() -> Result<(), String> {
 
     cluster.stop(1).await;
 
-    let reply = cluster
-        .client(2)
-        .call(&game, &json!({"op": "get_game"}), Some(DEADLINE))
-        .await
-        .map_err(|e| e.to_string())?;
-    assert_ne!(reply.owner, 1, "the game must be served by another node");
-    assert_eq!(reply.reply["id"], game.as_str());
-    assert_eq!(
-        reply.reply["registered_actions"]
-            .as_object()
-            .map(|a| a.len()),
-        Some(2)
-    );
+    assert_served_elsewhere_with_its_state(&cluster, &game).await?;
     cluster.shutdown().await;
     Ok(())
 }
@@ -85,18 +95,7 @@ async fn game_session_survives_a_crash_of_its_node() -> Result<(), String> {
 
     cluster.kill(1).await;
 
-    let reply = cluster
-        .client(2)
-        .call(&game, &json!({"op": "get_game"}), Some(DEADLINE))
-        .await
-        .map_err(|e| e.to_string())?;
-    assert_ne!(reply.owner, 1);
-    assert_eq!(
-        reply.reply["registered_actions"]
-            .as_object()
-            .map(|a| a.len()),
-        Some(2)
-    );
+    assert_served_elsewhere_with_its_state(&cluster, &game).await?;
     cluster.shutdown().await;
     Ok(())
 }
