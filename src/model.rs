@@ -290,6 +290,21 @@ pub enum Command {
         /// Session id.
         id: SessionId,
     },
+    /// The owner settles what the table holds for its epoch: raises the
+    /// version by one without changing the state, on the same condition as
+    /// `UpdateState` (current epoch and version). Once it is applied, no
+    /// earlier write of the same epoch whose outcome was unknown can land
+    /// any more (it would carry an older version), so the state it returns
+    /// is final until the owner writes again. A task answers no call until
+    /// one of these has been applied (see the runtime).
+    Settle {
+        /// Session id.
+        id: SessionId,
+        /// The owner's epoch.
+        epoch: Epoch,
+        /// The version the owner believes current.
+        version: u64,
+    },
 }
 
 /// A log entry's payload: the commands batched into it and the proposer's

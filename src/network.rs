@@ -19,15 +19,50 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::model::NodeId;
+use crate::model::{Command, CommandResult, NodeId, SessionId};
 use crate::raft::TypeConfig;
 
-/// Peers this node must not reach (in-process partitions in tests).
+/// Faults injected by tests: peers this node must not reach (in-process
+/// partitions), and a write held back so that its outcome is unknown to its
+/// proposer while it may still land.
 #[derive(Clone, Default)]
 pub struct Faults {
     blocked: Arc<RwLock<BTreeSet<NodeId>>>,
+    held: Arc<Mutex<Option<HoldRequest>>>,
+}
+
+/// A pending [`Faults::hold_next_update`]: taken by the write path.
+pub(crate) struct HoldRequest {
+    pub session: SessionId,
+    pub release: oneshot::Receiver<()>,
+    pub outcome: oneshot::Sender<Result<Vec<CommandResult>, String>>,
+}
+
+/// The test's end of a held write (see [`Faults::hold_next_update`]).
+pub struct HeldWrite {
+    release: Option<oneshot::Sender<()>>,
+    outcome: oneshot::Receiver<Result<Vec<CommandResult>, String>>,
+}
+
+impl HeldWrite {
+    /// Sends the held write to the leader now.
+    pub fn release(&mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(());
+        }
+    }
+
+    /// Releases the write (if not yet) and waits for what the cluster made
+    /// of it: the results of the batch's commands, or why it failed.
+    pub async fn outcome(mut self) -> Result<Vec<CommandResult>, String> {
+        self.release();
+        self.outcome
+            .await
+            .unwrap_or_else(|_| Err("the held write was never attempted".into()))
+    }
 }
 
 impl Faults {
@@ -46,6 +81,40 @@ impl Faults {
             set.insert(target);
         } else {
             set.remove(&target);
+        }
+    }
+
+    /// Holds back this node's next write batch that updates `session`: its
+    /// proposer is told at once that the outcome is unknown (as after a
+    /// leader crash with the write in flight), and the batch goes to the
+    /// leader only when the returned handle releases it. The write may then
+    /// land after its proposer gave up on it.
+    pub fn hold_next_update(&self, session: SessionId) -> HeldWrite {
+        let (release_tx, release) = oneshot::channel();
+        let (outcome, outcome_rx) = oneshot::channel();
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(HoldRequest {
+            session,
+            release,
+            outcome,
+        });
+        HeldWrite {
+            release: Some(release_tx),
+            outcome: outcome_rx,
+        }
+    }
+
+    /// The pending hold, if `commands` update its session.
+    pub(crate) fn take_hold(&self, commands: &[Command]) -> Option<HoldRequest> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let matches = held.as_ref().is_some_and(|hold| {
+            commands
+                .iter()
+                .any(|c| matches!(c, Command::UpdateState { id, .. } if *id == hold.session))
+        });
+        if matches {
+            held.take()
+        } else {
+            None
         }
     }
 

@@ -166,7 +166,26 @@ impl WritePath {
     }
 
     /// Writes one batch: directly on the leader, forwarded otherwise.
-    pub async fn write(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, WriteError> {
+    pub async fn write(
+        self: &Arc<Self>,
+        commands: Vec<Command>,
+    ) -> Result<Vec<CommandResult>, WriteError> {
+        if let Some(hold) = self.transport.faults.take_hold(&commands) {
+            // Injected fault: the proposer hears "unknown" now, the write
+            // goes out when the test releases it.
+            let this = self.clone();
+            tokio::spawn(async move {
+                if hold.release.await.is_ok() {
+                    let outcome = this.write_now(commands).await;
+                    let _ = hold.outcome.send(outcome.map_err(|e| e.to_string()));
+                }
+            });
+            return Err(WriteError::Timeout(0));
+        }
+        self.write_now(commands).await
+    }
+
+    async fn write_now(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, WriteError> {
         let deadline = Instant::now() + self.timing.write_timeout;
         let count = commands.len();
         loop {

@@ -6,15 +6,22 @@
 //!   holds a valid lease, and has not released the session for a handoff;
 //! - a task checks the lease again before every call, so a node resumed from
 //!   a pause answers nothing after its lease ended;
+//! - a task answers no call before the table row it starts from is settled:
+//!   unless its epoch is new to this node, it first commits a
+//!   [`Command::Settle`] and starts from the state that returns, so no
+//!   earlier write of its epoch whose outcome was unknown can land behind
+//!   its back (an unknown outcome is settled by the log, never guessed);
 //! - a state change is committed with the task's epoch before the reply
-//!   leaves; a stale epoch stops the task (fencing);
+//!   leaves; a stale epoch stops the task (fencing); a write whose outcome
+//!   is unknown is settled the same way before the task answers anything
+//!   else, and written again if it did not land;
 //! - a call is retried on another attempt only when it certainly did not run
 //!   (refused before handling, or never delivered); otherwise its outcome is
 //!   reported as unknown.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -41,6 +48,8 @@ const HOLD: Duration = Duration::from_secs(3);
 const MOVED_GRACE: Duration = Duration::from_millis(20);
 /// Pause between routing attempts while a session is moving.
 const RETRY_PAUSE: Duration = Duration::from_millis(2);
+/// Pause before a settle is tried again after its own outcome was unknown.
+const SETTLE_PAUSE: Duration = Duration::from_millis(10);
 
 /// A successful call.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,20 +94,10 @@ struct Running {
     id: SessionId,
     epoch: Epoch,
     mailbox: mpsc::Sender<Call>,
-    task: JoinHandle<TaskExit>,
+    task: JoinHandle<()>,
     /// Set when the task must answer no more calls (it was replaced or
     /// released); it finishes the commit in hand, then exits.
     stop: Arc<AtomicBool>,
-}
-
-/// What a finished task leaves for its successor on this node: the states
-/// the table may show for its epoch once its writes have landed (the last
-/// state it knows committed, plus any whose commit outcome is unknown).
-/// A successor under the same epoch starts only from one of these, so it
-/// never builds on a local view that lags behind the writes it follows.
-struct TaskExit {
-    epoch: Epoch,
-    acceptable: Vec<StateJson>,
 }
 
 /// What a session task needs from its node.
@@ -134,9 +133,17 @@ pub(crate) struct Runtime {
     stopping: AtomicBool,
     /// Tasks told to stop that may still be finishing a commit: no
     /// successor starts for the session until they are done.
-    finishing: Mutex<HashMap<SessionId, JoinHandle<TaskExit>>>,
-    /// How the last task of each session ended (see [`TaskExit`]).
-    exits: Mutex<HashMap<SessionId, TaskExit>>,
+    finishing: Mutex<HashMap<SessionId, JoinHandle<()>>>,
+    /// The epoch each session last ran under here, while the table still
+    /// shows it: a task under that epoch may have left a write whose outcome
+    /// is unknown, so its successor settles first.
+    ran: Mutex<HashMap<SessionId, Epoch>>,
+    /// The table's last epoch when this process could first run sessions
+    /// (lease held, log caught up). A session whose epoch is not above it
+    /// may have run in an earlier life of this node, so its first task here
+    /// settles first; a later epoch was handed to this process and to no
+    /// other, and its row is final once its owner change is applied.
+    boot_epoch: OnceLock<Epoch>,
 }
 
 impl Runtime {
@@ -153,7 +160,8 @@ impl Runtime {
             held: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             finishing: Mutex::new(HashMap::new()),
-            exits: Mutex::new(HashMap::new()),
+            ran: Mutex::new(HashMap::new()),
+            boot_epoch: OnceLock::new(),
         })
     }
 
@@ -221,6 +229,11 @@ impl Runtime {
             held.keys().cloned().collect()
         };
         let me = self.env.me;
+        if runnable {
+            self.boot_epoch
+                .get_or_init(|| self.env.view.read(|a| a.state.last_epoch));
+        }
+        let boot_epoch = self.boot_epoch.get().copied().unwrap_or(Epoch(u64::MAX));
         let wanted: HashMap<SessionId, Epoch> = if runnable {
             self.env.view.read(|a| {
                 let my_status = a.state.nodes.get(&me).map(|n| n.status);
@@ -238,7 +251,7 @@ impl Runtime {
         };
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let mut finishing = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ran = self.ran.lock().unwrap_or_else(|p| p.into_inner());
         let unwanted: Vec<SessionId> = tasks
             .iter()
             .filter(|(id, running)| {
@@ -256,51 +269,33 @@ impl Runtime {
                 finishing.insert(id, running.task);
             }
         }
-        finishing.retain(|id, task| {
-            if !task.is_finished() {
-                return true;
-            }
-            if let Some(Ok(exit)) = futures::FutureExt::now_or_never(&mut *task) {
-                exits.insert(id.clone(), exit);
-            }
-            false
-        });
+        finishing.retain(|_, task| !task.is_finished());
         if !finishing.is_empty() {
             // Their ends kick the reconciler too, but look again soon.
             let soon = now + RETRY_PAUSE;
             wake_at = Some(wake_at.map_or(soon, |w| w.min(soon)));
         }
-        // An exit matters only while the table still shows its epoch.
+        // A past run matters only while the table still shows its epoch.
         self.env.view.read(|a| {
-            exits.retain(|id, exit| {
-                a.state
-                    .sessions
-                    .get(id)
-                    .is_some_and(|s| s.epoch == exit.epoch)
-            })
+            ran.retain(|id, epoch| a.state.sessions.get(id).is_some_and(|s| s.epoch == *epoch))
         });
         for (id, epoch) in wanted {
             if tasks.contains_key(&id) || finishing.contains_key(&id) {
                 continue;
             }
-            let acceptable = exits.get(&id).map(|exit| exit.acceptable.clone());
-            if let Some(running) = self.start_task(&id, epoch, acceptable) {
-                exits.remove(&id);
+            let settled = epoch > boot_epoch && ran.get(&id) != Some(&epoch);
+            if let Some(running) = self.start_task(&id, epoch, settled) {
+                ran.insert(id.clone(), epoch);
                 tasks.insert(id, running);
             }
         }
         wake_at
     }
 
-    /// Starts a task for `id` under `epoch` from the applied state; when a
-    /// task of the same epoch ran here before, only once the applied state
-    /// is one of the states it left (`acceptable`).
-    fn start_task(
-        &self,
-        id: &SessionId,
-        epoch: Epoch,
-        acceptable: Option<Vec<StateJson>>,
-    ) -> Option<Running> {
+    /// Starts a task for `id` under `epoch` from the applied state. Unless
+    /// `settled` (the epoch is new to this node), the task settles the row
+    /// through the log before it answers anything.
+    fn start_task(&self, id: &SessionId, epoch: Epoch, settled: bool) -> Option<Running> {
         let (kind, state, version) = self.env.view.read(|a| {
             a.state
                 .sessions
@@ -308,13 +303,6 @@ impl Runtime {
                 .filter(|s| s.epoch == epoch)
                 .map(|s| (s.kind.clone(), s.state.clone(), s.version))
         })?;
-        let acceptable = match acceptable {
-            // The local view has not caught up with the predecessor's
-            // writes yet: wait for the next applied entry.
-            Some(states) if !states.contains(&state) => return None,
-            Some(states) => states,
-            None => vec![state.clone()],
-        };
         let Some(handler) = self.registry.get(&kind).cloned() else {
             warn!(session = %id, %kind, "no handler registered for this kind; session not started");
             return None;
@@ -336,7 +324,7 @@ impl Runtime {
             live,
             committed: state,
             version,
-            acceptable,
+            settled,
             stop: stop.clone(),
         };
         Some(Running {
@@ -391,10 +379,7 @@ impl Runtime {
                     .collect(),
             }
         };
-        let ended = join_stopped(stopped).await;
-        let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
-        exits.extend(ended);
-        drop(exits);
+        join_stopped(stopped).await;
         self.env.kick.notify_one();
     }
 
@@ -445,7 +430,14 @@ impl Runtime {
                 None => return Err(CallError::NotFound(id.clone())),
                 Some((None, _)) => Err(CallError::NotHere),
                 Some((Some((owner, _)), _)) if owner == self.env.me => {
-                    self.call_local(id, msg.clone()).await
+                    match tokio::time::timeout_at(deadline, self.call_local(id, msg.clone())).await
+                    {
+                        Ok(answer) => answer,
+                        // The task may be running it (a slow commit): say so.
+                        Err(_) => Err(CallError::OutcomeUnknown(format!(
+                            "session {id} did not answer within the timeout"
+                        ))),
+                    }
                 }
                 Some((Some((owner, addr)), epoch)) => {
                     self.forward(id, owner, &addr, epoch, &msg, deadline, &mut applied)
@@ -518,17 +510,15 @@ impl Runtime {
     }
 }
 
-async fn join_stopped(stopped: Vec<Running>) -> Vec<(SessionId, TaskExit)> {
-    let mut ended = Vec::new();
+async fn join_stopped(stopped: Vec<Running>) {
     for running in stopped {
         running.stop.store(true, Ordering::SeqCst);
         drop(running.mailbox);
         // The task finishes the call in hand, then sees its mailbox closed.
-        if let Ok(exit) = running.task.await {
-            ended.push((running.id, exit));
+        if let Err(e) = running.task.await {
+            warn!(session = %running.id, error = %e, "session task ended abnormally");
         }
     }
-    ended
 }
 
 struct SessionTask {
@@ -540,8 +530,9 @@ struct SessionTask {
     committed: StateJson,
     /// Version of `committed` in the table: the next update builds on it.
     version: u64,
-    /// States the table may hold for this epoch (see [`TaskExit`]).
-    acceptable: Vec<StateJson>,
+    /// True once `committed` and `version` are known to be the table's and
+    /// no earlier write of this epoch can still land (see [`Command::Settle`]).
+    settled: bool,
     stop: Arc<AtomicBool>,
 }
 
@@ -561,8 +552,18 @@ impl SessionTask {
         }
     }
 
-    async fn run(mut self, mut calls: mpsc::Receiver<Call>) -> TaskExit {
+    async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
         debug!(node = self.env.me, session = %self.id, epoch = %self.epoch, "session task started");
+        if !self.settled {
+            // Calls wait in the mailbox meanwhile; if this fails they are
+            // dropped unanswered (never run) and their routers retry.
+            if self.settle().await.is_err() {
+                debug!(node = self.env.me, session = %self.id, "session task could not settle; stopped");
+                self.env.kick.notify_one();
+                return;
+            }
+            self.restore();
+        }
         let mut lease = self.env.lease.clone();
         loop {
             let deadline = self.live.next_deadline();
@@ -586,6 +587,10 @@ impl SessionTask {
             tokio::select! {
                 call = calls.recv() => {
                     let Some(call) = call else { break };
+                    if call.reply.is_closed() {
+                        // Its caller gave up before it was taken: never run.
+                        continue;
+                    }
                     if !self.env.lease_valid() || self.stop.load(Ordering::SeqCst) {
                         let _ = call.reply.send(Err(CallError::NotHere));
                         continue;
@@ -611,9 +616,45 @@ impl SessionTask {
         }
         debug!(node = self.env.me, session = %self.id, "session task stopped");
         self.env.kick.notify_one();
-        TaskExit {
-            epoch: self.epoch,
-            acceptable: self.acceptable,
+    }
+
+    /// Commits a [`Command::Settle`] for this task's epoch and takes the
+    /// table's state and version from its answer. Once it is applied, no
+    /// earlier write of this epoch can land any more (it would carry an
+    /// older version), so what it returns is final until this task writes.
+    /// Retried while the lease holds; fails when the session moved, was
+    /// deleted, the lease ended or the task was told to stop.
+    async fn settle(&mut self) -> Result<(), CallError> {
+        loop {
+            if self.stop.load(Ordering::SeqCst) || !self.env.lease_valid() {
+                return Err(CallError::NotHere);
+            }
+            let command = Command::Settle {
+                id: self.id.clone(),
+                epoch: self.epoch,
+                version: self.version,
+            };
+            match self.env.proposer.propose(command).await {
+                Ok(Ok(Applied::Session(session))) => {
+                    self.committed = session.state;
+                    self.version = session.version;
+                    self.settled = true;
+                    return Ok(());
+                }
+                // An earlier write (or settle) of this epoch landed: settle
+                // on top of it; the answer carries the state.
+                Ok(Err(Rejection::StaleVersion { current, .. })) => self.version = current,
+                // Moved away or deleted: nothing of this epoch can land.
+                Ok(Ok(_)) | Ok(Err(_)) | Err(WriteError::ShuttingDown) => {
+                    return Err(CallError::NotHere)
+                }
+                // A settle whose own outcome is unknown is harmless: it only
+                // raises the version, and the next one settles on top of it.
+                Err(e) => {
+                    debug!(session = %self.id, error = %e, "settle not confirmed; trying again");
+                    tokio::time::sleep(SETTLE_PAUSE).await;
+                }
+            }
         }
     }
 
@@ -653,7 +694,9 @@ impl SessionTask {
         }
     }
 
-    /// Commits the live state if it changed.
+    /// Commits the live state if it changed. A write whose outcome is
+    /// unknown is settled through the log: if it landed the call is done,
+    /// if it did not it is written again (it can no longer land late).
     async fn commit(&mut self) -> Commit {
         let state = self.live.state();
         if state == self.committed {
@@ -665,35 +708,50 @@ impl SessionTask {
                 self.env.max_state_bytes,
             ));
         }
-        let command = Command::UpdateState {
-            id: self.id.clone(),
-            epoch: self.epoch,
-            version: self.version,
-            state: state.clone(),
-        };
-        // Until the answer says otherwise, the table may end up with it.
-        self.acceptable.push(state.clone());
-        match self.env.proposer.propose(command).await {
-            Ok(Ok(Applied::Session(_))) | Ok(Ok(_)) => {
-                self.acceptable = vec![state.clone()];
-                self.committed = state;
-                self.version += 1;
-                Commit::Done
+        loop {
+            let command = Command::UpdateState {
+                id: self.id.clone(),
+                epoch: self.epoch,
+                version: self.version,
+                state: state.clone(),
+            };
+            let unknown = match self.env.proposer.propose(command).await {
+                Ok(Ok(_)) => {
+                    self.committed = state;
+                    self.version += 1;
+                    return Commit::Done;
+                }
+                // Fenced, outdated or deleted: the call did not take effect.
+                Ok(Err(Rejection::StaleEpoch { .. }))
+                | Ok(Err(Rejection::StaleVersion { .. }))
+                | Ok(Err(Rejection::NoSuchSession(_))) => return Commit::Stop(CallError::NotHere),
+                Ok(Err(other)) => other.to_string(),
+                Err(WriteError::NoLeader) | Err(WriteError::ShuttingDown) => {
+                    // Nothing was written; a successor settles and restarts
+                    // from the committed state.
+                    return Commit::Stop(CallError::Unavailable(
+                        self.id.clone(),
+                        "no leader to commit the new state".into(),
+                    ));
+                }
+                Err(e) => e.to_string(),
+            };
+            debug!(session = %self.id, error = %unknown, "write outcome unknown; settling it");
+            let before = self.committed.clone();
+            if self.settle().await.is_err() {
+                return Commit::Stop(CallError::OutcomeUnknown(unknown));
             }
-            // Fenced, outdated or deleted: the call did not take effect.
-            Ok(Err(Rejection::StaleEpoch { .. }))
-            | Ok(Err(Rejection::StaleVersion { .. }))
-            | Ok(Err(Rejection::NoSuchSession(_))) => Commit::Stop(CallError::NotHere),
-            Ok(Err(other)) => Commit::Stop(CallError::OutcomeUnknown(other.to_string())),
-            Err(WriteError::NoLeader) | Err(WriteError::ShuttingDown) => {
-                // Nothing was written; restart from the committed state.
-                self.acceptable.pop();
-                Commit::Stop(CallError::Unavailable(
-                    self.id.clone(),
-                    "no leader to commit the new state".into(),
-                ))
+            if self.committed == state {
+                // It landed (only this task writes under this epoch, and
+                // the state differs from the one it was built on).
+                return Commit::Done;
             }
-            Err(e) => Commit::Stop(CallError::OutcomeUnknown(e.to_string())),
+            if self.committed != before {
+                // Cannot happen while this task is the only writer of its
+                // epoch; do not build on a state the handler never saw.
+                warn!(session = %self.id, "settled state is neither the old nor the new one");
+                return Commit::Stop(CallError::OutcomeUnknown(unknown));
+            }
         }
     }
 

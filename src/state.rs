@@ -124,27 +124,15 @@ impl ClusterState {
                 version,
                 state,
             } => {
-                let session = self
-                    .sessions
-                    .get_mut(id)
-                    .ok_or_else(|| Rejection::NoSuchSession(id.clone()))?;
-                if session.epoch != *epoch || session.owner.is_none() {
-                    return Err(Rejection::StaleEpoch {
-                        id: id.clone(),
-                        given: *epoch,
-                        current: session.epoch,
-                    });
-                }
-                if session.version != *version {
-                    return Err(Rejection::StaleVersion {
-                        id: id.clone(),
-                        given: *version,
-                        current: session.version,
-                    });
-                }
+                let session = self.current_session(id, *epoch, *version)?;
                 session.state = state.clone();
                 session.version += 1;
                 session.updated_at = at;
+                Ok(Applied::Session(Box::new(session.clone())))
+            }
+            Command::Settle { id, epoch, version } => {
+                let session = self.current_session(id, *epoch, *version)?;
+                session.version += 1;
                 Ok(Applied::Session(Box::new(session.clone())))
             }
             Command::Reassign { moves } => {
@@ -170,6 +158,35 @@ impl ClusterState {
                 None => Err(Rejection::NoSuchSession(id.clone())),
             },
         }
+    }
+
+    /// The session `id` if `epoch` and `version` are its current ones (the
+    /// condition of every owner's write).
+    fn current_session(
+        &mut self,
+        id: &SessionId,
+        epoch: Epoch,
+        version: u64,
+    ) -> Result<&mut Session, Rejection> {
+        let session = self
+            .sessions
+            .get_mut(id)
+            .ok_or_else(|| Rejection::NoSuchSession(id.clone()))?;
+        if session.epoch != epoch || session.owner.is_none() {
+            return Err(Rejection::StaleEpoch {
+                id: id.clone(),
+                given: epoch,
+                current: session.epoch,
+            });
+        }
+        if session.version != version {
+            return Err(Rejection::StaleVersion {
+                id: id.clone(),
+                given: version,
+                current: session.version,
+            });
+        }
+        Ok(session)
     }
 
     fn set_status(&mut self, id: NodeId, status: NodeStatus, at: DateTime<Utc>) -> CommandResult {

@@ -1,6 +1,8 @@
-//! Handoffs in an in-process cluster: sessions a node released for a
-//! rebalance and that come back to it soon after (their new owner crashed)
-//! run again at once, not after the release hold (3 s) runs out.
+//! Ownership changes in an in-process cluster: sessions a node released for
+//! a rebalance and that come back to it soon after (their new owner crashed)
+//! run again at once, not after the release hold (3 s) runs out; unplaced
+//! sessions run once a node is eligible; and a write that lands after its
+//! owner gave up on it never leaves the session answering an older state.
 
 use std::time::{Duration, Instant};
 
@@ -116,6 +118,82 @@ async fn a_session_with_no_eligible_node_waits_unplaced_then_runs() -> Result<()
         .await
         .map_err(|e| e.to_string())?;
     assert_eq!(session.status, minos::state::SessionStatus::Placed);
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Issue 10's stale read, without luck: node `owner`'s write of an append
+/// is held back by a fault hook so the owner hears "outcome unknown" at
+/// once, and the write reaches the leader only afterwards (as when the
+/// leader dies with the write in flight and its successor commits it).
+/// Then every `get` call, through every node, must answer exactly the state
+/// a linearizable table read returns, the append must be in it at most once,
+/// and exactly once if the caller was told it succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_landing_after_its_owner_gave_up_never_leaves_the_session_stale(
+) -> Result<(), String> {
+    let deadline = Duration::from_secs(10);
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.await_leader(deadline).await?;
+    let client = cluster.client(leader);
+    client
+        .create_session(&NewSession {
+            id: "reg".into(),
+            kind: None,
+            state: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let append = |value: &str| json!({"op": "append", "field": "log", "value": value});
+    client
+        .call("reg", &append("a"), Some(deadline))
+        .await
+        .map_err(|e| e.to_string())?;
+    let owner = cluster.await_owner("reg", |_| true, deadline).await?;
+
+    eprintln!("--- hold node {owner}'s next write of the session; append b");
+    let held = cluster.hold_next_update(owner, "reg")?;
+    let told = client.call("reg", &append("b"), Some(deadline)).await;
+    eprintln!("--- the caller was told {told:?}; now the held write goes to the leader");
+    let late = held.outcome().await;
+    eprintln!("--- the held write ended with {late:?}");
+
+    let table = cluster
+        .client(leader)
+        .get_session("reg")
+        .await
+        .map_err(|e| e.to_string())?
+        .state;
+    let log = table["log"].as_array().cloned().unwrap_or_default();
+    let b_count = log.iter().filter(|v| *v == "b").count();
+    assert!(b_count <= 1, "append b applied {b_count} times: {table}");
+    if told.is_ok() {
+        assert_eq!(b_count, 1, "the caller was told b was appended: {table}");
+    }
+    for via in cluster.ids() {
+        let reply = cluster
+            .client(via)
+            .call("reg", &json!({"op": "get"}), Some(deadline))
+            .await
+            .map_err(|e| format!("get through node {via}: {e}"))?;
+        assert_eq!(
+            reply.reply, table,
+            "get through node {via} answered a state other than the committed one"
+        );
+    }
+
+    eprintln!("--- the next write builds on the committed state");
+    client
+        .call("reg", &append("c"), Some(deadline))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut expected = log;
+    expected.push(json!("c"));
+    let reply = client
+        .call("reg", &json!({"op": "get"}), Some(deadline))
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(reply.reply["log"], json!(expected));
     cluster.shutdown().await;
     Ok(())
 }

@@ -93,6 +93,12 @@ enum Op {
         epoch: EpochChoice,
         value: u8,
     },
+    /// `stale`: built on the version before the current one.
+    Settle {
+        session: u8,
+        epoch: EpochChoice,
+        stale: bool,
+    },
     Reassign {
         plan: Plan,
         random: Vec<RandomMove>,
@@ -145,8 +151,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => member().prop_map(Op::Drain),
         4 => (session(), owner, any::<u8>())
             .prop_map(|(session, owner, value)| Op::Create { session, owner, value }),
-        4 => (session(), epoch, any::<u8>())
+        4 => (session(), epoch.clone(), any::<u8>())
             .prop_map(|(session, epoch, value)| Op::Update { session, epoch, value }),
+        2 => (session(), epoch, any::<bool>())
+            .prop_map(|(session, epoch, stale)| Op::Settle { session, epoch, stale }),
         3 => (plan, vec(random_move, 0..3)).prop_map(|(plan, random)| Op::Reassign { plan, random }),
         1 => session().prop_map(Op::Delete),
     ]
@@ -165,6 +173,21 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
             .sessions
             .get(&session_id(n))
             .map_or(Epoch(1), |session| session.epoch)
+    };
+    let epoch_of = |session: u8, choice: &EpochChoice| {
+        let current = current_epoch(session);
+        match choice {
+            EpochChoice::Current => current,
+            EpochChoice::Behind => Epoch(current.0.saturating_sub(1)),
+            EpochChoice::Ahead => current.next(),
+            EpochChoice::Recent(back) => Epoch(state.last_epoch.0.saturating_sub(*back)),
+        }
+    };
+    let version_of = |session: u8| {
+        state
+            .sessions
+            .get(&session_id(session))
+            .map_or(0, |s| s.version)
     };
     match op {
         Op::AddNode { id, port } => Command::AddNode {
@@ -201,19 +224,10 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
             epoch,
             value,
         } => {
-            let current = current_epoch(*session);
-            let epoch = match epoch {
-                EpochChoice::Current => current,
-                EpochChoice::Behind => Epoch(current.0.saturating_sub(1)),
-                EpochChoice::Ahead => current.next(),
-                EpochChoice::Recent(back) => Epoch(state.last_epoch.0.saturating_sub(*back)),
-            };
+            let epoch = epoch_of(*session, epoch);
             // Mostly the current version; one in four builds on the one before
             // (a late write from an earlier task), which must be refused.
-            let version = state
-                .sessions
-                .get(&session_id(*session))
-                .map_or(0, |s| s.version);
+            let version = version_of(*session);
             let version = if value % 4 == 0 {
                 version.saturating_sub(1)
             } else {
@@ -224,6 +238,22 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
                 epoch,
                 version,
                 state: StateJson(format!("{{\"updated\":{value}}}")),
+            }
+        }
+        Op::Settle {
+            session,
+            epoch,
+            stale,
+        } => {
+            let version = version_of(*session);
+            Command::Settle {
+                id: session_id(*session),
+                epoch: epoch_of(*session, epoch),
+                version: if *stale {
+                    version.saturating_sub(1)
+                } else {
+                    version
+                },
             }
         }
         Op::Reassign { plan, random } => {
@@ -530,10 +560,11 @@ fn check_command(
 
     if let Command::UpdateState {
         id, epoch, version, ..
-    } = command
+    }
+    | Command::Settle { id, epoch, version } = command
     {
-        // An accepted write carried the current epoch and version of an owned
-        // session, and raised the version by one.
+        // An accepted write or settle carried the current epoch and version
+        // of an owned session, and raised the version by one.
         let old = &before.sessions[id];
         prop_assert_eq!(*epoch, old.epoch);
         prop_assert_eq!(*version, old.version);
@@ -843,4 +874,70 @@ fn a_late_write_under_the_same_epoch_is_refused() {
         StateJson("{\"by\":\"successor\"}".into())
     );
     assert_eq!(state.sessions[&id].version, 1);
+}
+
+#[test]
+fn a_settle_fences_a_write_whose_outcome_was_unknown() {
+    // An owner's write built on version 0 is in flight when its task gives
+    // up on it; the task settles on version 0 before answering anything.
+    // Whichever lands first decides: the other is refused, and the state
+    // the settle returns is the one the table keeps.
+    let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+    let id = session_id(0);
+    let setup = [
+        Command::AddNode {
+            id: 1,
+            addr: "127.0.0.1:7001".into(),
+        },
+        Command::CreateSession {
+            id: id.clone(),
+            kind: minos::model::SessionKind::new("kv").unwrap(),
+            state: StateJson("{\"n\":0}".into()),
+            owner: Some(1),
+        },
+    ];
+    let mut start = ClusterState::default();
+    for command in &setup {
+        start.apply_command(command, at).unwrap();
+    }
+    let epoch = start.sessions[&id].epoch;
+    let write = Command::UpdateState {
+        id: id.clone(),
+        epoch,
+        version: 0,
+        state: StateJson("{\"n\":1}".into()),
+    };
+    let settle = |version| Command::Settle {
+        id: id.clone(),
+        epoch,
+        version,
+    };
+
+    // The settle lands first: the late write is refused, the state stays.
+    let mut state = start.clone();
+    let settled = state.apply_command(&settle(0), at).unwrap();
+    let Applied::Session(settled) = settled else {
+        panic!("settle returned {settled:?}")
+    };
+    assert_eq!(settled.state, StateJson("{\"n\":0}".into()));
+    assert_eq!(settled.version, 1);
+    assert!(matches!(
+        state.apply_command(&write, at),
+        Err(minos::model::Rejection::StaleVersion { current: 1, .. })
+    ));
+    assert_eq!(state.sessions[&id].state, StateJson("{\"n\":0}".into()));
+
+    // The write lands first: the settle on version 0 is refused, the next
+    // one (on the version the refusal names) returns the written state.
+    let mut state = start;
+    state.apply_command(&write, at).unwrap();
+    assert!(matches!(
+        state.apply_command(&settle(0), at),
+        Err(minos::model::Rejection::StaleVersion { current: 1, .. })
+    ));
+    let Applied::Session(settled) = state.apply_command(&settle(1), at).unwrap() else {
+        panic!("settle on the current version refused")
+    };
+    assert_eq!(settled.state, StateJson("{\"n\":1}".into()));
+    assert_eq!(settled.version, 2);
 }

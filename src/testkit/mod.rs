@@ -34,6 +34,7 @@ use crate::config::Timing;
 use crate::handler::{Registry, SessionHandler};
 use crate::model::{NodeId, SessionId};
 use crate::network::Faults;
+pub use crate::network::HeldWrite;
 use crate::node::{Node, NodeBuilder};
 
 /// Polls `probe` until it yields a value or `timeout` passes; the error
@@ -257,6 +258,15 @@ impl Cluster {
         for other in self.ids().into_iter().filter(|o| *o != node) {
             self.partition(node, other);
         }
+    }
+
+    /// Holds back node `node`'s next write that updates `session` (see
+    /// [`HeldWrite`]): the owner is told at once that the write's outcome
+    /// is unknown, and the write goes out when the handle releases it.
+    pub fn hold_next_update(&self, node: NodeId, session: &str) -> Result<HeldWrite, String> {
+        let session = SessionId::new(session).map_err(|e| e.to_string())?;
+        let slot = self.slots.get(&node).ok_or(format!("no node {node}"))?;
+        Ok(slot.faults.hold_next_update(session))
     }
 
     /// Restores all traffic.
