@@ -54,7 +54,7 @@ for run in $(seq 1 "$runs"); do
   hog_pid=$!
   start=$(date +%s)
   status=0
-  cargo test "${tests[@]}" "$@" || status=$?
+  cargo test --no-fail-fast "${tests[@]}" "$@" || status=$?
   load="$(cut -d' ' -f1-3 /proc/loadavg)"
   stop_hogs
   took=$(( $(date +%s) - start ))
