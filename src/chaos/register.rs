@@ -12,6 +12,15 @@
 //! register traffic. Clients pace themselves so that a generation's budget
 //! lasts the whole generation.
 //!
+//! Half of each generation's sessions are steady (45 % `set`s all the
+//! time); the other half are bursty: `set`s only during a short window of
+//! every cycle (staggered between sessions), reads only the rest of the
+//! time. A crash while a write is in flight then leaves the session read
+//! for the best part of a second with no write that would repair a stale
+//! state, which is how a stale read after a leader crash shows (issue 10):
+//! a steady session's next `set` is refused or repairs it within
+//! milliseconds.
+//!
 //! [`history::Op`]: super::history::Op
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,10 +36,32 @@ use super::workload::WriteTap;
 use crate::client::Client;
 use crate::model::NodeId;
 
-/// Percentage of register operations that are `set`s.
+/// Percentage of a steady session's operations that are `set`s.
 const SET_PERCENT: u64 = 45;
-/// Percentage that are `get` calls (the rest are table reads).
-const GET_PERCENT: u64 = 35;
+/// Percentage of a bursty session's operations that are `set`s inside its
+/// write window (outside it, none are).
+const BURST_SET_PERCENT: u64 = 70;
+/// A bursty session's cycle, and the part of it that takes writes.
+const BURST_CYCLE_MS: u64 = 1000;
+const BURST_WINDOW_MS: u64 = 200;
+/// Percentage of the reads that are `get` calls (the rest are table reads).
+const GET_PERCENT_OF_READS: u64 = 60;
+
+/// Percentage of `set`s for session `index` of a generation of `sessions`
+/// at `elapsed` since the run started: odd sessions are bursty, with write
+/// windows staggered between them.
+fn set_percent(index: usize, sessions: usize, elapsed: Duration) -> u64 {
+    if index % 2 == 0 {
+        return SET_PERCENT;
+    }
+    let offset = index as u64 * BURST_CYCLE_MS / sessions.max(1) as u64;
+    let phase = (elapsed.as_millis() as u64 + offset) % BURST_CYCLE_MS;
+    if phase < BURST_WINDOW_MS {
+        BURST_SET_PERCENT
+    } else {
+        0
+    }
+}
 
 /// Shared settings of the register clients.
 pub struct RegisterWorkload {
@@ -191,11 +222,11 @@ pub async fn client(workload: Arc<RegisterWorkload>, id: u32, seed: u64) -> Vec<
         };
         let session = &sessions[index];
         let (node, client) = &workload.nodes[rng.below(workload.nodes.len() as u64) as usize];
-        let roll = rng.below(100);
-        let kind = if roll < SET_PERCENT {
+        let elapsed = now.saturating_duration_since(workload.t0);
+        let kind = if rng.percent(set_percent(index, sessions.len(), elapsed)) {
             sets += 1;
             OpKind::Set(format!("r{id}-{sets}"))
-        } else if roll < SET_PERCENT + GET_PERCENT {
+        } else if rng.percent(GET_PERCENT_OF_READS) {
             OpKind::Get
         } else {
             OpKind::TableRead
@@ -282,6 +313,21 @@ mod tests {
             pace_for(Duration::from_secs(10), 4, 4, 800),
             Duration::from_micros(12_500)
         );
+    }
+
+    #[test]
+    fn bursty_sessions_take_writes_in_short_staggered_windows() {
+        let at = |ms| Duration::from_millis(ms);
+        // Even sessions are steady.
+        assert_eq!(set_percent(0, 4, at(0)), SET_PERCENT);
+        assert_eq!(set_percent(2, 4, at(700)), SET_PERCENT);
+        // Session 1 of 4 is offset by 250 ms: its window is 750..950 ms.
+        assert_eq!(set_percent(1, 4, at(100)), 0);
+        assert_eq!(set_percent(1, 4, at(800)), BURST_SET_PERCENT);
+        assert_eq!(set_percent(1, 4, at(1800)), BURST_SET_PERCENT);
+        // Session 3 of 4 is offset by 750 ms: its window is 250..450 ms.
+        assert_eq!(set_percent(3, 4, at(300)), BURST_SET_PERCENT);
+        assert_eq!(set_percent(3, 4, at(800)), 0);
     }
 
     #[test]
