@@ -51,7 +51,7 @@ const GET_PERCENT_OF_READS: u64 = 60;
 /// at `elapsed` since the run started: odd sessions are bursty, with write
 /// windows staggered between them.
 fn set_percent(index: usize, sessions: usize, elapsed: Duration) -> u64 {
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         return SET_PERCENT;
     }
     let offset = index as u64 * BURST_CYCLE_MS / sessions.max(1) as u64;
