@@ -1,7 +1,11 @@
 //! Chaos runs under `cargo test`: a seeded fault schedule against an
 //! in-process cluster, real processes, and (when Docker answers) the
 //! compose cluster with network partitions, each history checked for lost
-//! or duplicated acknowledged writes, reads going backwards and two owners.
+//! or duplicated acknowledged writes, reads going backwards and two owners
+//! (append workload), and every register session's history checked for
+//! linearizability by todc-utils' WGL checker (register workload). Every
+//! run includes the faults that strike while a write is in flight (leader
+//! killed or frozen, a session's owner killed).
 //!
 //! The runs take turns (one lock), so the whole file stays within about
 //! four minutes on two cores. `MINOS_CHAOS_SEED` replaces the seeds;
@@ -36,13 +40,16 @@ fn config(seed: u64, default_seconds: u64, faults: &str) -> RunConfig {
     config.clients = 6;
     config.sessions = 8;
     config.max_appends_per_session = 600;
+    config.register_clients = 4;
+    config.register_sessions = 4;
     config.faults = Capabilities::parse(faults).expect("fault list");
     config
 }
 
 /// Fails with the seed and every violation unless the run passed, and
-/// checks the run did real work (faults and acknowledged writes), so an
-/// idle run cannot pass.
+/// checks the run did real work (faults, acknowledged writes, register
+/// operations through the linearizability checker, a fault that struck
+/// right after a write was sent), so an idle run cannot pass.
 fn assert_passed(report: &ChaosReport, min_episodes: usize) {
     eprintln!("{}", report.summary());
     assert!(
@@ -65,6 +72,26 @@ fn assert_passed(report: &ChaosReport, min_episodes: usize) {
     assert!(
         stats.final_entries >= stats.appends_ok,
         "final logs hold fewer entries than acknowledged appends: {stats:?}"
+    );
+    let register = &stats.register;
+    assert!(
+        register.ops_checked >= 200
+            && register.sets_ok >= 50
+            && register.sessions_linearizable >= 1,
+        "too few register operations went through the linearizability checker: {register:?}"
+    );
+    assert!(
+        report
+            .episodes
+            .iter()
+            .any(|e| e.fault.waits_for_a_write() && e.resolved.contains(" sent ")),
+        "no fault struck right after a write was sent (seed {}): {:?}",
+        report.seed,
+        report
+            .episodes
+            .iter()
+            .map(|e| &e.resolved)
+            .collect::<Vec<_>>()
     );
 }
 
@@ -131,11 +158,15 @@ async fn in_process_crashes_and_partitions_keep_every_promise() {
         f,
         Fault::Isolate(_) | Fault::Cut(..) | Fault::CutFromLeader(_)
     )));
+    assert!(
+        !has(&report, |f| matches!(f, Fault::PauseLeaderMidWrite { .. })),
+        "the in-process backend cannot pause"
+    );
 }
 
 // SIGKILL and SIGSTOP (longer than the lease) of real `minos serve`
-// processes, leader included, leave no checker violation; this backend
-// cannot partition, and the report says so.
+// processes, leader included and while writes are in flight, leave no
+// checker violation; this backend cannot partition, and the report says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_processes_killed_and_paused_keep_every_promise() {
     let _turn = SERIAL.lock().await;
@@ -150,6 +181,10 @@ async fn real_processes_killed_and_paused_keep_every_promise() {
     assert!(has(&report, |f| matches!(
         f,
         Fault::Kill(_) | Fault::KillTwo(..)
+    )));
+    assert!(has(&report, |f| matches!(
+        f,
+        Fault::Pause(_) | Fault::PauseLeaderMidWrite { .. }
     )));
     assert!(
         report.not_injected.iter().any(|f| f.contains("partition")),

@@ -18,6 +18,11 @@
 //!   after a reply from a newer epoch had completed;
 //! - `session_lost`: every session can still be read at the end;
 //! - `malformed`: every acknowledged reply has the shape the kind promises.
+//!
+//! These rules read the append workload's sessions only. The register
+//! workload's sessions are checked for linearizability by
+//! [`super::linearizability`], whose verdicts land in the same report
+//! (`not_linearizable`, and `malformed` for its replies).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -56,6 +61,9 @@ pub enum Rule {
     StaleEpoch,
     /// A reply of an unexpected shape.
     Malformed,
+    /// A register session's history has no linearization (checked by the
+    /// todc-utils WGL checker).
+    NotLinearizable,
 }
 
 impl fmt::Display for Rule {
@@ -112,6 +120,9 @@ pub struct Stats {
     pub final_entries: usize,
     /// Distinct epochs seen in replies.
     pub epochs_seen: usize,
+    /// Register workload: its counts and the linearizability verdict.
+    #[serde(default)]
+    pub register: super::linearizability::RegisterStats,
 }
 
 /// The checker's verdict.
@@ -136,7 +147,8 @@ impl CheckReport {
         self.counts.values().sum()
     }
 
-    fn report(&mut self, rule: Rule, session: &str, detail: String, ops: Vec<&Op>) {
+    /// Counts a violation of `rule` and keeps it (up to `KEEP_PER_RULE`).
+    pub fn report(&mut self, rule: Rule, session: &str, detail: String, ops: Vec<&Op>) {
         let count = self.counts.entry(rule).or_insert(0);
         *count += 1;
         if *count <= KEEP_PER_RULE {
@@ -158,10 +170,11 @@ struct Observation<'a> {
     after: u64,
 }
 
-/// Checks `ops` against `finals` (session -> final log, or why it could not
-/// be read).
+/// Checks the append workload's `ops` against `finals` (session -> final
+/// log, or why it could not be read). Register operations are skipped.
 pub fn check(ops: &[Op], finals: &BTreeMap<String, Result<Vec<String>, String>>) -> CheckReport {
     let mut report = CheckReport::default();
+    let ops: Vec<&Op> = ops.iter().filter(|op| !op.kind.is_register()).collect();
     report.stats.ops = ops.len();
     let mut by_session: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
     for op in ops {
@@ -179,6 +192,8 @@ pub fn check(ops: &[Op], finals: &BTreeMap<String, Result<Vec<String>, String>>)
                 (OpKind::Append(_), Outcome::Unknown(_)) => report.stats.appends_unknown += 1,
                 (OpKind::Read, Outcome::Ok { .. }) => report.stats.reads_ok += 1,
                 (OpKind::Read, _) => report.stats.reads_not_ok += 1,
+                // Filtered out above.
+                (OpKind::Set(_) | OpKind::Get | OpKind::TableRead, _) => {}
             }
             if let Some((_, epoch)) = op.owner_epoch() {
                 epochs.insert(epoch);

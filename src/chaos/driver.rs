@@ -1,7 +1,10 @@
-//! The driver of a chaos run: creates the sessions, starts the clients, plays
-//! the fault schedule (one fault at a time, each undone and followed by a
-//! wait for a healthy cluster), heals everything, reads the final state of
-//! every session linearizably, and hands the history to the checker.
+//! The driver of a chaos run: creates the sessions, starts the clients of
+//! both workloads (appends, registers), plays the fault schedule (one fault
+//! at a time, each undone and followed by a wait for a healthy cluster;
+//! mid-write faults wait for a client to send a write), heals everything,
+//! reads the final state of every session linearizably, and hands the
+//! history to the checkers: the append rules and the register
+//! linearizability checker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
@@ -15,8 +18,10 @@ use tokio::time::Instant;
 use super::backend::Backend;
 use super::checker::{check, CheckReport};
 use super::history::{log_of, Op};
+use super::linearizability::check_registers;
+use super::register::{self, RegisterWorkload};
 use super::schedule::{generate, Capabilities, Episode, Fault, ScheduleOptions, Target};
-use super::workload::{self, Workload};
+use super::workload::{self, Workload, WriteSent, WriteTap};
 use crate::client::{Client, NewSession};
 use crate::model::NodeId;
 use crate::testkit::await_until;
@@ -46,6 +51,16 @@ pub struct RunConfig {
     pub recovery_timeout: Duration,
     /// Prefix of the session ids.
     pub session_prefix: String,
+    /// Clients of the register workload (0: no register workload).
+    pub register_clients: u32,
+    /// Register sessions in use at a time (one generation).
+    pub register_sessions: u32,
+    /// How long each generation of register sessions is in use.
+    pub register_generation: Duration,
+    /// Operations per register session at most (bounds the checker's work).
+    pub max_register_ops_per_session: u64,
+    /// Longest linearizability check of one register session.
+    pub register_check_timeout: Duration,
 }
 
 impl RunConfig {
@@ -63,6 +78,11 @@ impl RunConfig {
             faults: Capabilities::ALL,
             recovery_timeout: Duration::from_secs(30),
             session_prefix: format!("chaos-{seed:x}"),
+            register_clients: 4,
+            register_sessions: 4,
+            register_generation: Duration::from_secs(10),
+            max_register_ops_per_session: 800,
+            register_check_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -143,15 +163,7 @@ impl ChaosReport {
         ));
         let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
         for e in &self.episodes {
-            let kind = match e.fault {
-                Fault::Kill(_) => "kill",
-                Fault::KillTwo(..) => "kill-two",
-                Fault::Pause(_) => "pause",
-                Fault::Isolate(_) => "isolate",
-                Fault::CutFromLeader(_) => "cut-from-leader",
-                Fault::Cut(..) => "cut",
-            };
-            *kinds.entry(kind).or_default() += 1;
+            *kinds.entry(e.fault.kind_name()).or_default() += 1;
         }
         out.push_str(&format!(
             "chaos: faults by kind {kinds:?}; slowest recovery {worst} ms\n"
@@ -173,6 +185,33 @@ impl ChaosReport {
             s.reads_not_ok,
             s.final_entries,
             s.epochs_seen
+        ));
+        let r = &s.register;
+        out.push_str(&format!(
+            "chaos: register: {} operations on {} sessions: sets {} ok / {} failed / {} unknown ({} of the unknown seen by a read); gets {} ok, table reads {} ok, {} reads not answered\n",
+            r.ops,
+            r.sessions,
+            r.sets_ok,
+            r.sets_failed,
+            r.sets_unknown,
+            r.unknown_sets_seen,
+            r.gets_ok,
+            r.table_reads_ok,
+            r.reads_not_ok
+        ));
+        let verdict = if r.sessions_not_linearizable == 0 && r.sessions_undecided == 0 {
+            "every session linearizable".to_string()
+        } else {
+            format!(
+                "{} sessions NOT linearizable, {} undecided",
+                r.sessions_not_linearizable, r.sessions_undecided
+            )
+        };
+        out.push_str(&format!(
+            "chaos: register checker (todc-utils WGL): {} operations checked over {} sessions in {} ms: {verdict}\n",
+            r.ops_checked,
+            r.sessions_linearizable + r.sessions_not_linearizable,
+            r.check_ms
         ));
         for problem in &self.problems {
             out.push_str(&format!("chaos: PROBLEM: {problem}\n"));
@@ -234,13 +273,34 @@ pub async fn run_with<B: Backend>(
         .map(|n| (*n, Client::new(backend.client_addr(*n))))
         .collect();
     await_all_healthy(&clients, config.recovery_timeout).await?;
-    let sessions = create_sessions(&clients, config).await?;
-    for session in &sessions {
+    let sessions: Vec<String> = (0..config.sessions)
+        .map(|i| format!("{}-{i}", config.session_prefix))
+        .collect();
+    let register_ids = if config.register_clients == 0 {
+        Vec::new()
+    } else {
+        // Fresh ids on every run: a register's first state must be the
+        // empty document, even on a cluster an earlier run used.
+        register::session_ids(
+            &format!("{}-{:08x}", config.session_prefix, run_tag()),
+            register::generations_for(config.duration, config.register_generation),
+            config.register_sessions.max(1),
+        )
+    };
+    let all_ids: Vec<String> = sessions
+        .iter()
+        .chain(register_ids.iter().flatten())
+        .cloned()
+        .collect();
+    create_sessions(&clients, &all_ids, config.recovery_timeout).await?;
+    for session in &all_ids {
         await_answering(&clients, session, config.recovery_timeout).await?;
     }
 
     let t0 = Instant::now();
     let deadline = t0 + config.duration;
+    let tap = Arc::new(WriteTap::default());
+    let writes = tap.subscribe();
     let workload = Arc::new(Workload {
         sessions: sessions.clone(),
         nodes: clients.clone(),
@@ -251,10 +311,41 @@ pub async fn run_with<B: Backend>(
         max_ops_per_client: config.max_ops_per_client,
         append_percent: config.append_percent,
         appends_sent: sessions.iter().map(|_| AtomicU64::new(0)).collect(),
+        tap: tap.clone(),
     });
-    let tasks: Vec<_> = (0..config.clients)
+    let register_workload = Arc::new(RegisterWorkload {
+        ops_sent: register_ids
+            .iter()
+            .map(|g| g.iter().map(|_| AtomicU64::new(0)).collect())
+            .collect(),
+        generations: register_ids,
+        generation: config.register_generation,
+        nodes: clients.clone(),
+        t0,
+        deadline,
+        request_timeout: config.request_timeout,
+        max_ops_per_session: config.max_register_ops_per_session,
+        max_ops_per_client: config.max_ops_per_client,
+        pace: register::pace_for(
+            config.register_generation,
+            config.register_clients,
+            config.register_sessions,
+            config.max_register_ops_per_session,
+        ),
+        tap: tap.clone(),
+    });
+    let mut tasks: Vec<_> = (0..config.clients)
         .map(|id| tokio::spawn(workload::client(workload.clone(), id, config.seed)))
         .collect();
+    // Register clients are numbered after the append clients.
+    let register_client = |k: u32| config.clients + k;
+    tasks.extend((0..config.register_clients).map(|k| {
+        tokio::spawn(register::client(
+            register_workload.clone(),
+            register_client(k),
+            config.seed,
+        ))
+    }));
 
     let mut player = Player {
         clients: &clients,
@@ -264,6 +355,9 @@ pub async fn run_with<B: Backend>(
         paused: BTreeSet::new(),
         cut: false,
         problems: Vec::new(),
+        writes,
+        tap: &tap,
+        register_writes: config.register_clients > 0,
     };
     let mut episodes = Vec::new();
     for (index, episode) in schedule.iter().enumerate() {
@@ -321,8 +415,38 @@ pub async fn run_with<B: Backend>(
             final_log(&clients, session, config.recovery_timeout).await,
         );
     }
+    let (final_reads, unreadable) = register::final_reads(
+        &register_workload,
+        register_client(config.register_clients),
+        config.recovery_timeout,
+    )
+    .await;
+    ops.extend(final_reads);
+    for session in unreadable {
+        player.problems.push(format!(
+            "register session {session} could not be read at the end"
+        ));
+    }
     ops.sort_by_key(|op| (op.start_us, op.end_us));
-    let check = check(&ops, &finals);
+    let mut check = check(&ops, &finals);
+    eprintln!(
+        "chaos: checking {} register operations for linearizability",
+        ops.iter().filter(|op| op.kind.is_register()).count()
+    );
+    let register_ops: Vec<Op> = ops
+        .iter()
+        .filter(|op| op.kind.is_register())
+        .cloned()
+        .collect();
+    let timeout = config.register_check_timeout;
+    let registers = tokio::task::spawn_blocking(move || check_registers(&register_ops, timeout))
+        .await
+        .map_err(|e| format!("the register checker failed: {e}"))?;
+    for v in &registers.violations {
+        check.report(v.rule, &v.session, v.detail.clone(), v.ops.iter().collect());
+    }
+    player.problems.extend(registers.undecided);
+    check.stats.register = registers.stats;
     Ok(ChaosReport {
         seed: config.seed,
         backend: backend.name(),
@@ -338,6 +462,9 @@ pub async fn run_with<B: Backend>(
     })
 }
 
+/// Longest wait of a mid-write fault for a client to send a write.
+const WRITE_WAIT: Duration = Duration::from_secs(3);
+
 /// Plays episodes and remembers what is still broken.
 struct Player<'a> {
     clients: &'a [(NodeId, Client)],
@@ -347,6 +474,13 @@ struct Player<'a> {
     paused: BTreeSet<NodeId>,
     cut: bool,
     problems: Vec<String>,
+    /// The newest write a client is sending.
+    writes: tokio::sync::watch::Receiver<Option<WriteSent>>,
+    /// Owners the clients saw.
+    tap: &'a WriteTap,
+    /// True when the register workload runs (owner kills wait for its
+    /// writes).
+    register_writes: bool,
 }
 
 impl Player<'_> {
@@ -361,8 +495,7 @@ impl Player<'_> {
         let nodes = backend.nodes();
         let leader = current_leader(self.clients).await;
         let resolve = |target: Target| resolve(target, leader, &nodes);
-        let started = Instant::now();
-        let at_ms = started.saturating_duration_since(self.t0).as_millis() as u64;
+        let mut started = Instant::now();
         let (resolved, result) = match episode.fault {
             Fault::Kill(t) => {
                 let n = resolve(t);
@@ -418,7 +551,62 @@ impl Player<'_> {
                 self.cut = true;
                 (format!("cut link {a} <-> {b}"), backend.cut(a, b).await)
             }
+            Fault::KillLeaderMidWrite { delay_ms } => {
+                let l = leader.unwrap_or(nodes[0]);
+                let write = self.await_write(false, delay_ms, deadline).await;
+                started = Instant::now();
+                (
+                    format!(
+                        "kill -9 node {l} (the leader) {}",
+                        describe(&write, delay_ms)
+                    ),
+                    self.kill(backend, l).await,
+                )
+            }
+            Fault::PauseLeaderMidWrite { delay_ms } => {
+                let l = leader.unwrap_or(nodes[0]);
+                let write = self.await_write(false, delay_ms, deadline).await;
+                started = Instant::now();
+                self.actions += 1;
+                let result = backend.pause(l).await;
+                if result.is_ok() {
+                    self.paused.insert(l);
+                }
+                (
+                    format!("pause node {l} (the leader) {}", describe(&write, delay_ms)),
+                    result,
+                )
+            }
+            Fault::KillOwnerAfterWrite { delay_ms } => {
+                let write = self
+                    .await_write(self.register_writes, delay_ms, deadline)
+                    .await;
+                started = Instant::now();
+                let (owner, how) = match &write {
+                    Some(w) => match w.owner.or_else(|| self.tap.owner(&w.session)) {
+                        Some(owner) => (owner, "its owner"),
+                        None => match session_owner(self.clients, &w.session).await {
+                            Some(owner) => (owner, "its owner"),
+                            None => (w.node, "owner unknown: the node it was sent to"),
+                        },
+                    },
+                    None => (leader.unwrap_or(nodes[0]), "no write seen: the leader"),
+                };
+                let also = if Some(owner) == leader {
+                    ", also the leader"
+                } else {
+                    ""
+                };
+                (
+                    format!(
+                        "kill -9 node {owner} ({how}{also}) {}",
+                        describe(&write, delay_ms)
+                    ),
+                    self.kill(backend, owner).await,
+                )
+            }
         };
+        let at_ms = started.saturating_duration_since(self.t0).as_millis() as u64;
         let resolved = format!(
             "{resolved} (leader was {})",
             leader.map_or("unknown".into(), |l| l.to_string())
@@ -456,6 +644,37 @@ impl Player<'_> {
             recovered_ms,
             error,
         }
+    }
+
+    /// Waits (at most [`WRITE_WAIT`], never past `deadline`) for a client to
+    /// send a write (a register write when `register_only`), then `delay_ms`
+    /// more. `None` when no write came.
+    async fn await_write(
+        &mut self,
+        register_only: bool,
+        delay_ms: u16,
+        deadline: Instant,
+    ) -> Option<WriteSent> {
+        let until = (Instant::now() + WRITE_WAIT).min(deadline);
+        self.writes.borrow_and_update();
+        let write = loop {
+            // Bounded: every turn waits for a change, and `until` ends it.
+            match tokio::time::timeout_at(until, self.writes.changed()).await {
+                Ok(Ok(())) => {
+                    let newest = self.writes.borrow_and_update().clone();
+                    if let Some(write) = newest {
+                        if !register_only || write.register {
+                            break Some(write);
+                        }
+                    }
+                }
+                _ => break None,
+            }
+        };
+        if write.is_some() && delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+        }
+        write
     }
 
     async fn kill<B: Backend>(&mut self, backend: &mut B, node: NodeId) -> Result<(), String> {
@@ -509,6 +728,40 @@ fn resolve(target: Target, leader: Option<NodeId>, nodes: &[NodeId]) -> NodeId {
     }
 }
 
+/// 32 bits that differ from run to run (not part of the seed's schedule).
+fn run_tag() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (nanos ^ (nanos >> 32) ^ u64::from(std::process::id())) as u32
+}
+
+/// "3 ms after client 9 sent set r9-4 to S via node 1", for the narration.
+fn describe(write: &Option<WriteSent>, delay_ms: u16) -> String {
+    match write {
+        Some(w) => format!(
+            "{delay_ms} ms after client {} sent {} to {} via node {}",
+            w.client, w.what, w.session, w.node
+        ),
+        None => format!("(no write was sent within {WRITE_WAIT:?})"),
+    }
+}
+
+/// The owner of `session` in the table, asking the nodes briefly in turn.
+async fn session_owner(clients: &[(NodeId, Client)], session: &str) -> Option<NodeId> {
+    for (_, client) in clients {
+        let view = tokio::time::timeout(Duration::from_millis(300), client.get_session(session))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if let Some(owner) = view.and_then(|v| v.owner) {
+            return Some(owner);
+        }
+    }
+    None
+}
+
 fn other_than(nodes: &[NodeId], taken: &[NodeId]) -> NodeId {
     nodes
         .iter()
@@ -555,39 +808,34 @@ pub async fn await_all_healthy(
     .await
 }
 
+/// Creates `kv` sessions `ids` (an existing one is fine).
 async fn create_sessions(
     clients: &[(NodeId, Client)],
-    config: &RunConfig,
-) -> Result<Vec<String>, String> {
-    let mut ids = Vec::new();
-    for i in 0..config.sessions {
-        let id = format!("{}-{i}", config.session_prefix);
+    ids: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
+    for id in ids {
         let mut attempt = 0usize;
-        await_until(
-            &format!("session {id} to be created"),
-            config.recovery_timeout,
-            || {
-                attempt += 1;
-                let client = clients[attempt % clients.len()].1.clone();
-                let id = id.clone();
-                async move {
-                    let new = NewSession {
-                        id,
-                        kind: Some("kv".into()),
-                        state: None,
-                    };
-                    match client.create_session(&new).await {
-                        Ok(_) => Some(()),
-                        Err(e) if e.code() == Some("exists") => Some(()),
-                        Err(_) => None,
-                    }
+        await_until(&format!("session {id} to be created"), timeout, || {
+            attempt += 1;
+            let client = clients[attempt % clients.len()].1.clone();
+            let id = id.clone();
+            async move {
+                let new = NewSession {
+                    id,
+                    kind: Some("kv".into()),
+                    state: None,
+                };
+                match client.create_session(&new).await {
+                    Ok(_) => Some(()),
+                    Err(e) if e.code() == Some("exists") => Some(()),
+                    Err(_) => None,
                 }
-            },
-        )
+            }
+        })
         .await?;
-        ids.push(id);
     }
-    Ok(ids)
+    Ok(())
 }
 
 /// Waits until a `get` call to `session` succeeds through some node.

@@ -17,12 +17,19 @@
 //! Everything else is unknown: 503 `outcome_unknown`, any other 5xx, a
 //! connection that broke after the request was sent, and a client-side
 //! timeout. An unknown append may or may not be in the final state.
+//!
+//! The register workload ([`super::register`]) records its `set`, `get` and
+//! table reads in the same [`Op`]s, classified by the same rules.
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::SessionView;
 use crate::client::ClientError;
 use crate::model::NodeId;
 use crate::runtime::CallReply;
+
+/// The key of a register session's document: `{"r": V}` holds the value V.
+pub const REGISTER_KEY: &str = "r";
 
 /// What a request asked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +38,20 @@ pub enum OpKind {
     Append(String),
     /// `{"op":"get"}`.
     Read,
+    /// Register workload: `{"op":"set","value":{"r":V}}` with a unique `V`.
+    Set(String),
+    /// Register workload: `{"op":"get"}`.
+    Get,
+    /// Register workload: the linearizable table read
+    /// `GET /v1/sessions/{id}` (its `state` field).
+    TableRead,
+}
+
+impl OpKind {
+    /// True for the operations of the register workload.
+    pub fn is_register(&self) -> bool {
+        matches!(self, OpKind::Set(_) | OpKind::Get | OpKind::TableRead)
+    }
 }
 
 /// A digest of a log seen by a read: its length, a hash of all its entries,
@@ -93,6 +114,10 @@ pub enum Observed {
     Appended(u64),
     /// A read answered this log.
     Log(LogDigest),
+    /// A register `set` answered `{"ok": true}`.
+    Written,
+    /// A register read saw this value (`None`: the empty first document).
+    Value(Option<String>),
     /// An answer of an unexpected shape (itself reported as a violation).
     Malformed(String),
 }
@@ -154,6 +179,9 @@ impl std::fmt::Display for Op {
         let what = match &self.kind {
             OpKind::Append(v) => format!("append {v}"),
             OpKind::Read => "read".to_string(),
+            OpKind::Set(v) => format!("set {v}"),
+            OpKind::Get => "get".to_string(),
+            OpKind::TableRead => "table read".to_string(),
         };
         let outcome = match &self.outcome {
             Outcome::Ok {
@@ -165,12 +193,29 @@ impl std::fmt::Display for Op {
                     Observed::Appended(n) => format!("len {n}"),
                     Observed::Log(d) => format!("log len {} ..{:?}", d.len, d.tail),
                     Observed::Malformed(m) => format!("malformed {m}"),
+                    Observed::Written => "written".to_string(),
+                    Observed::Value(Some(v)) => format!("value {v}"),
+                    Observed::Value(None) => "value (empty document)".to_string(),
                 };
                 format!("ok owner {owner} epoch {epoch}: {seen}")
             }
             Outcome::Failed(why) => format!("failed: {why}"),
             Outcome::Unknown(why) => format!("unknown: {why}"),
         };
+        if self.kind.is_register() {
+            // The register checker's failing windows list these: one line
+            // each with client, node, kind and value, times and outcome.
+            return write!(
+                f,
+                "client {:<3} node {} {:<18} start {:>10.1} ms  end {:>10.1} ms  {}",
+                self.client,
+                self.node,
+                what,
+                self.start_us as f64 / 1e3,
+                self.end_us as f64 / 1e3,
+                outcome
+            );
+        }
         write!(
             f,
             "[{:.3}s..{:.3}s] client {} via node {} {} on {}: {}",
@@ -197,7 +242,28 @@ pub fn classify(kind: &OpKind, answer: Option<Result<CallReply, ClientError>>) -
             epoch: reply.epoch.0,
             observed: observe(kind, &reply.reply),
         },
-        Err(ClientError::Api { status, code, .. }) => {
+        Err(e) => classify_error(e),
+    }
+}
+
+/// Classifies the answer to a table read `GET /v1/sessions/{id}` (`None`:
+/// the client gave up waiting). `owner` is 0 when the session is unplaced.
+pub fn classify_table_read(answer: Option<Result<SessionView, ClientError>>) -> Outcome {
+    match answer {
+        None => Outcome::Unknown("client timeout".into()),
+        Some(Ok(view)) => Outcome::Ok {
+            owner: view.owner.unwrap_or(0),
+            epoch: view.epoch,
+            observed: register_value(&view.state),
+        },
+        Some(Err(e)) => classify_error(e),
+    }
+}
+
+/// A failed request: definite (nothing ran) or unknown, by the rules above.
+fn classify_error(error: ClientError) -> Outcome {
+    match error {
+        ClientError::Api { status, code, .. } => {
             let definite = (400..500).contains(&status)
                 || (status == 503 && (code == "unavailable" || code == "no_quorum"));
             let why = format!("{status} {code}");
@@ -207,10 +273,10 @@ pub fn classify(kind: &OpKind, answer: Option<Result<CallReply, ClientError>>) -
                 Outcome::Unknown(why)
             }
         }
-        Err(ClientError::Transport { source, .. }) if source.is_connect() => {
+        ClientError::Transport { source, .. } if source.is_connect() => {
             Outcome::Failed(format!("not sent: {source}"))
         }
-        Err(e) => Outcome::Unknown(e.to_string()),
+        e => Outcome::Unknown(e.to_string()),
     }
 }
 
@@ -225,6 +291,24 @@ pub fn observe(kind: &OpKind, reply: &serde_json::Value) -> Observed {
             Ok(log) => Observed::Log(LogDigest::of(&log)),
             Err(e) => Observed::Malformed(e),
         },
+        OpKind::Set(_) => match reply.get("ok").and_then(|ok| ok.as_bool()) {
+            Some(true) => Observed::Written,
+            _ => Observed::Malformed(reply.to_string()),
+        },
+        OpKind::Get | OpKind::TableRead => register_value(reply),
+    }
+}
+
+/// The value of a register document: `{}` (the first state) or `{"r": V}`
+/// with a string `V`; anything else is malformed.
+pub fn register_value(document: &serde_json::Value) -> Observed {
+    match document.as_object() {
+        Some(fields) if fields.is_empty() => Observed::Value(None),
+        Some(fields) if fields.len() == 1 => match fields.get(REGISTER_KEY) {
+            Some(serde_json::Value::String(value)) => Observed::Value(Some(value.clone())),
+            _ => Observed::Malformed(document.to_string()),
+        },
+        _ => Observed::Malformed(document.to_string()),
     }
 }
 
@@ -320,6 +404,34 @@ mod tests {
             observe(&OpKind::Append("v".into()), &json!({"ok": true})),
             Observed::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn register_replies_are_observed() {
+        let set = OpKind::Set("r1-1".into());
+        assert_eq!(observe(&set, &json!({"ok": true})), Observed::Written);
+        assert!(matches!(
+            observe(&set, &json!({"len": 1})),
+            Observed::Malformed(_)
+        ));
+        assert_eq!(observe(&OpKind::Get, &json!({})), Observed::Value(None));
+        assert_eq!(
+            observe(&OpKind::Get, &json!({"r": "r1-1"})),
+            Observed::Value(Some("r1-1".into()))
+        );
+        for odd in [json!({"r": 3}), json!({"r": "a", "x": 1}), json!([])] {
+            assert!(
+                matches!(observe(&OpKind::TableRead, &odd), Observed::Malformed(_)),
+                "{odd}"
+            );
+        }
+        let no_quorum = Some(Err(ClientError::Api {
+            status: 503,
+            code: "no_quorum".into(),
+            message: String::new(),
+        }));
+        assert!(matches!(classify_table_read(no_quorum), Outcome::Failed(_)));
+        assert!(matches!(classify_table_read(None), Outcome::Unknown(_)));
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! - [`schedule`]: episodes (gap, fault, hold) drawn from a seed;
 //! - [`workload`]: clients appending unique values to `kv` sessions and
 //!   reading them back, each request recorded in a [`history::Op`];
-//! - [`checker`]: pure rules over the history and the final state;
+//! - [`register`]: clients setting unique values on `kv` sessions of their
+//!   own and reading them with calls and table reads;
+//! - [`checker`]: pure rules over the append history and the final state;
+//! - [`linearizability`]: each register session's history checked by
+//!   todc-utils' WGL linearizability checker;
 //! - [`driver`]: plays the schedule against a [`backend::Backend`]
 //!   ([`process`], [`docker`], [`inprocess`]) while the clients run.
 //!
@@ -17,7 +21,9 @@ pub mod docker;
 pub mod driver;
 pub mod history;
 pub mod inprocess;
+pub mod linearizability;
 pub mod process;
+pub mod register;
 pub mod rng;
 pub mod schedule;
 pub mod workload;
@@ -64,6 +70,20 @@ pub struct ChaosArgs {
     /// Appends per session at most (each append rewrites the whole state).
     #[arg(long, default_value_t = 1500)]
     pub max_appends_per_session: u64,
+    /// Clients of the register workload (0: none).
+    #[arg(long, default_value_t = 4)]
+    pub register_clients: u32,
+    /// Register sessions in use at a time (one generation; a new
+    /// generation of sessions starts every --register-generation-s).
+    #[arg(long, default_value_t = 4)]
+    pub register_sessions: u32,
+    /// Seconds each generation of register sessions is in use.
+    #[arg(long, default_value_t = 10)]
+    pub register_generation_s: u64,
+    /// Operations per register session at most (bounds the checker's work;
+    /// the clients pace themselves to spread it over the generation).
+    #[arg(long, default_value_t = 800)]
+    pub max_register_ops_per_session: u64,
     /// Faults to inject: a comma list of kill, pause, isolate, cut, or all.
     #[arg(long, default_value = "all")]
     pub faults: String,
@@ -157,6 +177,10 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
     config.sessions = args.sessions;
     config.request_timeout = Duration::from_millis(args.request_timeout_ms.max(1));
     config.max_appends_per_session = args.max_appends_per_session;
+    config.register_clients = args.register_clients;
+    config.register_sessions = args.register_sessions.max(1);
+    config.register_generation = Duration::from_secs(args.register_generation_s.max(1));
+    config.max_register_ops_per_session = args.max_register_ops_per_session.max(1);
     config.faults = faults;
     let report = match args.backend {
         BackendKind::Process => {

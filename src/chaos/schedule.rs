@@ -3,6 +3,11 @@
 //! list; targets named by role (`leader`, `follower #k`) are resolved against
 //! the live cluster when the episode starts, and the driver prints the
 //! resolution.
+//!
+//! Three faults wait for the workload instead of a quiet moment: they strike
+//! a few milliseconds after a client sent a write, so writes are in flight
+//! when the leader dies or freezes, or when a session's owner dies. Every
+//! third episode is one of them (when the backend can inject them).
 
 use std::fmt;
 use std::time::Duration;
@@ -125,6 +130,52 @@ pub enum Fault {
     CutFromLeader(Target),
     /// Cut the link between two nodes.
     Cut(Target, Target),
+    /// SIGKILL the leader `delay_ms` after a client sent a write (writes
+    /// are in flight), restarted when the hold ends.
+    KillLeaderMidWrite {
+        /// Time between the write leaving the client and the kill.
+        delay_ms: u16,
+    },
+    /// Freeze the leader `delay_ms` after a client sent a write, longer
+    /// than a lease, then resume it.
+    PauseLeaderMidWrite {
+        /// Time between the write leaving the client and the freeze.
+        delay_ms: u16,
+    },
+    /// SIGKILL the owner of a session `delay_ms` after a client sent a
+    /// write to that session (a register session when that workload runs),
+    /// restarted when the hold ends.
+    KillOwnerAfterWrite {
+        /// Time between the write leaving the client and the kill.
+        delay_ms: u16,
+    },
+}
+
+impl Fault {
+    /// Short name of the kind, for counts in reports.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Fault::Kill(_) => "kill",
+            Fault::KillTwo(..) => "kill-two",
+            Fault::Pause(_) => "pause",
+            Fault::Isolate(_) => "isolate",
+            Fault::CutFromLeader(_) => "cut-from-leader",
+            Fault::Cut(..) => "cut",
+            Fault::KillLeaderMidWrite { .. } => "kill-leader-mid-write",
+            Fault::PauseLeaderMidWrite { .. } => "pause-leader-mid-write",
+            Fault::KillOwnerAfterWrite { .. } => "kill-owner-after-write",
+        }
+    }
+
+    /// True for the faults that wait for a write to be sent.
+    pub fn waits_for_a_write(&self) -> bool {
+        matches!(
+            self,
+            Fault::KillLeaderMidWrite { .. }
+                | Fault::PauseLeaderMidWrite { .. }
+                | Fault::KillOwnerAfterWrite { .. }
+        )
+    }
 }
 
 impl fmt::Display for Fault {
@@ -136,6 +187,16 @@ impl fmt::Display for Fault {
             Fault::Isolate(t) => write!(f, "isolate {t} from all peers"),
             Fault::CutFromLeader(t) => write!(f, "cut {t} from the leader only"),
             Fault::Cut(a, b) => write!(f, "cut the link {a} <-> {b}"),
+            Fault::KillLeaderMidWrite { delay_ms } => {
+                write!(f, "kill -9 leader {delay_ms} ms after a write is sent")
+            }
+            Fault::PauseLeaderMidWrite { delay_ms } => {
+                write!(f, "pause leader {delay_ms} ms after a write is sent")
+            }
+            Fault::KillOwnerAfterWrite { delay_ms } => write!(
+                f,
+                "kill -9 a session's owner {delay_ms} ms after a write to it is sent"
+            ),
         }
     }
 }
@@ -151,6 +212,13 @@ pub struct Episode {
     /// How long it is held.
     pub hold: Duration,
 }
+
+/// Longest delay between a write leaving its client and a mid-write fault.
+/// A `set` takes about 25 ms at the median on a loaded 2-core machine with
+/// debug nodes (a few ms with release nodes), so delays up to this hit
+/// every step of it (forward to the owner, proposal, replication, commit,
+/// reply), and other clients' writes are in flight as well.
+pub const MAX_WRITE_DELAY_MS: u64 = 40;
 
 /// Knobs of the generator.
 #[derive(Clone, Copy, Debug)]
@@ -172,14 +240,19 @@ pub fn generate(seed: u64, options: &ScheduleOptions) -> Vec<Episode> {
     let nodes = options.nodes.max(1);
     let lease_ms = options.lease.as_millis() as u64;
     let mut kinds: Vec<(u64, u8)> = Vec::new();
+    // The faults that strike while a write is in flight (kinds 6, 7, 8).
+    let mut mid_write: Vec<(u64, u8)> = Vec::new();
     if caps.kill {
         kinds.push((30, 0));
         if nodes >= 3 {
             kinds.push((6, 1));
         }
+        mid_write.push((20, 6));
+        mid_write.push((15, 8));
     }
     if caps.pause {
         kinds.push((20, 2));
+        mid_write.push((15, 7));
     }
     if caps.isolate {
         kinds.push((18, 3));
@@ -188,18 +261,25 @@ pub fn generate(seed: u64, options: &ScheduleOptions) -> Vec<Episode> {
         kinds.push((13, 4));
         kinds.push((13, 5));
     }
-    let total: u64 = kinds.iter().map(|(w, _)| w).sum();
+    kinds.extend_from_slice(&mid_write);
     let mut episodes = Vec::new();
-    if total == 0 {
+    if kinds.is_empty() {
         return episodes;
     }
     let mut planned = Duration::ZERO;
     // Bounded: at most one episode per 100 ms of planned time.
     let max_episodes = (options.duration.as_millis() / 100).max(1) as usize;
     while planned < options.duration && episodes.len() < max_episodes {
+        // Every third episode strikes mid-write, so each run has some.
+        let pool = if episodes.len() % 3 == 1 && !mid_write.is_empty() {
+            &mid_write
+        } else {
+            &kinds
+        };
+        let total: u64 = pool.iter().map(|(w, _)| w).sum();
         let mut pick = rng.below(total);
-        let mut kind = kinds[0].1;
-        for (weight, k) in &kinds {
+        let mut kind = pool[0].1;
+        for (weight, k) in pool {
             if pick < *weight {
                 kind = *k;
                 break;
@@ -225,6 +305,24 @@ pub fn generate(seed: u64, options: &ScheduleOptions) -> Vec<Episode> {
             4 => (
                 Fault::CutFromLeader(Target::Follower(rng.below(2) as u8)),
                 rng.between(300, 4000),
+            ),
+            6 => (
+                Fault::KillLeaderMidWrite {
+                    delay_ms: rng.between(0, MAX_WRITE_DELAY_MS) as u16,
+                },
+                rng.between(100, 3000),
+            ),
+            7 => (
+                Fault::PauseLeaderMidWrite {
+                    delay_ms: rng.between(0, MAX_WRITE_DELAY_MS) as u16,
+                },
+                rng.between(lease_ms + lease_ms / 5, lease_ms * 6),
+            ),
+            8 => (
+                Fault::KillOwnerAfterWrite {
+                    delay_ms: rng.between(0, MAX_WRITE_DELAY_MS) as u16,
+                },
+                rng.between(100, 3000),
             ),
             _ => {
                 let a = 1 + rng.below(nodes);
@@ -273,8 +371,13 @@ mod tests {
         assert!(episodes.len() > 10);
         for e in &episodes {
             match e.fault {
-                Fault::Kill(_) | Fault::KillTwo(..) => {}
-                Fault::Pause(_) => assert!(e.hold > Duration::from_millis(500)),
+                Fault::Kill(_)
+                | Fault::KillTwo(..)
+                | Fault::KillLeaderMidWrite { .. }
+                | Fault::KillOwnerAfterWrite { .. } => {}
+                Fault::Pause(_) | Fault::PauseLeaderMidWrite { .. } => {
+                    assert!(e.hold > Duration::from_millis(500))
+                }
                 other => panic!("fault {other} is not allowed"),
             }
         }
@@ -283,6 +386,40 @@ mod tests {
             .map(|e| std::mem::discriminant(&e.fault))
             .collect();
         assert!(kinds.len() >= 2, "both kinds drawn: {episodes:?}");
+    }
+
+    #[test]
+    fn every_third_episode_strikes_mid_write_and_all_three_kinds_are_drawn() {
+        for seed in 0..20 {
+            let episodes = generate(seed, &options(Capabilities::ALL));
+            for (index, e) in episodes.iter().enumerate() {
+                if index % 3 == 1 {
+                    assert!(e.fault.waits_for_a_write(), "#{index}: {}", e.fault);
+                }
+                if let Fault::KillLeaderMidWrite { delay_ms }
+                | Fault::PauseLeaderMidWrite { delay_ms }
+                | Fault::KillOwnerAfterWrite { delay_ms } = e.fault
+                {
+                    assert!(u64::from(delay_ms) <= MAX_WRITE_DELAY_MS);
+                }
+            }
+            let names: std::collections::BTreeSet<&str> =
+                episodes.iter().map(|e| e.fault.kind_name()).collect();
+            for kind in [
+                "kill-leader-mid-write",
+                "pause-leader-mid-write",
+                "kill-owner-after-write",
+            ] {
+                assert!(names.contains(kind), "seed {seed}: no {kind} in {names:?}");
+            }
+        }
+        // Without pause (the in-process backend) the leader is never frozen.
+        let caps = Capabilities::parse("kill,isolate,cut").unwrap();
+        let episodes = generate(4, &options(caps));
+        assert!(episodes
+            .iter()
+            .all(|e| !matches!(e.fault, Fault::PauseLeaderMidWrite { .. })));
+        assert!(episodes.iter().any(|e| e.fault.waits_for_a_write()));
     }
 
     #[test]

@@ -1,12 +1,19 @@
 //! The workload: clients that append unique values to `kv` sessions and read
 //! them back, through random nodes, each request bounded by a timeout and
 //! recorded with its start, end and outcome.
+//!
+//! Clients of both workloads (this one and [`super::register`]) tell a
+//! [`WriteTap`] about every write they are about to send and every owner
+//! that answered, so that the driver can inject a fault while a write is in
+//! flight.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::history::{classify, Op, OpKind, Outcome};
@@ -16,6 +23,72 @@ use crate::model::NodeId;
 
 /// The field every append pushes onto.
 pub const FIELD: &str = "log";
+
+/// A write a client is about to send.
+#[derive(Clone, Debug)]
+pub struct WriteSent {
+    /// Client that sends it.
+    pub client: u32,
+    /// Session it goes to.
+    pub session: String,
+    /// Node it is sent through.
+    pub node: NodeId,
+    /// What it does (`append c1-3`, `set r7-2`).
+    pub what: String,
+    /// True for a register workload write.
+    pub register: bool,
+    /// Owner that last answered a call to this session, if any did.
+    pub owner: Option<NodeId>,
+}
+
+/// Where clients publish the writes they send and the owners they see.
+pub struct WriteTap {
+    latest: watch::Sender<Option<WriteSent>>,
+    owners: Mutex<BTreeMap<String, NodeId>>,
+}
+
+impl Default for WriteTap {
+    fn default() -> Self {
+        Self {
+            latest: watch::Sender::new(None),
+            owners: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl WriteTap {
+    /// A receiver that sees every newest write from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Option<WriteSent>> {
+        self.latest.subscribe()
+    }
+
+    /// A client is about to send a write.
+    pub fn sent(&self, client: u32, session: &str, node: NodeId, what: String, register: bool) {
+        let owner = self.owner(session);
+        self.latest.send_replace(Some(WriteSent {
+            client,
+            session: session.to_string(),
+            node,
+            what,
+            register,
+            owner,
+        }));
+    }
+
+    /// `owner` answered a call to `session`.
+    pub fn owner_seen(&self, session: &str, owner: NodeId) {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        if owners.get(session) != Some(&owner) {
+            owners.insert(session.to_string(), owner);
+        }
+    }
+
+    /// The owner that last answered a call to `session`.
+    pub fn owner(&self, session: &str) -> Option<NodeId> {
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        owners.get(session).copied()
+    }
+}
 
 /// Shared settings of the clients.
 pub struct Workload {
@@ -38,6 +111,8 @@ pub struct Workload {
     pub append_percent: u64,
     /// Appends sent per session so far.
     pub appends_sent: Vec<AtomicU64>,
+    /// Where writes and owners are published.
+    pub tap: Arc<WriteTap>,
 }
 
 impl Workload {
@@ -69,8 +144,13 @@ pub async fn client(workload: Arc<Workload>, id: u32, seed: u64) -> Vec<Op> {
         };
         let msg = match &kind {
             OpKind::Append(value) => json!({"op": "append", "field": FIELD, "value": value}),
-            OpKind::Read => json!({"op": "get"}),
+            _ => json!({"op": "get"}),
         };
+        if let OpKind::Append(value) = &kind {
+            workload
+                .tap
+                .sent(id, session, *node, format!("append {value}"), false);
+        }
         let start = Instant::now();
         let answer = tokio::time::timeout(
             workload.request_timeout + Duration::from_secs(1),
@@ -80,6 +160,9 @@ pub async fn client(workload: Arc<Workload>, id: u32, seed: u64) -> Vec<Op> {
         .ok();
         let end = Instant::now();
         let outcome = classify(&kind, answer);
+        if let Outcome::Ok { owner, .. } = &outcome {
+            workload.tap.owner_seen(session, *owner);
+        }
         let failed = !matches!(outcome, Outcome::Ok { .. });
         ops.push(Op {
             client: id,
