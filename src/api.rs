@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::lease::LeaseRequest;
-use crate::model::{Command, NodeId, NodeStatus, Rejection, Session, SessionId, SessionKind};
+use crate::model::{
+    CallKey, Command, NodeId, NodeStatus, Rejection, Session, SessionId, SessionKind,
+};
 use crate::node::{Core, JoinRequest};
 use crate::raft::{TypeConfig, WriteError};
 use crate::runtime::CallError;
@@ -107,6 +109,9 @@ impl From<Rejection> for ApiError {
             }
             Rejection::NoSuchNode(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "no_such_node", e.to_string())
+            }
+            Rejection::DuplicateCall { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "duplicate_call", e.to_string())
             }
         }
     }
@@ -366,13 +371,32 @@ struct CallQuery {
     timeout_ms: Option<u64>,
 }
 
+/// Header that carries a call's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 async fn call_session(
     State(core): State<AppState>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<crate::runtime::CallReply>, ApiError> {
     let id = session_id(&id)?;
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| CallKey::new(text).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_key",
+                        "Idempotency-Key must be 1 to 128 characters of A-Z a-z 0-9 _ . : -",
+                    )
+                })?,
+        ),
+    };
     let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let timeout = Duration::from_millis(query.timeout_ms.unwrap_or(5000).clamp(1, 600_000));
     let msg: serde_json::Value = parse_json(body)?;
@@ -381,7 +405,7 @@ async fn call_session(
         // It may have been created a moment ago through another node.
         barrier(&core).await?;
     }
-    Ok(Json(core.runtime.call(&id, msg, timeout).await?))
+    Ok(Json(core.runtime.call(&id, msg, timeout, key).await?))
 }
 
 async fn delete_session(
@@ -713,12 +737,17 @@ async fn presence(State(core): State<AppState>) -> Response {
 async fn call_local(
     State(core): State<AppState>,
     Path(id): Path<String>,
-    Json(msg): Json<serde_json::Value>,
-) -> Json<Result<crate::runtime::CallReply, CallError>> {
+    Json(call): Json<crate::runtime::ForwardedCall>,
+) -> Response {
     let Ok(id) = SessionId::new(id) else {
-        return Json(Err(CallError::NotHere));
+        return Json(Err::<crate::runtime::CallReply, _>(CallError::NotHere)).into_response();
     };
-    Json(core.runtime.call_local(&id, msg).await)
+    let answer = core.runtime.call_local(&id, call.msg, call.key).await;
+    if core.transport.faults.take_lost_reply(&id) {
+        // Injected fault (tests): the call ran, its answer never arrives.
+        return (StatusCode::BAD_GATEWAY, "reply lost (injected fault)").into_response();
+    }
+    Json(answer).into_response()
 }
 
 async fn release(

@@ -11,6 +11,26 @@ use crate::model::NodeId;
 use crate::runtime::CallReply;
 pub use crate::scheduler::HandoffReport;
 
+/// A fresh idempotency key: unique across processes and calls (a random
+/// per-process seed, the process id, the time and a counter).
+pub fn new_call_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    });
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{seed:016x}-{:x}-{nanos:x}-{count:x}", std::process::id())
+}
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -189,17 +209,37 @@ impl Client {
             .await
     }
 
-    /// Sends a message to a live session.
+    /// Sends a message to a live session, with a fresh idempotency key: if
+    /// the session's owner fails mid-call, the node retries it until the
+    /// timeout and the call takes effect exactly once.
     pub async fn call(
         &self,
         id: &str,
         msg: &serde_json::Value,
         timeout: Option<Duration>,
     ) -> Result<CallReply, ClientError> {
+        self.call_with_key(id, msg, timeout, Some(&new_call_key()))
+            .await
+    }
+
+    /// Sends a message with the given idempotency key (`None`: without one;
+    /// a call whose owner fails mid-call then answers 503 `outcome_unknown`).
+    /// Sending the same key again, to any node, applies the call at most
+    /// once and answers the recorded reply while the session remembers it.
+    pub async fn call_with_key(
+        &self,
+        id: &str,
+        msg: &serde_json::Value,
+        timeout: Option<Duration>,
+        key: Option<&str>,
+    ) -> Result<CallReply, ClientError> {
         let mut request = self
             .http
             .post(self.url(&format!("/v1/sessions/{id}/call")))
             .json(msg);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
         if let Some(timeout) = timeout {
             request = request
                 .query(&[("timeout_ms", timeout.as_millis().to_string())])

@@ -114,12 +114,16 @@ impl Timing {
 pub struct Limits {
     /// Largest accepted session state, in bytes of JSON.
     pub max_state_bytes: usize,
+    /// How many keyed calls each session remembers, and for how long: a
+    /// retry of a remembered key applies nothing and gets the recorded reply.
+    pub call_retention: crate::model::CallRetention,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_state_bytes: 1024 * 1024,
+            call_retention: crate::model::CallRetention::default(),
         }
     }
 }

@@ -63,7 +63,8 @@ impl From<Rejection> for Error {
             Rejection::SessionExists(id) => Error::Exists(id),
             Rejection::StaleEpoch { .. }
             | Rejection::StaleVersion { .. }
-            | Rejection::NoSuchNode(_) => Error::Unavailable(e.to_string()),
+            | Rejection::NoSuchNode(_)
+            | Rejection::DuplicateCall { .. } => Error::Unavailable(e.to_string()),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde::Serialize;
 
 use crate::model::{Epoch, NodeId, SessionId, SessionKind, StateJson};
@@ -70,6 +71,14 @@ pub trait SessionHandler: Send + Sync + 'static {
         msg: Self::Msg,
     ) -> Result<Self::Reply, HandlerError>;
 
+    /// True when `msg` never changes the state (a read). A query whose
+    /// attempt broke (its owner died mid-call) is retried by the router
+    /// instead of answering `outcome_unknown`; a query that does change the
+    /// state is refused (HTTP 422), so retrying one is always safe.
+    fn is_query(&self, _msg: &Self::Msg) -> bool {
+        false
+    }
+
     /// The next time [`SessionHandler::on_deadline`] must run, if any.
     fn next_deadline(&self, _state: &Self::State) -> Option<DateTime<Utc>> {
         None
@@ -88,6 +97,8 @@ pub(crate) trait DynHandler: Send + Sync + 'static {
         initial: Option<serde_json::Value>,
     ) -> Result<StateJson, HandlerError>;
     fn start(&self, state: &StateJson) -> Result<Box<dyn LiveSession>, HandlerError>;
+    /// [`SessionHandler::is_query`]; false for a message that does not fit.
+    fn is_query(&self, msg: &serde_json::Value) -> bool;
 }
 
 /// A running session's state and handler, type-erased.
@@ -131,6 +142,10 @@ impl<H: SessionHandler> DynHandler for Erased<H> {
             handler: self.0.clone(),
             state,
         }))
+    }
+
+    fn is_query(&self, msg: &serde_json::Value) -> bool {
+        H::Msg::deserialize(msg).is_ok_and(|msg| self.0.is_query(&msg))
     }
 }
 

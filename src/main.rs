@@ -95,6 +95,15 @@ struct ServeArgs {
     /// Largest session state in bytes.
     #[arg(long, env = "MINOS_MAX_STATE_BYTES", default_value_t = 1024 * 1024)]
     max_state_bytes: usize,
+    /// Keyed calls each session remembers (a retry of a remembered key
+    /// applies nothing and gets the recorded reply).
+    #[arg(long, env = "MINOS_CALL_KEYS_KEPT", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    call_keys_kept: u32,
+    /// How long a session remembers a keyed call, in seconds.
+    #[arg(long, env = "MINOS_CALL_KEYS_MAX_AGE_S", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+    call_keys_max_age_s: u64,
 }
 
 #[derive(Subcommand)]
@@ -136,6 +145,15 @@ enum SessionCommand {
         /// How long to wait while the session moves.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+        /// Idempotency key (default: a fresh one per call, so a call whose
+        /// owner fails mid-call is retried and applied exactly once; send
+        /// the same key again to repeat a call safely).
+        #[arg(long, conflicts_with = "no_key")]
+        key: Option<String>,
+        /// Send no key: a call cut off by a failure answers 503
+        /// `outcome_unknown` and may or may not have run.
+        #[arg(long)]
+        no_key: bool,
     },
     /// Delete a session.
     Stop {
@@ -246,6 +264,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .timing(timing)
         .limits(Limits {
             max_state_bytes: args.max_state_bytes,
+            call_retention: minos::model::CallRetention {
+                keep_last: args.call_keys_kept,
+                keep_for_secs: args.call_keys_max_age_s,
+                ..Default::default()
+            },
         });
     if let Some(advertise) = &args.advertise {
         builder = builder.advertise(advertise);
@@ -340,10 +363,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 id,
                 msg,
                 timeout_ms,
+                key,
+                no_key,
             } => {
                 let msg = parse_json("the message", &msg)?;
+                if let Some(key) = &key {
+                    minos::model::CallKey::new(key.as_str())
+                        .map_err(|e| usage(format!("--key: {e}")))?;
+                }
+                let key = match (key, no_key) {
+                    (_, true) => None,
+                    (Some(key), false) => Some(key),
+                    (None, false) => Some(minos::client::new_call_key()),
+                };
+                let timeout = Some(Duration::from_millis(timeout_ms));
                 let reply = client
-                    .call(&id, &msg, Some(Duration::from_millis(timeout_ms)))
+                    .call_with_key(&id, &msg, timeout, key.as_deref())
                     .await?;
                 print_json(&reply);
                 Ok(())

@@ -107,6 +107,13 @@ validated_name!(
     "kind name"
 );
 
+validated_name!(
+    /// A caller's idempotency key (same alphabet as ids): calls with the same
+    /// key to one session take effect at most once (see [`RecordedCall`]).
+    CallKey,
+    "call key"
+);
+
 /// Ownership generation of a session. Epochs come from one table-wide
 /// counter, so a session's epoch grows on every change of owner and is never
 /// reused, even by a session deleted and created again; an update carrying
@@ -211,6 +218,76 @@ pub struct Session {
     pub created_at: DateTime<Utc>,
     /// When its state or owner last changed (proposer's clock).
     pub updated_at: DateTime<Utc>,
+    /// The latest keyed calls that changed the state, oldest first, bounded
+    /// by the [`CallRetention`] each keyed write carries. They move with the
+    /// session, so any later owner answers a retry from here.
+    pub calls: Vec<RecordedCall>,
+}
+
+/// A keyed call whose state change was committed, with the reply it got:
+/// a retry of the same key is answered with this reply and changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedCall {
+    /// The caller's key.
+    pub key: CallKey,
+    /// The reply, as JSON text.
+    pub reply: String,
+    /// When the owner handled the call (owner's clock, carried in the entry).
+    pub at: DateTime<Utc>,
+}
+
+/// How many keyed calls a session keeps, and for how long. It travels in
+/// every keyed write, so every node prunes the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRetention {
+    /// Keep at most this many (at least 1: the newest is always kept).
+    pub keep_last: u32,
+    /// Drop a call older than this, in seconds, measured against the time
+    /// of the entry that records a newer one.
+    pub keep_for_secs: u64,
+    /// Keep at most this many bytes of recorded replies (the newest is kept
+    /// whatever its size).
+    pub keep_bytes: u64,
+}
+
+impl Default for CallRetention {
+    fn default() -> Self {
+        Self {
+            keep_last: 64,
+            keep_for_secs: 600,
+            keep_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Session {
+    /// The recorded call with this key, if it is still remembered.
+    pub fn recorded_call(&self, key: &CallKey) -> Option<&RecordedCall> {
+        self.calls.iter().find(|c| c.key == *key)
+    }
+
+    /// Appends `call` and prunes by `retention` at time `at` (pure: the
+    /// state machine and the owner's task compute the same list).
+    pub fn record_call(&mut self, call: RecordedCall, retention: CallRetention, at: DateTime<Utc>) {
+        self.calls.push(call);
+        let oldest_kept =
+            at - chrono::Duration::seconds(retention.keep_for_secs.min(1 << 40) as i64);
+        let newest = self.calls.len() - 1;
+        let mut index = 0;
+        self.calls.retain(|c| {
+            let keep = index == newest || c.at >= oldest_kept;
+            index += 1;
+            keep
+        });
+        let keep_last = retention.keep_last.max(1) as usize;
+        if self.calls.len() > keep_last {
+            self.calls.drain(..self.calls.len() - keep_last);
+        }
+        let mut bytes: u64 = self.calls.iter().map(|c| c.reply.len() as u64).sum();
+        while self.calls.len() > 1 && bytes > retention.keep_bytes {
+            bytes -= self.calls.remove(0).reply.len() as u64;
+        }
+    }
 }
 
 /// One ownership change inside a [`Command::Reassign`]. It is conditional:
@@ -305,6 +382,23 @@ pub enum Command {
         /// The version the owner believes current.
         version: u64,
     },
+    /// `UpdateState` for a keyed call: the new state and the call's reply,
+    /// recorded under its key in the same entry. Rejected as a duplicate if
+    /// the session still remembers the key (it took effect already).
+    UpdateStateKeyed {
+        /// Session id.
+        id: SessionId,
+        /// The writer's epoch.
+        epoch: Epoch,
+        /// The session version the new state was built on.
+        version: u64,
+        /// New state.
+        state: StateJson,
+        /// The call, with its reply.
+        call: RecordedCall,
+        /// How many calls the session keeps.
+        retention: CallRetention,
+    },
 }
 
 /// A log entry's payload: the commands batched into it and the proposer's
@@ -363,6 +457,14 @@ pub enum Rejection {
         given: u64,
         /// Current version.
         current: u64,
+    },
+    /// A keyed write whose key the session remembers: it took effect already.
+    #[error("call {key} to session {id} took effect already")]
+    DuplicateCall {
+        /// Session id.
+        id: SessionId,
+        /// The key.
+        key: CallKey,
     },
 }
 

@@ -32,6 +32,7 @@ use crate::raft::TypeConfig;
 pub struct Faults {
     blocked: Arc<RwLock<BTreeSet<NodeId>>>,
     held: Arc<Mutex<Option<HoldRequest>>>,
+    lost_replies: Arc<Mutex<BTreeSet<SessionId>>>,
 }
 
 /// A pending [`Faults::hold_next_update`]: taken by the write path.
@@ -55,13 +56,18 @@ impl HeldWrite {
         }
     }
 
-    /// Releases the write (if not yet) and waits for what the cluster made
-    /// of it: the results of the batch's commands, or why it failed.
-    pub async fn outcome(mut self) -> Result<Vec<CommandResult>, String> {
+    /// Releases the write (if not yet) and waits, up to `timeout`, for what
+    /// the cluster made of it: the results of the batch's commands, or why
+    /// it failed.
+    pub async fn outcome(mut self, timeout: Duration) -> Result<Vec<CommandResult>, String> {
         self.release();
-        self.outcome
-            .await
-            .unwrap_or_else(|_| Err("the held write was never attempted".into()))
+        match tokio::time::timeout(timeout, self.outcome).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err("the held write was dropped".into()),
+            Err(_) => Err(format!(
+                "no held write ended within {timeout:?} (was one ever proposed?)"
+            )),
+        }
     }
 }
 
@@ -107,15 +113,34 @@ impl Faults {
     pub(crate) fn take_hold(&self, commands: &[Command]) -> Option<HoldRequest> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let matches = held.as_ref().is_some_and(|hold| {
-            commands
-                .iter()
-                .any(|c| matches!(c, Command::UpdateState { id, .. } if *id == hold.session))
+            commands.iter().any(|c| {
+                matches!(c, Command::UpdateState { id, .. } | Command::UpdateStateKeyed { id, .. }
+                    if *id == hold.session)
+            })
         });
         if matches {
             held.take()
         } else {
             None
         }
+    }
+
+    /// Loses the answer of the next call to `session` forwarded to this
+    /// node: the call runs here, then the forwarding node sees the
+    /// connection fail (as when this node dies after handling it).
+    pub fn lose_next_call_reply(&self, session: SessionId) {
+        self.lost_replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session);
+    }
+
+    /// True (once) when the answer of this call to `session` must be lost.
+    pub(crate) fn take_lost_reply(&self, session: &SessionId) -> bool {
+        self.lost_replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(session)
     }
 
     /// Restores traffic to every peer.

@@ -462,6 +462,7 @@ impl Node {
                 lease: lease_rx.clone(),
                 proposer: proposer.clone(),
                 max_state_bytes: builder.limits.max_state_bytes,
+                retention: builder.limits.call_retention,
                 kick: Arc::new(Notify::new()),
             },
             builder.registry.clone(),

@@ -15,9 +15,12 @@
 //!   leaves; a stale epoch stops the task (fencing); a write whose outcome
 //!   is unknown is settled the same way before the task answers anything
 //!   else, and written again if it did not land;
-//! - a call is retried on another attempt only when it certainly did not run
-//!   (refused before handling, or never delivered); otherwise its outcome is
-//!   reported as unknown.
+//! - a call is retried on another attempt only when it certainly did not
+//!   run (refused before handling, or never delivered), when it is a query
+//!   (the kind says it changes nothing), or when it carries a key: a keyed
+//!   call's effect is recorded with the session in the entry that commits
+//!   it, so any owner answers a retry with the recorded reply and applies
+//!   nothing; otherwise its outcome is reported as unknown.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +36,10 @@ use tracing::{debug, warn};
 
 use crate::handler::{DynHandler, HandlerError, LiveSession, SessionContext};
 use crate::lease::Lease;
-use crate::model::{Applied, Command, Epoch, NodeId, NodeStatus, Rejection, SessionId, StateJson};
+use crate::model::{
+    Applied, CallKey, CallRetention, Command, Epoch, NodeId, NodeStatus, RecordedCall, Rejection,
+    SessionId, StateJson,
+};
 use crate::network::{InternalError, Transport};
 use crate::raft::{Proposer, WriteError};
 use crate::store::StateView;
@@ -87,7 +93,17 @@ pub enum CallError {
 
 struct Call {
     msg: serde_json::Value,
+    key: Option<CallKey>,
     reply: oneshot::Sender<Result<CallReply, CallError>>,
+}
+
+/// A call forwarded to the session's owner (the body of the internal route).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedCall {
+    /// The message.
+    pub msg: serde_json::Value,
+    /// The caller's idempotency key, if any.
+    pub key: Option<CallKey>,
 }
 
 struct Running {
@@ -108,6 +124,8 @@ pub(crate) struct TaskEnv {
     pub lease: watch::Receiver<Lease>,
     pub proposer: Proposer,
     pub max_state_bytes: usize,
+    /// How many keyed calls each session remembers.
+    pub retention: CallRetention,
     /// Wakes the reconciler (a task stopped by itself).
     pub kick: Arc<Notify>,
 }
@@ -296,12 +314,12 @@ impl Runtime {
     /// `settled` (the epoch is new to this node), the task settles the row
     /// through the log before it answers anything.
     fn start_task(&self, id: &SessionId, epoch: Epoch, settled: bool) -> Option<Running> {
-        let (kind, state, version) = self.env.view.read(|a| {
+        let (kind, state, version, recorded) = self.env.view.read(|a| {
             a.state
                 .sessions
                 .get(id)
                 .filter(|s| s.epoch == epoch)
-                .map(|s| (s.kind.clone(), s.state.clone(), s.version))
+                .map(|s| (s.kind.clone(), s.state.clone(), s.version, s.calls.clone()))
         })?;
         let Some(handler) = self.registry.get(&kind).cloned() else {
             warn!(session = %id, %kind, "no handler registered for this kind; session not started");
@@ -324,6 +342,7 @@ impl Runtime {
             live,
             committed: state,
             version,
+            calls: recorded,
             settled,
             stop: stop.clone(),
         };
@@ -388,6 +407,7 @@ impl Runtime {
         &self,
         id: &SessionId,
         msg: serde_json::Value,
+        key: Option<CallKey>,
     ) -> Result<CallReply, CallError> {
         let mailbox = {
             let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
@@ -397,7 +417,7 @@ impl Runtime {
             return Err(CallError::NotHere);
         };
         let (reply, answer) = oneshot::channel();
-        if mailbox.send(Call { msg, reply }).await.is_err() {
+        if mailbox.send(Call { msg, key, reply }).await.is_err() {
             return Err(CallError::NotHere);
         }
         // A dropped reply means the task stopped before taking the call.
@@ -405,16 +425,23 @@ impl Runtime {
     }
 
     /// Routes a call to the session's owner, waiting while it moves, until
-    /// `timeout`.
+    /// `timeout`. With a `key`, or for a query, an attempt whose outcome is
+    /// unknown is tried again (on whichever node owns the session then)
+    /// until the timeout: the key makes the retry apply nothing if the
+    /// first attempt took effect.
     pub async fn call(
         &self,
         id: &SessionId,
         msg: serde_json::Value,
         timeout: Duration,
+        key: Option<CallKey>,
     ) -> Result<CallReply, CallError> {
         let deadline = Instant::now() + timeout;
         let mut applied = self.env.view.subscribe();
         let mut last_reason = String::from("no owner yet");
+        // Why an earlier attempt may have run (keyed calls only).
+        let mut maybe_ran: Option<String> = None;
+        let mut query: Option<bool> = None;
         loop {
             let route = self.env.view.read(|a| {
                 a.state.sessions.get(id).map(|s| {
@@ -423,15 +450,22 @@ impl Runtime {
                         .and_then(|o| a.state.nodes.get(&o))
                         .filter(|n| n.status != NodeStatus::Down)
                         .map(|n| (n.id, n.addr.clone()));
-                    (owner, s.epoch)
+                    (owner, s.epoch, s.kind.clone())
+                })
+            });
+            let query = *query.get_or_insert_with(|| {
+                route.as_ref().is_some_and(|(_, _, kind)| {
+                    self.registry
+                        .get(kind)
+                        .is_some_and(|handler| handler.is_query(&msg))
                 })
             });
             let attempt = match route {
                 None => return Err(CallError::NotFound(id.clone())),
-                Some((None, _)) => Err(CallError::NotHere),
-                Some((Some((owner, _)), _)) if owner == self.env.me => {
-                    match tokio::time::timeout_at(deadline, self.call_local(id, msg.clone())).await
-                    {
+                Some((None, _, _)) => Err(CallError::NotHere),
+                Some((Some((owner, _)), _, _)) if owner == self.env.me => {
+                    let local = self.call_local(id, msg.clone(), key.clone());
+                    match tokio::time::timeout_at(deadline, local).await {
                         Ok(answer) => answer,
                         // The task may be running it (a slow commit): say so.
                         Err(_) => Err(CallError::OutcomeUnknown(format!(
@@ -439,18 +473,34 @@ impl Runtime {
                         ))),
                     }
                 }
-                Some((Some((owner, addr)), epoch)) => {
-                    self.forward(id, owner, &addr, epoch, &msg, deadline, &mut applied)
+                Some((Some((owner, addr)), epoch, _)) => {
+                    let call = ForwardedCall {
+                        msg: msg.clone(),
+                        key: key.clone(),
+                    };
+                    self.forward(id, owner, &addr, epoch, &call, deadline, &mut applied)
                         .await
                 }
             };
             match attempt {
                 Err(CallError::NotHere) => {}
                 Err(CallError::Unavailable(_, reason)) => last_reason = reason,
+                // A query changed nothing, whatever happened to it.
+                Err(CallError::OutcomeUnknown(reason)) if query => last_reason = reason,
+                Err(CallError::OutcomeUnknown(reason)) if key.is_some() => {
+                    debug!(session = %id, %reason, "keyed call's outcome unknown; trying again");
+                    last_reason = reason.clone();
+                    maybe_ran = Some(reason);
+                }
                 other => return other,
             }
             if Instant::now() >= deadline {
-                return Err(CallError::Unavailable(id.clone(), last_reason));
+                return Err(match maybe_ran {
+                    Some(reason) => CallError::OutcomeUnknown(format!(
+                        "{reason}; retried with its key until the timeout"
+                    )),
+                    None => CallError::Unavailable(id.clone(), last_reason),
+                });
             }
             // Wait for the table to change, but not longer than a short pause:
             // the owner may be starting the task or renewing its lease.
@@ -466,7 +516,7 @@ impl Runtime {
         owner: NodeId,
         addr: &str,
         epoch: Epoch,
-        msg: &serde_json::Value,
+        call: &ForwardedCall,
         deadline: Instant,
         applied: &mut watch::Receiver<u64>,
     ) -> Result<CallReply, CallError> {
@@ -474,7 +524,7 @@ impl Runtime {
         let path = format!("/internal/call/{id}");
         let request = self
             .transport
-            .post_call::<_, Result<CallReply, CallError>>(owner, addr, &path, msg, budget);
+            .post_call::<_, Result<CallReply, CallError>>(owner, addr, &path, call, budget);
         tokio::pin!(request);
         let settle = |answer: Result<Result<CallReply, CallError>, InternalError>| match answer {
             Ok(result) => result,
@@ -530,6 +580,8 @@ struct SessionTask {
     committed: StateJson,
     /// Version of `committed` in the table: the next update builds on it.
     version: u64,
+    /// The keyed calls the table remembers for this session (as of `version`).
+    calls: Vec<RecordedCall>,
     /// True once `committed` and `version` are known to be the table's and
     /// no earlier write of this epoch can still land (see [`Command::Settle`]).
     settled: bool,
@@ -599,7 +651,7 @@ impl SessionTask {
                         let _ = call.reply.send(Err(CallError::NotHere));
                         break;
                     }
-                    let (answer, stop) = self.handle(call.msg).await;
+                    let (answer, stop) = self.handle(call.msg, call.key).await;
                     let _ = call.reply.send(answer);
                     if stop {
                         break;
@@ -638,6 +690,7 @@ impl SessionTask {
                 Ok(Ok(Applied::Session(session))) => {
                     self.committed = session.state;
                     self.version = session.version;
+                    self.calls = session.calls;
                     self.settled = true;
                     return Ok(());
                 }
@@ -663,67 +716,116 @@ impl SessionTask {
         match self.live.next_deadline() {
             Some(at) if at <= ctx.now => {
                 self.live.on_deadline(&ctx);
-                self.commit().await
+                self.commit(None).await
             }
             _ => Commit::Done,
         }
     }
 
-    async fn handle(&mut self, msg: serde_json::Value) -> (Result<CallReply, CallError>, bool) {
+    fn reply(&self, reply: serde_json::Value) -> CallReply {
+        CallReply {
+            reply,
+            owner: self.env.me,
+            epoch: self.epoch,
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        msg: serde_json::Value,
+        key: Option<CallKey>,
+    ) -> (Result<CallReply, CallError>, bool) {
+        if let Some(recorded) = key
+            .as_ref()
+            .and_then(|key| self.calls.iter().find(|c| c.key == *key))
+        {
+            // A retry of a call that took effect: its reply, nothing applied.
+            let reply = serde_json::from_str(&recorded.reply).unwrap_or(serde_json::Value::Null);
+            return (Ok(self.reply(reply)), false);
+        }
+        let query = self.handler.is_query(&msg);
         let ctx = self.context();
         match self.live.handle(&ctx, msg) {
             Err(HandlerError(message)) => {
                 self.restore();
                 (Err(CallError::Rejected(message)), false)
             }
-            Ok(reply) => match self.commit().await {
-                Commit::Done => (
-                    Ok(CallReply {
-                        reply,
-                        owner: self.env.me,
-                        epoch: self.epoch,
-                    }),
+            Ok(_) if query && self.live.state() != self.committed => {
+                // Retrying a query must be safe: one that writes is refused.
+                self.restore();
+                (
+                    Err(CallError::Rejected(
+                        "the kind declares this message a query, but handling it changed the state"
+                            .into(),
+                    )),
                     false,
-                ),
-                Commit::Stop(CallError::StateTooLarge(size, limit)) => {
-                    self.restore();
-                    (Err(CallError::StateTooLarge(size, limit)), false)
+                )
+            }
+            Ok(reply) => {
+                let call = key.map(|key| RecordedCall {
+                    key,
+                    reply: reply.to_string(),
+                    at: ctx.now,
+                });
+                match self.commit(call).await {
+                    Commit::Done => (Ok(self.reply(reply)), false),
+                    Commit::Stop(CallError::StateTooLarge(size, limit)) => {
+                        self.restore();
+                        (Err(CallError::StateTooLarge(size, limit)), false)
+                    }
+                    Commit::Stop(error) => (Err(error), true),
                 }
-                Commit::Stop(error) => (Err(error), true),
-            },
+            }
         }
     }
 
     /// Commits the live state if it changed. A write whose outcome is
     /// unknown is settled through the log: if it landed the call is done,
     /// if it did not it is written again (it can no longer land late).
-    async fn commit(&mut self) -> Commit {
+    /// A keyed call is recorded with the state in the same entry.
+    async fn commit(&mut self, call: Option<RecordedCall>) -> Commit {
         let state = self.live.state();
         if state == self.committed {
             return Commit::Done;
         }
-        if state.len() > self.env.max_state_bytes {
-            return Commit::Stop(CallError::StateTooLarge(
-                state.len(),
-                self.env.max_state_bytes,
-            ));
+        let size = state.len() + call.as_ref().map_or(0, |c| c.reply.len());
+        if size > self.env.max_state_bytes {
+            return Commit::Stop(CallError::StateTooLarge(size, self.env.max_state_bytes));
         }
         loop {
-            let command = Command::UpdateState {
-                id: self.id.clone(),
-                epoch: self.epoch,
-                version: self.version,
-                state: state.clone(),
+            let command = match &call {
+                None => Command::UpdateState {
+                    id: self.id.clone(),
+                    epoch: self.epoch,
+                    version: self.version,
+                    state: state.clone(),
+                },
+                Some(call) => Command::UpdateStateKeyed {
+                    id: self.id.clone(),
+                    epoch: self.epoch,
+                    version: self.version,
+                    state: state.clone(),
+                    call: call.clone(),
+                    retention: self.env.retention,
+                },
             };
             let unknown = match self.env.proposer.propose(command).await {
-                Ok(Ok(_)) => {
+                Ok(Ok(applied)) => {
                     self.committed = state;
-                    self.version += 1;
+                    match applied {
+                        Applied::Session(session) => {
+                            self.version = session.version;
+                            self.calls = session.calls;
+                        }
+                        _ => self.version += 1,
+                    }
                     return Commit::Done;
                 }
-                // Fenced, outdated or deleted: the call did not take effect.
+                // Fenced, outdated, deleted, or (keyed) applied already: the
+                // call did not take effect here; a retry finds its record.
                 Ok(Err(Rejection::StaleEpoch { .. }))
                 | Ok(Err(Rejection::StaleVersion { .. }))
+                | Ok(Err(Rejection::DuplicateCall { .. }))
                 | Ok(Err(Rejection::NoSuchSession(_))) => return Commit::Stop(CallError::NotHere),
                 Ok(Err(other)) => other.to_string(),
                 Err(WriteError::NoLeader) | Err(WriteError::ShuttingDown) => {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::handler::{SessionContext, SessionHandler};
-use crate::model::{Applied, Command, Epoch, NodeId, Session, SessionId, SessionKind};
+use crate::model::{Applied, CallKey, Command, Epoch, NodeId, Session, SessionId, SessionKind};
 use crate::node::Core;
 
 /// Default time a typed call waits while its session moves.
@@ -155,7 +155,8 @@ impl<H: SessionHandler> Sessions<H> {
         if !self.core.view.read(|a| a.state.sessions.contains_key(&id)) {
             self.core.read_barrier().await.map_err(Error::NoQuorum)?;
         }
-        let answer = self.core.runtime.call(&id, msg, timeout).await?;
+        let key = CallKey::new(crate::client::new_call_key()).ok();
+        let answer = self.core.runtime.call(&id, msg, timeout, key).await?;
         let reply = serde_json::from_value(answer.reply).map_err(|e| {
             Error::OutcomeUnknown(format!(
                 "the reply does not decode as this kind's reply: {e}"

@@ -114,6 +114,7 @@ impl ClusterState {
                     state: state.clone(),
                     created_at: at,
                     updated_at: at,
+                    calls: Vec::new(),
                 };
                 self.sessions.insert(id.clone(), session.clone());
                 Ok(Applied::Session(Box::new(session)))
@@ -128,6 +129,27 @@ impl ClusterState {
                 session.state = state.clone();
                 session.version += 1;
                 session.updated_at = at;
+                Ok(Applied::Session(Box::new(session.clone())))
+            }
+            Command::UpdateStateKeyed {
+                id,
+                epoch,
+                version,
+                state,
+                call,
+                retention,
+            } => {
+                let session = self.current_session(id, *epoch, *version)?;
+                if session.recorded_call(&call.key).is_some() {
+                    return Err(Rejection::DuplicateCall {
+                        id: id.clone(),
+                        key: call.key.clone(),
+                    });
+                }
+                session.state = state.clone();
+                session.version += 1;
+                session.updated_at = at;
+                session.record_call(call.clone(), *retention, at);
                 Ok(Applied::Session(Box::new(session.clone())))
             }
             Command::Settle { id, epoch, version } => {

@@ -1,8 +1,9 @@
 //! Ownership changes in an in-process cluster: sessions a node released for
 //! a rebalance and that come back to it soon after (their new owner crashed)
 //! run again at once, not after the release hold (3 s) runs out; unplaced
-//! sessions run once a node is eligible; and a write that lands after its
-//! owner gave up on it never leaves the session answering an older state.
+//! sessions run once a node is eligible; a write that lands after its
+//! owner gave up on it never leaves the session answering an older state;
+//! and a keyed call whose answer was lost is retried and applied once.
 
 use std::time::{Duration, Instant};
 
@@ -151,12 +152,18 @@ async fn a_write_landing_after_its_owner_gave_up_never_leaves_the_session_stale(
         .map_err(|e| e.to_string())?;
     let owner = cluster.await_owner("reg", |_| true, deadline).await?;
 
-    eprintln!("--- hold node {owner}'s next write of the session; append b");
+    eprintln!("--- hold node {owner}'s next write of the session; append b (no key)");
     let held = cluster.hold_next_update(owner, "reg")?;
-    let told = client.call("reg", &append("b"), Some(deadline)).await;
+    let told = client
+        .call_with_key("reg", &append("b"), Some(deadline), None)
+        .await;
     eprintln!("--- the caller was told {told:?}; now the held write goes to the leader");
-    let late = held.outcome().await;
+    let late = held.outcome(deadline).await;
     eprintln!("--- the held write ended with {late:?}");
+    assert!(
+        !late.as_ref().is_err_and(|e| e.contains("within")),
+        "the held write was never proposed: {late:?}"
+    );
 
     let table = cluster
         .client(leader)
@@ -194,6 +201,90 @@ async fn a_write_landing_after_its_owner_gave_up_never_leaves_the_session_stale(
         .await
         .map_err(|e| e.to_string())?;
     assert_eq!(reply.reply["log"], json!(expected));
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Exactly-once calls: the answer of a call forwarded to the session's
+/// owner is lost after the owner ran it (a fault hook on the owner), as
+/// when the owner dies right after committing. With an idempotency key the
+/// forwarding node retries, the owner finds the key recorded with the
+/// session and answers the recorded reply, so the caller gets one answer
+/// and the append is applied once; without a key the caller is told the
+/// outcome is unknown (and the append did run, once); a query is retried
+/// freely; the same key sent again later, through another node, applies
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_call_whose_answer_was_lost_is_retried_and_applied_once() -> Result<(), String> {
+    let deadline = Duration::from_secs(10);
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.await_leader(deadline).await?;
+    cluster
+        .client(leader)
+        .create_session(&NewSession {
+            id: "once".into(),
+            kind: None,
+            state: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let owner = cluster.await_owner("once", |_| true, deadline).await?;
+    let via = cluster
+        .ids()
+        .into_iter()
+        .find(|n| *n != owner)
+        .ok_or("one node")?;
+    let client = cluster.client(via);
+    let append = |value: &str| json!({"op": "append", "field": "log", "value": value});
+    let log = || async {
+        cluster
+            .client(leader)
+            .get_session("once")
+            .await
+            .map(|s| s.state["log"].clone())
+            .map_err(|e| e.to_string())
+    };
+
+    eprintln!("--- keyed append through node {via}; owner {owner} loses its answer");
+    cluster.lose_next_call_reply(owner, "once")?;
+    let reply = client
+        .call_with_key("once", &append("a"), Some(deadline), Some("key-a"))
+        .await
+        .map_err(|e| format!("keyed call failed: {e}"))?;
+    assert_eq!(
+        reply.reply,
+        json!({"len": 1}),
+        "the recorded reply of the first attempt"
+    );
+    assert_eq!(log().await?, json!(["a"]));
+
+    eprintln!("--- the same key again, through another node: nothing applied, same reply");
+    let again = cluster
+        .client(owner)
+        .call_with_key("once", &append("a"), Some(deadline), Some("key-a"))
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(again.reply, json!({"len": 1}));
+    assert_eq!(log().await?, json!(["a"]));
+
+    eprintln!("--- an unkeyed append whose answer is lost: outcome unknown, applied once");
+    cluster.lose_next_call_reply(owner, "once")?;
+    match client
+        .call_with_key("once", &append("b"), Some(deadline), None)
+        .await
+    {
+        Err(minos::client::ClientError::Api { code, .. }) => assert_eq!(code, "outcome_unknown"),
+        other => panic!("an unkeyed call with a lost answer returned {other:?}"),
+    }
+    assert_eq!(log().await?, json!(["a", "b"]));
+
+    eprintln!("--- a query whose answer is lost is retried: no error");
+    cluster.lose_next_call_reply(owner, "once")?;
+    let read = client
+        .call_with_key("once", &json!({"op": "get"}), Some(deadline), None)
+        .await
+        .map_err(|e| format!("query failed: {e}"))?;
+    assert_eq!(read.reply["log"], json!(["a", "b"]));
     cluster.shutdown().await;
     Ok(())
 }

@@ -7,8 +7,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use minos::model::{
-    Applied, Command, CommandResult, Epoch, Move, NodeId, NodeStatus, Proposal, SessionId,
-    SessionKind, StateJson,
+    Applied, CallKey, CallRetention, Command, CommandResult, Epoch, Move, NodeId, NodeStatus,
+    Proposal, RecordedCall, Rejection, SessionId, SessionKind, StateJson,
 };
 use minos::placement::{evacuate, place, rebalance, repair};
 use minos::state::ClusterState;
@@ -93,6 +93,13 @@ enum Op {
         epoch: EpochChoice,
         value: u8,
     },
+    /// A keyed write: `key` from a small set, so retries of one key recur.
+    Keyed {
+        session: u8,
+        epoch: EpochChoice,
+        key: u8,
+        stale: bool,
+    },
     /// `stale`: built on the version before the current one.
     Settle {
         session: u8,
@@ -153,8 +160,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(session, owner, value)| Op::Create { session, owner, value }),
         4 => (session(), epoch.clone(), any::<u8>())
             .prop_map(|(session, epoch, value)| Op::Update { session, epoch, value }),
-        2 => (session(), epoch, any::<bool>())
+        2 => (session(), epoch.clone(), any::<bool>())
             .prop_map(|(session, epoch, stale)| Op::Settle { session, epoch, stale }),
+        3 => (session(), epoch, 0u8..4, any::<bool>())
+            .prop_map(|(session, epoch, key, stale)| Op::Keyed { session, epoch, key, stale }),
         3 => (plan, vec(random_move, 0..3)).prop_map(|(plan, random)| Op::Reassign { plan, random }),
         1 => session().prop_map(Op::Delete),
     ]
@@ -238,6 +247,33 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
                 epoch,
                 version,
                 state: StateJson(format!("{{\"updated\":{value}}}")),
+            }
+        }
+        Op::Keyed {
+            session,
+            epoch,
+            key,
+            stale,
+        } => {
+            let version = version_of(*session);
+            Command::UpdateStateKeyed {
+                id: session_id(*session),
+                epoch: epoch_of(*session, epoch),
+                version: if *stale {
+                    version.saturating_sub(1)
+                } else {
+                    version
+                },
+                state: StateJson(format!("{{\"keyed\":{key}}}")),
+                call: RecordedCall {
+                    key: CallKey::new(format!("k{key}")).unwrap(),
+                    reply: format!("{{\"key\":{key}}}"),
+                    at: start_time(),
+                },
+                retention: CallRetention {
+                    keep_last: 3,
+                    ..CallRetention::default()
+                },
             }
         }
         Op::Settle {
@@ -520,7 +556,9 @@ fn check_command(
             }
         }
         // Only the owner's committed writes change a session's state.
-        if !matches!(command, Command::UpdateState { id: updated, .. } if updated == id) {
+        if !matches!(command, Command::UpdateState { id: updated, .. }
+            | Command::UpdateStateKeyed { id: updated, .. } if updated == id)
+        {
             prop_assert_eq!(
                 &new.state,
                 &old.state,
@@ -558,7 +596,27 @@ fn check_command(
         ),
     }
 
+    if let Command::UpdateStateKeyed { id, call, .. } = command {
+        // A keyed write applies only if the session did not remember its
+        // key, and is remembered after; a duplicate changes nothing.
+        let remembered = before
+            .sessions
+            .get(id)
+            .is_some_and(|s| s.recorded_call(&call.key).is_some());
+        match result {
+            Ok(_) => {
+                prop_assert!(!remembered, "{id}: key {} applied twice", call.key);
+                prop_assert!(after.sessions[id].recorded_call(&call.key).is_some());
+                prop_assert!(after.sessions[id].calls.len() <= 3);
+            }
+            Err(Rejection::DuplicateCall { .. }) => prop_assert!(remembered),
+            Err(_) => {}
+        }
+    }
     if let Command::UpdateState {
+        id, epoch, version, ..
+    }
+    | Command::UpdateStateKeyed {
         id, epoch, version, ..
     }
     | Command::Settle { id, epoch, version } = command
@@ -940,4 +998,152 @@ fn a_settle_fences_a_write_whose_outcome_was_unknown() {
     };
     assert_eq!(settled.state, StateJson("{\"n\":1}".into()));
     assert_eq!(settled.version, 2);
+}
+
+/// One attempt of a keyed call in [`retries_of_keyed_calls_apply_each_key_at_most_once`].
+#[derive(Clone, Debug)]
+enum Attempt {
+    /// An owner's write of call `key`, built on the current version or on
+    /// one `behind` it, under the current epoch or an earlier one (a retry
+    /// that reached a deposed owner, or a late write of an old task).
+    Write {
+        key: u8,
+        behind: u64,
+        old_epoch: bool,
+    },
+    /// The session moves to another node (a new owner takes the retries).
+    Move,
+    /// An owner settles the session.
+    Settle,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any interleaving of attempts of a few keyed calls (retries on any
+    /// owner, late writes, moves, settles) applies each key at most once,
+    /// and a key that took effect answers every later attempt as a
+    /// duplicate while the session remembers it (the window here holds
+    /// every key).
+    #[test]
+    fn retries_of_keyed_calls_apply_each_key_at_most_once(
+        attempts in vec(prop_oneof![
+            6 => (0u8..5, 0u64..3, any::<bool>())
+                .prop_map(|(key, behind, old_epoch)| Attempt::Write { key, behind, old_epoch }),
+            1 => Just(Attempt::Move),
+            1 => Just(Attempt::Settle),
+        ], 1..80)
+    ) {
+        let at = start_time();
+        let id = session_id(0);
+        let mut state = ClusterState::default();
+        for command in [
+            Command::AddNode { id: 1, addr: "127.0.0.1:7001".into() },
+            Command::AddNode { id: 2, addr: "127.0.0.1:7002".into() },
+            Command::CreateSession {
+                id: id.clone(),
+                kind: SessionKind::new("kv").unwrap(),
+                state: StateJson("{}".into()),
+                owner: Some(1),
+            },
+        ] {
+            state.apply_command(&command, at).unwrap();
+        }
+        let retention = CallRetention { keep_last: 8, ..CallRetention::default() };
+        let mut applied: BTreeMap<u8, usize> = BTreeMap::new();
+        let mut old_epoch = state.sessions[&id].epoch;
+        for attempt in &attempts {
+            let session = state.sessions[&id].clone();
+            let command = match attempt {
+                Attempt::Write { key, behind, old_epoch: old } => Command::UpdateStateKeyed {
+                    id: id.clone(),
+                    epoch: if *old { old_epoch } else { session.epoch },
+                    version: session.version.saturating_sub(*behind),
+                    state: StateJson(format!("{{\"last\":{key},\"v\":{}}}", session.version)),
+                    call: RecordedCall {
+                        key: CallKey::new(format!("k{key}")).unwrap(),
+                        reply: format!("{{\"key\":{key}}}"),
+                        at,
+                    },
+                    retention,
+                },
+                Attempt::Move => {
+                    old_epoch = session.epoch;
+                    Command::Reassign {
+                        moves: vec![Move {
+                            id: id.clone(),
+                            from_epoch: session.epoch,
+                            to: Some(if session.owner == Some(1) { 2 } else { 1 }),
+                        }],
+                    }
+                }
+                Attempt::Settle => Command::Settle {
+                    id: id.clone(),
+                    epoch: session.epoch,
+                    version: session.version,
+                },
+            };
+            let result = state.apply_command(&command, at);
+            if let (Attempt::Write { key, .. }, Ok(_)) = (attempt, &result) {
+                *applied.entry(*key).or_default() += 1;
+            }
+            if let Attempt::Write { key, behind: 0, old_epoch: false } = attempt {
+                // A fresh attempt on the current owner applies unless the
+                // key took effect already.
+                let took_effect = applied.get(key).copied().unwrap_or(0) > 0;
+                match &result {
+                    Ok(_) => prop_assert!(applied[key] == 1),
+                    Err(Rejection::DuplicateCall { .. }) => prop_assert!(took_effect),
+                    Err(other) => prop_assert!(false, "fresh attempt refused: {other:?}"),
+                }
+            }
+        }
+        for (key, count) in &applied {
+            prop_assert!(*count <= 1, "key k{key} applied {count} times");
+        }
+    }
+}
+
+#[test]
+fn recorded_calls_are_bounded_by_count_age_and_bytes() {
+    let at = start_time();
+    let mut session = minos::model::Session {
+        id: session_id(0),
+        kind: SessionKind::new("kv").unwrap(),
+        owner: Some(1),
+        epoch: Epoch(1),
+        version: 0,
+        state: StateJson("{}".into()),
+        created_at: at,
+        updated_at: at,
+        calls: Vec::new(),
+    };
+    let call = |n: i64, reply: &str| RecordedCall {
+        key: CallKey::new(format!("k{n}")).unwrap(),
+        reply: reply.into(),
+        at: at + Duration::seconds(n),
+    };
+    let retention = CallRetention {
+        keep_last: 3,
+        keep_for_secs: 100,
+        keep_bytes: 10,
+    };
+    for n in 0..5 {
+        session.record_call(call(n, "1"), retention, at + Duration::seconds(n));
+    }
+    let keys: Vec<&str> = session.calls.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["k2", "k3", "k4"], "the newest three are kept");
+    // 200 s later only the new call is young enough.
+    session.record_call(call(200, "1"), retention, at + Duration::seconds(200));
+    let keys: Vec<&str> = session.calls.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["k200"]);
+    // Bytes: a reply over the budget is kept alone (the newest always stays).
+    session.record_call(call(201, "123456"), retention, at + Duration::seconds(201));
+    session.record_call(
+        call(202, "123456789012"),
+        retention,
+        at + Duration::seconds(202),
+    );
+    let keys: Vec<&str> = session.calls.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["k202"]);
 }

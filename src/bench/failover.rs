@@ -29,7 +29,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::report::{DoubleOwner, ModeReport, Report, RunReport, Sample, TimingRecord};
+use super::report::{
+    DoubleOwner, ModeReport, Report, RunReport, Sample, TimingRecord, WriteSample,
+};
 use super::BenchError;
 use crate::client::{Client, ClientError, NewSession};
 use crate::config::Timing;
@@ -454,6 +456,7 @@ pub(crate) struct TrialOutcome {
     pub leader: NodeId,
     pub samples: Vec<Sample>,
     pub double_owners: Vec<DoubleOwner>,
+    pub writes: Vec<WriteSample>,
 }
 
 impl TrialOutcome {
@@ -500,6 +503,12 @@ struct Bench<'a> {
 
 /// Setup and restore waits: long enough for a restart on a loaded machine.
 const SETTLE: Duration = Duration::from_secs(30);
+/// Keyed writes sent per trial right after the signal, to sessions of the
+/// victim (callers as an application makes them: a fresh key, the default
+/// call timeout).
+const KEYED_WRITES_PER_TRIAL: usize = 10;
+/// Timeout of each keyed write (the client's default call timeout).
+const KEYED_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of setup calls (not measured).
 const SETUP_CALL: Duration = Duration::from_secs(5);
 
@@ -822,9 +831,33 @@ impl<'a> Bench<'a> {
             .filter(|(id, _)| **id != victim)
             .map(|(_, c)| c.clone())
             .collect();
+        let write_targets: Vec<String> = targets
+            .iter()
+            .filter(|t| !t.fresh)
+            .take(KEYED_WRITES_PER_TRIAL)
+            .map(|t| t.id.clone())
+            .collect();
         let signalled_at = Instant::now();
         let signalled_wall = chrono::Utc::now();
         self.cluster.signal(victim, mode.signal())?;
+        let writes: Vec<_> = write_targets
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let client = survivors[(i + 1) % survivors.len()].clone();
+                let (id, value) = (id.clone(), format!("t{}-{mode:?}", trial + 1));
+                tokio::spawn(async move {
+                    let msg = json!({"op": "append", "field": "writes", "value": value});
+                    let answer = client.call(&id, &msg, Some(KEYED_WRITE_TIMEOUT)).await;
+                    let latency_ms = signalled_at.elapsed().as_secs_f64() * 1000.0;
+                    let error = answer.err().map(|e| match e.code() {
+                        Some(code) => code.to_string(),
+                        None => e.to_string(),
+                    });
+                    (id, value, latency_ms, error)
+                })
+            })
+            .collect();
         let pollers: Vec<_> = targets
             .into_iter()
             .enumerate()
@@ -855,6 +888,26 @@ impl<'a> Bench<'a> {
             }
             samples.push(sample);
         }
+        let mut write_samples = Vec::new();
+        for write in writes {
+            let (id, value, latency_ms, error) =
+                write.await.map_err(|e| format!("keyed writer died: {e}"))?;
+            let applied = match survivors[0].get_session(&id).await {
+                Ok(session) => Some(
+                    session.state["writes"]
+                        .as_array()
+                        .map_or(0, |a| a.iter().filter(|v| **v == json!(value)).count()),
+                ),
+                Err(_) => None,
+            };
+            write_samples.push(WriteSample {
+                trial: trial + 1,
+                session: id,
+                latency_ms,
+                error,
+                applied,
+            });
+        }
 
         // Put the victim back for the next trial.
         match mode {
@@ -875,6 +928,7 @@ impl<'a> Bench<'a> {
             leader,
             samples,
             double_owners,
+            writes: write_samples,
         })
     }
 }
@@ -935,7 +989,8 @@ impl Poll {
                             Some((answered - self.signalled_at).as_secs_f64() * 1000.0);
                         sample.owner_after = Some(reply.owner);
                         sample.epoch_after = Some(epoch);
-                        sample.state_ok = Some(reply.reply == target.expected);
+                        // Keyed writes of the trial add their own field.
+                        sample.state_ok = Some(reply.reply["v"] == target.expected["v"]);
                         if sample.state_ok == Some(false) {
                             sample.last_error = Some(format!(
                                 "state after failover {} differs from the acknowledged {}",

@@ -77,7 +77,7 @@ pub fn publish(
     let (lost, double, wrong) = report.failures();
     if lost + double + wrong > 0 {
         return Err(BenchError::Failed(format!(
-            "FAILED: {lost} sessions lost, {double} double owners, {wrong} sessions back with a wrong state"
+            "FAILED: {lost} sessions lost, {double} double owners, {wrong} sessions back with a wrong state or keyed writes that failed or were not applied exactly once"
         )));
     }
     Ok(())

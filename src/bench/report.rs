@@ -46,6 +46,34 @@ pub struct Sample {
     pub last_error: Option<String>,
 }
 
+/// One keyed write sent right after the signal, with a caller's usual
+/// timeout: a failover must show as latency, never as an error, and the
+/// write must take effect exactly once.
+#[derive(Clone, Debug, Serialize)]
+pub struct WriteSample {
+    /// Trial number (from 1).
+    pub trial: usize,
+    /// Session id.
+    pub session: String,
+    /// Signal to answer, ms.
+    pub latency_ms: f64,
+    /// The error code the caller got, if any.
+    pub error: Option<String>,
+    /// How many times the write is in the session's state afterwards
+    /// (`None` when it could not be read).
+    pub applied: Option<usize>,
+}
+
+impl WriteSample {
+    /// Applied twice, or acknowledged and not applied.
+    pub fn wrong(&self) -> bool {
+        match self.applied {
+            Some(n) => n > 1 || (self.error.is_none() && n != 1),
+            None => true,
+        }
+    }
+}
+
 /// Two owners answered for one session under one epoch.
 #[derive(Clone, Debug, Serialize)]
 pub struct DoubleOwner {
@@ -122,6 +150,14 @@ pub struct Summary {
     pub double_owners: usize,
     /// Sessions back with a state other than the acknowledged one.
     pub wrong_state: usize,
+    /// Keyed writes sent right after the signal.
+    pub writes: usize,
+    /// Keyed writes that answered an error within their timeout.
+    pub write_errors: usize,
+    /// Keyed writes applied twice, or acknowledged and not applied.
+    pub write_wrong: usize,
+    /// Slowest keyed write, ms.
+    pub write_max_ms: f64,
 }
 
 /// Every trial of one mode.
@@ -137,6 +173,8 @@ pub struct ModeReport {
     pub double_owners: Vec<DoubleOwner>,
     /// Every sample.
     pub samples: Vec<Sample>,
+    /// Every keyed write.
+    pub writes: Vec<WriteSample>,
 }
 
 impl ModeReport {
@@ -148,6 +186,7 @@ impl ModeReport {
             summary: Summary::default(),
             double_owners: Vec::new(),
             samples: Vec::new(),
+            writes: Vec::new(),
         }
     }
 
@@ -155,6 +194,7 @@ impl ModeReport {
         self.trials += 1;
         self.samples.extend(outcome.samples);
         self.double_owners.extend(outcome.double_owners);
+        self.writes.extend(outcome.writes);
     }
 
     /// Statistics; lost sessions count at `cap_ms`.
@@ -189,6 +229,10 @@ impl ModeReport {
                 .iter()
                 .filter(|s| s.state_ok == Some(false))
                 .count(),
+            writes: self.writes.len(),
+            write_errors: self.writes.iter().filter(|w| w.error.is_some()).count(),
+            write_wrong: self.writes.iter().filter(|w| w.wrong()).count(),
+            write_max_ms: self.writes.iter().map(|w| w.latency_ms).fold(0.0, f64::max),
         }
     }
 }
@@ -294,7 +338,8 @@ impl Report {
         }
     }
 
-    /// Lost sessions, double owners and wrong states over all runs.
+    /// Lost sessions, double owners, and wrong states plus keyed writes
+    /// that failed or were not applied exactly once, over all runs.
     pub fn failures(&self) -> (usize, usize, usize) {
         let cap = self.cap_ms();
         let mut totals = (0, 0, 0);
@@ -302,7 +347,7 @@ impl Report {
             let s = mode.summary(cap);
             totals.0 += s.lost;
             totals.1 += s.double_owners;
-            totals.2 += s.wrong_state;
+            totals.2 += s.wrong_state + s.write_errors + s.write_wrong;
         }
         totals
     }
@@ -328,7 +373,7 @@ impl Report {
                 self.machine.load_average_start.as_deref().unwrap_or("?")
             ));
             out.push_str(&format!(
-                "{:<13} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>6} {:>6}\n",
+                "{:<13} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9}\n",
                 "mode",
                 "trials",
                 "sessions",
@@ -339,12 +384,16 @@ impl Report {
                 "mean ms",
                 "lost",
                 "double",
-                "wrong"
+                "wrong",
+                "writes",
+                "w.err",
+                "w.bad",
+                "w.max ms"
             ));
             for mode in &run.modes {
                 let s = mode.summary(cap);
                 out.push_str(&format!(
-                    "{:<13} {:>6} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>5} {:>6} {:>6}\n",
+                    "{:<13} {:>6} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9.1}\n",
                     mode.mode.name(),
                     s.trials,
                     s.sessions,
@@ -355,7 +404,11 @@ impl Report {
                     s.mean_ms,
                     s.lost,
                     s.double_owners,
-                    s.wrong_state
+                    s.wrong_state,
+                    s.writes,
+                    s.write_errors,
+                    s.write_wrong,
+                    s.write_max_ms
                 ));
             }
             out.push('\n');
@@ -391,6 +444,22 @@ impl Report {
                             s.last_error.as_deref().unwrap_or("")
                         ));
                     }
+                }
+                for w in mode
+                    .writes
+                    .iter()
+                    .filter(|w| w.error.is_some() || w.wrong())
+                {
+                    lines.push(format!(
+                        "KEYED WRITE: session {} ({} trial {}): error {}, applied {:?} times, \
+                         answered after {:.1} ms",
+                        w.session,
+                        name,
+                        w.trial,
+                        w.error.as_deref().unwrap_or("none"),
+                        w.applied,
+                        w.latency_ms
+                    ));
                 }
                 for d in &mode.double_owners {
                     lines.push(format!(

@@ -90,6 +90,10 @@ impl SessionHandler for Kv {
         }
     }
 
+    fn is_query(&self, msg: &KvMessage) -> bool {
+        matches!(msg, KvMessage::Get {})
+    }
+
     fn handle(
         &self,
         _ctx: &SessionContext,

@@ -164,6 +164,10 @@ impl SessionHandler for Minotaur {
         })
     }
 
+    fn is_query(&self, msg: &MinotaurMessage) -> bool {
+        matches!(msg, MinotaurMessage::GetGame {})
+    }
+
     fn handle(
         &self,
         _ctx: &SessionContext,

@@ -269,6 +269,16 @@ impl Cluster {
         Ok(slot.faults.hold_next_update(session))
     }
 
+    /// Loses the answer of the next call to `session` that another node
+    /// forwards to node `node` (see [`crate::network::Faults`]): the call
+    /// runs, the forwarding node sees the connection fail.
+    pub fn lose_next_call_reply(&self, node: NodeId, session: &str) -> Result<(), String> {
+        let session = SessionId::new(session).map_err(|e| e.to_string())?;
+        let slot = self.slots.get(&node).ok_or(format!("no node {node}"))?;
+        slot.faults.lose_next_call_reply(session);
+        Ok(())
+    }
+
     /// Restores all traffic.
     pub fn heal(&self) {
         for slot in self.slots.values() {
