@@ -42,7 +42,8 @@ pub(crate) struct HoldRequest {
     pub outcome: oneshot::Sender<Result<Vec<CommandResult>, String>>,
 }
 
-/// The test's end of a held write (see [`Faults::hold_next_update`]).
+/// The test's end of a held write (`Faults::hold_next_update`, reached
+/// through `testkit::Cluster::hold_next_update`).
 pub struct HeldWrite {
     release: Option<oneshot::Sender<()>>,
     outcome: oneshot::Receiver<Result<Vec<CommandResult>, String>>,

@@ -270,7 +270,7 @@ impl Cluster {
     }
 
     /// Loses the answer of the next call to `session` that another node
-    /// forwards to node `node` (see [`crate::network::Faults`]): the call
+    /// forwards to node `node` (an injected fault): the call
     /// runs, the forwarding node sees the connection fail.
     pub fn lose_next_call_reply(&self, node: NodeId, session: &str) -> Result<(), String> {
         let session = SessionId::new(session).map_err(|e| e.to_string())?;
