@@ -198,6 +198,15 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
             .get(&session_id(session))
             .map_or(0, |s| s.version)
     };
+    // The current version, or (a late writer) the one before it.
+    let built_on = |session: u8, stale: bool| {
+        let version = version_of(session);
+        if stale {
+            version.saturating_sub(1)
+        } else {
+            version
+        }
+    };
     match op {
         Op::AddNode { id, port } => Command::AddNode {
             id: *id,
@@ -254,44 +263,30 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
             epoch,
             key,
             stale,
-        } => {
-            let version = version_of(*session);
-            Command::UpdateStateKeyed {
-                id: session_id(*session),
-                epoch: epoch_of(*session, epoch),
-                version: if *stale {
-                    version.saturating_sub(1)
-                } else {
-                    version
-                },
-                state: StateJson(format!("{{\"keyed\":{key}}}")),
-                call: RecordedCall {
-                    key: CallKey::new(format!("k{key}")).unwrap(),
-                    reply: format!("{{\"key\":{key}}}"),
-                    at: start_time(),
-                },
-                retention: CallRetention {
-                    keep_last: 3,
-                    ..CallRetention::default()
-                },
-            }
-        }
+        } => Command::UpdateStateKeyed {
+            id: session_id(*session),
+            epoch: epoch_of(*session, epoch),
+            version: built_on(*session, *stale),
+            state: StateJson(format!("{{\"keyed\":{key}}}")),
+            call: RecordedCall {
+                key: CallKey::new(format!("k{key}")).unwrap(),
+                reply: format!("{{\"key\":{key}}}"),
+                at: start_time(),
+            },
+            retention: CallRetention {
+                keep_last: 3,
+                ..CallRetention::default()
+            },
+        },
         Op::Settle {
             session,
             epoch,
             stale,
-        } => {
-            let version = version_of(*session);
-            Command::Settle {
-                id: session_id(*session),
-                epoch: epoch_of(*session, epoch),
-                version: if *stale {
-                    version.saturating_sub(1)
-                } else {
-                    version
-                },
-            }
-        }
+        } => Command::Settle {
+            id: session_id(*session),
+            epoch: epoch_of(*session, epoch),
+            version: built_on(*session, *stale),
+        },
         Op::Reassign { plan, random } => {
             let mut moves = match plan {
                 Plan::Repair => repair(state),

@@ -101,6 +101,11 @@ pub struct FailoverArgs {
     /// Crash mode: sessions created on the victim just before each kill.
     #[arg(long, default_value_t = 5)]
     pub fresh_sessions: usize,
+    /// Keyed appends sent per trial right after the signal, to sessions of
+    /// the victim, with a 5 s timeout: each must answer 200 and be applied
+    /// exactly once (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub keyed_writes: usize,
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=9))]
     pub nodes: u64,
@@ -224,6 +229,8 @@ pub struct FailoverConfig {
     pub poll_interval: Duration,
     /// Crash mode: fresh sessions placed on the victim per trial.
     pub fresh_sessions: usize,
+    /// Keyed appends per trial (see [`FailoverArgs::keyed_writes`]).
+    pub keyed_writes: usize,
     /// Timing flags for every run.
     pub knobs: TimingKnobs,
     /// Node timeouts to sweep (empty: one run with `knobs`).
@@ -253,6 +260,7 @@ impl FailoverConfig {
             call_timeout: Duration::from_millis(200),
             poll_interval: Duration::from_millis(5),
             fresh_sessions: 5,
+            keyed_writes: 10,
             knobs: TimingKnobs::default(),
             sweep_node_timeout_ms: Vec::new(),
             keep_logs: None,
@@ -332,6 +340,7 @@ impl FailoverArgs {
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             poll_interval: Duration::from_millis(self.poll_ms),
             fresh_sessions: self.fresh_sessions,
+            keyed_writes: self.keyed_writes,
             knobs: TimingKnobs {
                 heartbeat_ms: self.heartbeat_ms,
                 election_timeout_min_ms: self.election_timeout_min_ms,
@@ -503,10 +512,6 @@ struct Bench<'a> {
 
 /// Setup and restore waits: long enough for a restart on a loaded machine.
 const SETTLE: Duration = Duration::from_secs(30);
-/// Keyed writes sent per trial right after the signal, to sessions of the
-/// victim (callers as an application makes them: a fresh key, the default
-/// call timeout).
-const KEYED_WRITES_PER_TRIAL: usize = 10;
 /// Timeout of each keyed write (the client's default call timeout).
 const KEYED_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of setup calls (not measured).
@@ -834,7 +839,7 @@ impl<'a> Bench<'a> {
         let write_targets: Vec<String> = targets
             .iter()
             .filter(|t| !t.fresh)
-            .take(KEYED_WRITES_PER_TRIAL)
+            .take(self.config.keyed_writes)
             .map(|t| t.id.clone())
             .collect();
         let signalled_at = Instant::now();
