@@ -52,8 +52,10 @@ const HOLD: Duration = Duration::from_secs(3);
 /// How long a call in flight to a session's old owner may still report that
 /// it was never delivered, after the move was seen.
 const MOVED_GRACE: Duration = Duration::from_millis(20);
-/// Pause between routing attempts while a session is moving.
+/// First pause between routing attempts while a session is moving.
 const RETRY_PAUSE: Duration = Duration::from_millis(2);
+/// Longest pause between two attempts on an unchanged route.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Pause before a settle is tried again after its own outcome was unknown.
 const SETTLE_PAUSE: Duration = Duration::from_millis(10);
 
@@ -442,6 +444,9 @@ impl Runtime {
         // Why an earlier attempt may have run (keyed calls only).
         let mut maybe_ran: Option<String> = None;
         let mut query: Option<bool> = None;
+        // Attempts in a row that failed on the same (owner, epoch).
+        let mut failed_route: Option<(Option<NodeId>, Epoch)> = None;
+        let mut failures_on_route = 0u32;
         loop {
             let route = self.env.view.read(|a| {
                 a.state.sessions.get(id).map(|s| {
@@ -502,11 +507,36 @@ impl Runtime {
                     None => CallError::Unavailable(id.clone(), last_reason),
                 });
             }
-            // Wait for the table to change, but not longer than a short pause:
-            // the owner may be starting the task or renewing its lease.
-            let pause = (Instant::now() + RETRY_PAUSE).min(deadline);
-            let _ = tokio::time::timeout_at(pause, applied.changed()).await;
+            // Wait until the session's route changes (it moved), or a short
+            // pause that doubles while attempts keep failing on the same
+            // route (the owner may be starting the task or renewing its
+            // lease): thousands of calls waiting out a mass failover must
+            // not turn into a storm of connects to a dead owner.
+            let route = self.route_of(id);
+            if failed_route == Some(route) {
+                failures_on_route = (failures_on_route + 1).min(5);
+            } else {
+                failed_route = Some(route);
+                failures_on_route = 0;
+            }
+            let pause = (RETRY_PAUSE * (1 << failures_on_route)).min(MAX_RETRY_PAUSE);
+            let until = (Instant::now() + pause).min(deadline);
+            while let Ok(Ok(())) = tokio::time::timeout_at(until, applied.changed()).await {
+                if self.route_of(id) != route {
+                    break;
+                }
+            }
         }
+    }
+
+    /// The session's owner and epoch as this node's table shows them.
+    fn route_of(&self, id: &SessionId) -> (Option<NodeId>, Epoch) {
+        self.env.view.read(|a| {
+            a.state
+                .sessions
+                .get(id)
+                .map_or((None, Epoch(0)), |s| (s.owner, s.epoch))
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
