@@ -47,6 +47,9 @@ const QUEUE_DEPTH: usize = 8192;
 /// Batches written concurrently by one leader.
 const WRITES_IN_FLIGHT: usize = 4;
 
+/// Longest a snapshot chunk RPC may take, in ms (see [`raft_config`]).
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 5_000;
+
 /// openraft configuration for `timing`.
 pub fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
     let config = openraft::Config {
@@ -58,6 +61,12 @@ pub fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
         max_in_snapshot_log_to_keep: 1000,
         purge_batch_size: 256,
+        // A follower installs a snapshot (decode, swap, sled flush) inside
+        // the final chunk's RPC. With openraft's 200 ms default, a busy
+        // follower never finished one: each attempt timed out, was dropped
+        // and started over, while the follower, hearing nothing else,
+        // campaigned and deposed the leader (seen under two CPU hogs).
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
         ..Default::default()
     };
     config.validate().map_err(|e| e.to_string())

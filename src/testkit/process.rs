@@ -77,11 +77,35 @@ pub struct ProcessCluster {
     nodes: BTreeMap<NodeId, ProcNode>,
 }
 
-/// Picks free loopback ports (bound and released; a tiny race is accepted).
+/// Ports [`free_ports`] picks from: below Linux's ephemeral range
+/// (32768-60999), so a node restarted on its port never finds it taken by
+/// an outgoing connection (a peer reconnecting to it, say).
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Picks free loopback ports outside the ephemeral range (bound and
+/// released; a tiny race with another process probing the same port is
+/// accepted). Processes and calls start at different offsets.
 pub fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let start = std::process::id().wrapping_mul(7919) + NEXT.fetch_add(97, Ordering::Relaxed);
+    let mut listeners = Vec::with_capacity(count);
+    for step in 0..span {
+        if listeners.len() == count {
+            break;
+        }
+        let port = TEST_PORTS.start + ((start + step) % span) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
+    if listeners.len() < count {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("fewer than {count} free ports in {TEST_PORTS:?}"),
+        ));
+    }
     listeners
         .iter()
         .map(|l| l.local_addr().map(|a| a.port()))
