@@ -260,10 +260,17 @@ impl Default for CallRetention {
     }
 }
 
+impl RecordedCall {
+    /// The call with this key among `calls`, if it is still remembered.
+    pub fn find<'a>(calls: &'a [RecordedCall], key: &CallKey) -> Option<&'a RecordedCall> {
+        calls.iter().find(|c| c.key == *key)
+    }
+}
+
 impl Session {
     /// The recorded call with this key, if it is still remembered.
     pub fn recorded_call(&self, key: &CallKey) -> Option<&RecordedCall> {
-        self.calls.iter().find(|c| c.key == *key)
+        RecordedCall::find(&self.calls, key)
     }
 
     /// Appends `call` and prunes by `retention` at time `at` (pure: the

@@ -444,9 +444,7 @@ impl Runtime {
         // Why an earlier attempt may have run (keyed calls only).
         let mut maybe_ran: Option<String> = None;
         let mut query: Option<bool> = None;
-        // Attempts in a row that failed on the same (owner, epoch).
-        let mut failed_route: Option<(Option<NodeId>, Epoch)> = None;
-        let mut failures_on_route = 0u32;
+        let mut backoff = RouteBackoff::default();
         loop {
             let route = self.env.view.read(|a| {
                 a.state.sessions.get(id).map(|s| {
@@ -507,20 +505,13 @@ impl Runtime {
                     None => CallError::Unavailable(id.clone(), last_reason),
                 });
             }
-            // Wait until the session's route changes (it moved), or a short
-            // pause that doubles while attempts keep failing on the same
-            // route (the owner may be starting the task or renewing its
-            // lease): thousands of calls waiting out a mass failover must
-            // not turn into a storm of connects to a dead owner.
+            // Wait until the session moves, or a pause that doubles while
+            // attempts keep failing on the same route (the owner may be
+            // starting the task or renewing its lease): thousands of calls
+            // waiting out a mass failover must not become a storm of
+            // connects to a dead owner.
             let route = self.route_of(id);
-            if failed_route == Some(route) {
-                failures_on_route = (failures_on_route + 1).min(5);
-            } else {
-                failed_route = Some(route);
-                failures_on_route = 0;
-            }
-            let pause = (RETRY_PAUSE * (1 << failures_on_route)).min(MAX_RETRY_PAUSE);
-            let until = (Instant::now() + pause).min(deadline);
+            let until = (Instant::now() + backoff.pause(route)).min(deadline);
             while let Ok(Ok(())) = tokio::time::timeout_at(until, applied.changed()).await {
                 if self.route_of(id) != route {
                     break;
@@ -530,7 +521,7 @@ impl Runtime {
     }
 
     /// The session's owner and epoch as this node's table shows them.
-    fn route_of(&self, id: &SessionId) -> (Option<NodeId>, Epoch) {
+    fn route_of(&self, id: &SessionId) -> Route {
         self.env.view.read(|a| {
             a.state
                 .sessions
@@ -587,6 +578,30 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+/// A session's owner and epoch: a call retried on an unchanged route backs
+/// off, one on a changed route (the session moved) goes at once.
+type Route = (Option<NodeId>, Epoch);
+
+/// Pauses between routing attempts of one call: [`RETRY_PAUSE`], doubling
+/// while attempts fail on the same route, up to [`MAX_RETRY_PAUSE`].
+#[derive(Default)]
+struct RouteBackoff {
+    route: Option<Route>,
+    doublings: u32,
+}
+
+impl RouteBackoff {
+    fn pause(&mut self, route: Route) -> Duration {
+        if self.route == Some(route) {
+            self.doublings = (self.doublings + 1).min(5);
+        } else {
+            self.route = Some(route);
+            self.doublings = 0;
+        }
+        (RETRY_PAUSE * (1 << self.doublings)).min(MAX_RETRY_PAUSE)
     }
 }
 
@@ -767,7 +782,7 @@ impl SessionTask {
     ) -> (Result<CallReply, CallError>, bool) {
         if let Some(recorded) = key
             .as_ref()
-            .and_then(|key| self.calls.iter().find(|c| c.key == *key))
+            .and_then(|key| RecordedCall::find(&self.calls, key))
         {
             // A retry of a call that took effect: its reply, nothing applied.
             let reply = serde_json::from_str(&recorded.reply).unwrap_or(serde_json::Value::Null);
@@ -892,5 +907,26 @@ impl SessionTask {
             Ok(live) => self.live = live,
             Err(e) => warn!(session = %self.id, error = %e, "could not restore committed state"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A call's pauses double while its route stays the same, stop at the
+    // cap, and start over when the session moves.
+    #[test]
+    fn retries_back_off_on_an_unchanged_route_only() {
+        let mut backoff = RouteBackoff::default();
+        let at = |owner, epoch| (Some(owner), Epoch(epoch));
+        let ms = |n| Duration::from_millis(n);
+        let pauses: Vec<Duration> = (0..7).map(|_| backoff.pause(at(1, 5))).collect();
+        assert_eq!(
+            pauses,
+            [ms(2), ms(4), ms(8), ms(16), ms(32), ms(50), ms(50)]
+        );
+        assert_eq!(backoff.pause(at(2, 6)), ms(2), "moved: no wait");
+        assert_eq!(backoff.pause(at(2, 6)), ms(4));
     }
 }

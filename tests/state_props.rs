@@ -877,30 +877,36 @@ fn a_write_from_a_deleted_incarnation_is_fenced_from_the_new_one() {
     assert_eq!(session.state, StateJson("{\"incarnation\":2}".into()));
 }
 
-/// A write built on an older version is refused even under the current
-/// epoch: a late write from an earlier task of the same owner (its commit
-/// outcome was unknown, the task was replaced) cannot overwrite what the
-/// task after it committed.
-#[test]
-fn a_late_write_under_the_same_epoch_is_refused() {
+/// A table with node 1 and session `s0` on it, created with `state`; the
+/// session id and the time used.
+fn one_session_on_node_1(state: &str) -> (ClusterState, SessionId, DateTime<Utc>) {
     let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-    let mut state = ClusterState::default();
     let id = session_id(0);
-    let setup = [
+    let mut table = ClusterState::default();
+    for command in [
         Command::AddNode {
             id: 1,
             addr: "127.0.0.1:7001".into(),
         },
         Command::CreateSession {
             id: id.clone(),
-            kind: minos::model::SessionKind::new("kv").unwrap(),
-            state: StateJson("{}".into()),
+            kind: SessionKind::new("kv").unwrap(),
+            state: StateJson(state.into()),
             owner: Some(1),
         },
-    ];
-    for command in &setup {
-        state.apply_command(command, at).unwrap();
+    ] {
+        table.apply_command(&command, at).unwrap();
     }
+    (table, id, at)
+}
+
+/// A write built on an older version is refused even under the current
+/// epoch: a late write from an earlier task of the same owner (its commit
+/// outcome was unknown, the task was replaced) cannot overwrite what the
+/// task after it committed.
+#[test]
+fn a_late_write_under_the_same_epoch_is_refused() {
+    let (mut state, id, at) = one_session_on_node_1("{}");
     let epoch = state.sessions[&id].epoch;
     let write = |version: u64, text: &str| Command::UpdateState {
         id: id.clone(),
@@ -935,24 +941,7 @@ fn a_settle_fences_a_write_whose_outcome_was_unknown() {
     // up on it; the task settles on version 0 before answering anything.
     // Whichever lands first decides: the other is refused, and the state
     // the settle returns is the one the table keeps.
-    let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-    let id = session_id(0);
-    let setup = [
-        Command::AddNode {
-            id: 1,
-            addr: "127.0.0.1:7001".into(),
-        },
-        Command::CreateSession {
-            id: id.clone(),
-            kind: minos::model::SessionKind::new("kv").unwrap(),
-            state: StateJson("{\"n\":0}".into()),
-            owner: Some(1),
-        },
-    ];
-    let mut start = ClusterState::default();
-    for command in &setup {
-        start.apply_command(command, at).unwrap();
-    }
+    let (start, id, at) = one_session_on_node_1("{\"n\":0}");
     let epoch = start.sessions[&id].epoch;
     let write = Command::UpdateState {
         id: id.clone(),
