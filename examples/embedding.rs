@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use minos::auth::{ClusterSecret, Security, Tokens};
 use minos::{HandlerError, NodeBuilder, SessionContext, SessionHandler};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -60,11 +61,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         peers.insert(id, listener.local_addr()?.to_string());
         listeners.insert(id, listener);
     }
+    // Peers prove membership with a cluster secret; clients and operators
+    // with tokens. A real deployment reads both from files.
+    let security = Security::Enforced {
+        secret: ClusterSecret::parse(&minos::auth::generate_secret()?)?,
+        tokens: Tokens::parse(&format!("admin {}", minos::auth::generate_secret()?))?,
+    };
     let mut nodes = BTreeMap::new();
     for (id, listener) in listeners {
         let node = NodeBuilder::new(id, dir.path().join(format!("node{id}")))
             .listener(listener)
             .peers(peers.clone())
+            .security(security.clone())
             .handler("room", Room)
             .start()
             .await?;

@@ -8,6 +8,10 @@
 # MINOS_BIN         the minos binary (default: target/release/minos, built if missing)
 # MINOS_NODES       number of nodes (default 3)
 # Extra `minos serve` flags can be given in MINOS_SERVE_FLAGS.
+#
+# The first start writes credentials into MINOS_CLUSTER_DIR (mode 0600):
+# cluster.secret (peers), tokens (what the nodes accept), admin.token (what
+# the CLI sends by default) and client.token.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +21,11 @@ nodes="${MINOS_NODES:-3}"
 bin="${MINOS_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/minos}"
 
 die() { echo "cluster.sh: $*" >&2; exit 2; }
+label=node
+# shellcheck source=scripts/lib.sh
+source "$root/scripts/lib.sh"
+# The CLI finds the admin token here.
+export MINOS_CLUSTER_DIR="$dir"
 
 addr_of() { echo "127.0.0.1:$((base + $1))"; }
 
@@ -28,21 +37,10 @@ peers() {
 
 ensure_binary() {
   if [[ -z "${MINOS_BIN:-}" ]]; then
-    (cd "$root" && cargo build --release --quiet --bin minos) || die "build failed"
+    echo "building minos (cargo build --release; the first build takes a few minutes)"
+    (cd "$root" && cargo build --release --bin minos) || die "build failed"
   fi
   [[ -x "$bin" ]] || die "no minos binary at $bin"
-}
-
-pid_of() {
-  local file="$dir/node$1.pid"
-  [[ -f "$file" ]] || return 1
-  local pid; pid="$(cat "$file")"
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
-
-check_node() {
-  [[ "$1" =~ ^[0-9]+$ ]] && (( $1 >= 1 && $1 <= nodes )) || die "no node '$1' (nodes are 1..$nodes)"
 }
 
 start_node() {
@@ -51,7 +49,8 @@ start_node() {
   mkdir -p "$dir/node$n"
   # shellcheck disable=SC2086
   nohup "$bin" serve --id "$n" --listen "$(addr_of "$n")" --data-dir "$dir/node$n" \
-    --peers "$(peers)" ${MINOS_SERVE_FLAGS:-} >>"$dir/node$n.log" 2>&1 &
+    --peers "$(peers)" --cluster-secret-file "$dir/cluster.secret" --token-file "$dir/tokens" \
+    ${MINOS_SERVE_FLAGS:-} >>"$dir/node$n.log" 2>&1 &
   echo $! >"$dir/node$n.pid"
 }
 
@@ -79,16 +78,6 @@ await_healthy() {
   die "node $n not healthy within ${MINOS_START_TIMEOUT:-30}s (log: $dir/node$n.log)"
 }
 
-stop_node() {
-  local n="$1" pid
-  pid="$(pid_of "$n")" || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + 15))
-  while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$dir/node$n.pid"
-}
-
 status() {
   local n
   for n in $(seq 1 "$nodes"); do
@@ -106,12 +95,13 @@ cmd="${1:-}"; shift || true
 case "$cmd" in
   start)
     ensure_binary
-    mkdir -p "$dir"
+    ensure_credentials
     for n in $(seq 1 "$nodes"); do start_node "$n"; done
     await_leader
     for n in $(seq 1 "$nodes"); do await_healthy "$n"; done
     for n in $(seq 1 "$nodes"); do echo "node $n: $(addr_of "$n")"; done
     echo "cluster is up; export MINOS_ADDR=$(addr_of 1) to use the CLI"
+    echo "credentials: $dir/admin.token (the CLI reads it), $dir/client.token, $dir/cluster.secret"
     ;;
   stop)
     for n in $(seq 1 "$nodes"); do stop_node "$n" & done
@@ -131,7 +121,7 @@ case "$cmd" in
     echo "node $n: sent SIG${cmd^^}"
     ;;
   restart)
-    n="${1:-}"; check_node "$n"; ensure_binary
+    n="${1:-}"; check_node "$n"; ensure_binary; ensure_credentials
     stop_node "$n"; start_node "$n"; await_healthy "$n"
     echo "node $n: restarted at $(addr_of "$n")"
     ;;

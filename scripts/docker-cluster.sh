@@ -17,8 +17,12 @@
 # MINOS_RAFT_SUBNET, MINOS_CLIENT_SUBNET  first three octets of the two
 #                         private networks (defaults 10.231.7 and 10.231.8)
 # MINOS_STATIC_BIN        use this static binary instead of building one
+# MINOS_DOCKER_DIR        where the credentials are written on first start
+#                         (default .minos-docker): cluster.secret, tokens,
+#                         admin.token, client.token; mounted at /secrets
 #
-# Then: target/debug/minos chaos --backend docker --docker-project minos
+# Then: MINOS_ADDR=127.0.0.1:7201 MINOS_TOKEN_FILE=.minos-docker/admin.token minos cluster status
+#       target/debug/minos chaos --backend docker --docker-project minos
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +33,22 @@ export MINOS_PORT_1=$((base + 1)) MINOS_PORT_2=$((base + 2)) MINOS_PORT_3=$((bas
 target="x86_64-unknown-linux-gnu"
 
 die() { echo "docker-cluster.sh: $*" >&2; exit 2; }
+dir="${MINOS_DOCKER_DIR:-$root/.minos-docker}"
+nodes=3 label=node
+# shellcheck source=scripts/lib.sh
+source "$root/scripts/lib.sh"
+export MINOS_SECRETS_DIR="$dir" MINOS_DOCKER_DIR="$dir"
+
+# The containers run as uid 10001 and must read the credentials.
+docker_credentials() {
+  ensure_credentials
+  if [[ "$(id -u)" == 0 ]]; then
+    chown -R 10001:10001 "$dir"
+  else
+    echo "docker-cluster.sh: not root: making $dir readable by all (uid 10001 must read it)" >&2
+    chmod 755 "$dir"; chmod 644 "$dir"/*
+  fi
+}
 
 compose() { docker-compose -f "$root/docker-compose.yml" -p "$project" "$@"; }
 
@@ -48,7 +68,7 @@ build_image() {
   fi
   local context
   context="$(mktemp -d)"
-  mkdir -p "$context/rootfs"
+  mkdir -p "$context/rootfs/data"
   cp "$bin" "$context/rootfs/minos"
   docker build -q -f "$root/Dockerfile" -t "$MINOS_IMAGE" "$context" >/dev/null || {
     rm -rf "$context"; die "docker build failed"; }
@@ -84,6 +104,7 @@ case "${1:-}" in
     ;;
   start)
     build_image
+    docker_credentials
     compose up -d --no-build
     await_healthy
     for n in 1 2 3; do echo "node $n: 127.0.0.1:$((base + n)) (container ${project}_node${n}_1)"; done

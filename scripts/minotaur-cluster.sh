@@ -23,6 +23,9 @@ start_timeout="${MINOTAUR_START_TIMEOUT:-60}"
 nodes=3
 
 die() { echo "minotaur-cluster.sh: $*" >&2; exit 2; }
+label=server
+# shellcheck source=scripts/lib.sh
+source "$root/scripts/lib.sh"
 
 game_addr() { echo "127.0.0.1:$((game_base + $1))"; }
 minos_addr() { echo "127.0.0.1:$((minos_base + $1))"; }
@@ -40,24 +43,13 @@ build() {
   [[ -x "$bin" ]] || die "no server binary at $bin"
 }
 
-pid_of() {
-  local file="$dir/node$1.pid"
-  [[ -f "$file" ]] || return 1
-  local pid; pid="$(cat "$file")"
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
-
-check_node() {
-  [[ "$1" =~ ^[0-9]+$ ]] && (( $1 >= 1 && $1 <= nodes )) || die "no server '$1' (servers are 1..$nodes)"
-}
-
 start_node() {
   local n="$1"
   if pid_of "$n" >/dev/null; then echo "server $n already running"; return; fi
   mkdir -p "$dir/node$n"
   nohup "$bin" --id "$n" --listen "$(game_addr "$n")" --minos-listen "$(minos_addr "$n")" \
     --data-dir "$dir/node$n" --peers "$(peers)" --round-seconds "$round_seconds" \
+    --cluster-secret-file "$dir/cluster.secret" --token-file "$dir/tokens" \
     >>"$dir/node$n.log" 2>&1 &
   echo $! >"$dir/node$n.pid"
 }
@@ -72,18 +64,6 @@ await_healthy() {
     sleep 0.05
   done
   die "server $n not healthy within ${start_timeout}s (log: $dir/node$n.log)"
-}
-
-# Sends SIGTERM (graceful: the server hands its games over) and waits for
-# the process to exit, SIGKILL after 15 s.
-stop_node() {
-  local n="$1" pid
-  pid="$(pid_of "$n")" || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + 15))
-  while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$dir/node$n.pid"
 }
 
 status() {
@@ -101,7 +81,7 @@ cmd="${1:-}"; shift || true
 case "$cmd" in
   start)
     build
-    mkdir -p "$dir"
+    ensure_credentials
     for n in $(seq 1 "$nodes"); do start_node "$n"; done
     for n in $(seq 1 "$nodes"); do await_healthy "$n"; done
     status
@@ -125,7 +105,7 @@ case "$cmd" in
     echo "server $n: sent SIG${cmd^^}"
     ;;
   restart)
-    n="${1:-}"; check_node "$n"; build
+    n="${1:-}"; check_node "$n"; build; ensure_credentials
     stop_node "$n"; start_node "$n"; await_healthy "$n"
     echo "server $n: restarted (game http://$(game_addr "$n"), minos $(minos_addr "$n"))"
     ;;

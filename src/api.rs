@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,16 +24,18 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Role;
 use crate::error::Error;
 use crate::lease::LeaseRequest;
 use crate::model::{
     CallKey, Command, NodeId, NodeStatus, Rejection, Session, SessionId, SessionKind,
 };
 use crate::node::{Core, JoinRequest};
-use crate::raft::{TypeConfig, WriteError};
+use crate::raft::WriteError;
 use crate::runtime::CallError;
 use crate::scheduler::{DrainRequest, HandoffReport, ReleaseRequest};
 use crate::state::SessionStatus;
+use crate::wire::TypeConfig;
 
 type AppState = Arc<Core>;
 
@@ -195,9 +198,25 @@ fn session_view(session: &Session, status: SessionStatus) -> SessionView {
     }
 }
 
-/// The routers of one node.
+/// Largest JSON body of an internal request (leases, releases, joins and
+/// the leader's operations); a forwarded call is bounded like a public
+/// call body, Raft traffic by [`raft_body_limit`].
+const INTERNAL_JSON_LIMIT: usize = 64 * 1024;
+/// Longest a request may take before it is answered 408 (the call timeout
+/// ceiling plus slack). The presence stream is exempt: it never ends.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
+/// Longest wait a caller may ask of a call (`timeout_ms`).
+pub const MAX_CALL_TIMEOUT_MS: u64 = 60_000;
+
+/// The routers of one node: health probes (open), the public API (bearer
+/// token with the role [`needed_role`] names), the internal routes (cluster
+/// secret, checked before a body is read), each with its own body limit.
 pub(crate) fn router(core: Arc<Core>) -> Router {
-    let body_limit = core.limits.max_state_bytes + 64 * 1024;
+    let public_limit = core.limits.max_state_bytes + 64 * 1024;
+    let open = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/health/ready", get(health))
+        .route("/v1/health/live", get(live));
     let public = Router::new()
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/:id", get(get_session).delete(delete_session))
@@ -206,27 +225,134 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route("/v1/cluster/rebalance", post(rebalance))
         .route("/v1/nodes/:id/drain", post(drain_node))
         .route("/v1/nodes/:id", axum::routing::delete(remove_node))
-        .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") });
-    let internal = Router::new()
+        .route_layer(middleware::from_fn_with_state(core.clone(), authorize))
+        .layer(DefaultBodyLimit::max(public_limit));
+    let raft = Router::new()
         .route("/internal/raft/append", post(raft_append))
         .route("/internal/raft/vote", post(raft_vote))
         .route("/internal/raft/snapshot", post(raft_snapshot))
         .route("/internal/propose", post(propose_forwarded))
+        .layer(DefaultBodyLimit::max(raft_body_limit(&core)));
+    let internal = Router::new()
         .route("/internal/read_index", post(read_index))
         .route("/internal/lease", post(lease))
-        .route("/internal/presence", get(presence))
-        .route("/internal/call/:id", post(call_local))
         .route("/internal/release", post(release))
         .route("/internal/join", post(join))
+        .route("/internal/whoami", post(whoami))
         .route("/internal/leader/drain", post(leader_drain))
         .route("/internal/leader/rebalance", post(leader_rebalance))
-        .route("/internal/leader/remove", post(leader_remove));
-    public
-        .merge(internal)
-        .layer(DefaultBodyLimit::max(body_limit.max(64 * 1024 * 1024)))
+        .route("/internal/leader/remove", post(leader_remove))
+        .layer(DefaultBodyLimit::max(INTERNAL_JSON_LIMIT))
+        .merge(raft)
+        .merge(
+            Router::new()
+                .route("/internal/call/:id", post(call_local))
+                .layer(DefaultBodyLimit::max(public_limit)),
+        );
+    let timed = open
+        .merge(public)
+        .merge(internal.route_layer(middleware::from_fn_with_state(core.clone(), peer_only)))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ));
+    let presence = Router::new()
+        .route("/internal/presence", get(presence))
+        .route_layer(middleware::from_fn_with_state(core.clone(), peer_only));
+    timed
+        .merge(presence)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .with_state(core)
+}
+
+/// An AppendEntries or a forwarded batch holds many commands, each with a
+/// state of up to the state limit. A limit below a real batch would stall
+/// replication for good, so it is generous (only peers that presented the
+/// cluster secret get this far).
+fn raft_body_limit(core: &Core) -> usize {
+    ((core.limits.max_state_bytes + 64 * 1024) * 64).max(64 * 1024 * 1024)
+}
+
+/// The role a public route needs; `None` for none. Anything not listed
+/// needs `admin`, so a new route is closed until it is listed here.
+pub fn needed_role(method: &Method, route: &str) -> Option<Role> {
+    match (method.as_str(), route) {
+        (_, "/v1/health" | "/v1/health/ready" | "/v1/health/live") => None,
+        ("GET", "/v1/sessions" | "/v1/sessions/:id" | "/v1/cluster")
+        | ("POST", "/v1/sessions" | "/v1/sessions/:id/call") => Some(Role::Client),
+        _ => Some(Role::Admin),
+    }
+}
+
+async fn authorize(
+    State(core): State<AppState>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = matched.as_ref().map_or("", |m| m.as_str());
+    let Some(needed) = needed_role(request.method(), route) else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match core.security.role_of(presented) {
+        Ok(role) if role.allows(needed) => next.run(request).await,
+        Ok(role) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this route needs the {needed:?} role; the token has {role:?}").to_lowercase(),
+        )
+        .into_response(),
+        Err(reason) => {
+            let mut response =
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+async fn peer_only(State(core): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(crate::auth::PEER_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if core.security.peer_allowed(presented) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "internal routes need the cluster secret",
+        )
+        .into_response()
+    }
+}
+
+/// Refuses a JSON POST whose body is not declared JSON (a browser form or
+/// `text/plain` request from another origin).
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match declared.as_deref() {
+        Some("application/json") => Ok(()),
+        Some(other) if other.starts_with("application/") && other.ends_with("+json") => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON, sent with Content-Type: application/json",
+        )),
+    }
 }
 
 // ---- public API ----
@@ -241,8 +367,10 @@ struct CreateRequest {
 
 async fn create_session(
     State(core): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    require_json(&headers)?;
     let bytes = body.map_err(body_error)?;
     if bytes.len() > core.limits.max_state_bytes + 64 * 1024 {
         return Err(ApiError::new(
@@ -398,13 +526,25 @@ async fn call_session(
         ),
     };
     let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let timeout = Duration::from_millis(query.timeout_ms.unwrap_or(5000).clamp(1, 600_000));
-    let msg: serde_json::Value = parse_json(body)?;
-    let known = core.view.read(|a| a.state.sessions.contains_key(&id));
-    if !known {
+    let timeout_ms = query.timeout_ms.unwrap_or(5000);
+    if !(1..=MAX_CALL_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("timeout_ms must be 1..={MAX_CALL_TIMEOUT_MS}"),
+        ));
+    }
+    let timeout = Duration::from_millis(timeout_ms);
+    require_json(&headers)?;
+    // The session is looked up before its message is parsed: a large body
+    // to a session that does not exist costs no parsing.
+    if !core.view.read(|a| a.state.sessions.contains_key(&id)) {
         // It may have been created a moment ago through another node.
         barrier(&core).await?;
+        if !core.view.read(|a| a.state.sessions.contains_key(&id)) {
+            return Err(CallError::NotFound(id).into());
+        }
     }
+    let msg: serde_json::Value = parse_json(body)?;
     Ok(Json(core.runtime.call(&id, msg, timeout, key).await?))
 }
 
@@ -545,6 +685,16 @@ async fn remove_node(
     Ok(Json(serde_json::json!({"removed": id})))
 }
 
+/// Liveness: the process serves HTTP.
+async fn live(State(core): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"node": core.me, "live": true}))
+}
+
+/// Readiness (`/v1/health`, `/v1/health/ready`): 200 only while writes and
+/// reads through this node can succeed: it holds a valid lease (granted by
+/// a leader that heard a quorum recently, and applied up to the grant), it
+/// knows a leader that is a member, and, when it leads, a quorum
+/// acknowledged it within the quorum window.
 async fn health(State(core): State<AppState>) -> Response {
     let (leader, state) = {
         let metrics = core.raft.metrics();
@@ -554,15 +704,20 @@ async fn health(State(core): State<AppState>) -> Response {
     let lease = *core.lease.borrow();
     let applied = core.view.applied_index();
     let caught_up = applied >= lease.required_applied && lease.valid_until.is_some();
+    let lease_valid = lease.is_valid(tokio::time::Instant::now(), applied);
+    let voters = crate::raft::voters(&core.raft);
+    let leader_is_member = leader.is_some_and(|l| voters.contains(&l));
     // A leader cut off from its quorum still names itself leader (openraft
-    // does not step down); it can neither write nor read, so it is not healthy.
-    // Same rule as the lease grant.
-    let quorum = state != ServerState::Leader || {
-        let voters = crate::raft::voters(&core.raft);
+    // does not step down); it can neither write nor read. Same rule as the
+    // lease grant. Elsewhere a valid lease is the proof: only a leader that
+    // heard a quorum recently grants one.
+    let quorum = if state == ServerState::Leader {
         core.transport
             .clock
             .quorum_acked_at(core.me, &voters)
             .is_some_and(|at| at.elapsed() <= core.timing.quorum_window)
+    } else {
+        lease_valid
     };
     let body = serde_json::json!({
         "node": core.me,
@@ -571,9 +726,9 @@ async fn health(State(core): State<AppState>) -> Response {
         "applied_index": applied,
         "caught_up": caught_up,
         "quorum": quorum,
-        "lease_valid": lease.is_valid(tokio::time::Instant::now(), applied),
+        "lease_valid": lease_valid,
     });
-    if leader.is_some() && caught_up && quorum {
+    if leader_is_member && caught_up && quorum && lease_valid {
         (StatusCode::OK, Json(body)).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
@@ -669,25 +824,76 @@ fn from_bin<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response
     })
 }
 
-async fn raft_append(State(core): State<AppState>, body: Bytes) -> Response {
-    match from_bin::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(request) => bin(&core.raft.append_entries(request).await),
-        Err(response) => *response,
+/// Terms above this are refused: openraft computes `term + 1` when it
+/// elects, and a term near `u64::MAX` would overflow it (and be saved).
+pub const MAX_TERM: u64 = u64::MAX / 2;
+
+/// Refuses a Raft RPC that even an authenticated peer must not send: one
+/// from a node outside the membership this node knows (unless it knows
+/// none yet: a joining node), or with a term that could overflow, or
+/// carrying entries of a term above the sender's.
+fn check_raft_rpc(
+    core: &Core,
+    vote: &openraft::Vote<NodeId>,
+    entry_terms: impl Iterator<Item = u64>,
+) -> Result<(), ApiError> {
+    let refuse = |message: String| Err(ApiError::new(StatusCode::FORBIDDEN, "refused", message));
+    let term = vote.leader_id.term;
+    if term > MAX_TERM {
+        return refuse(format!("term {term} is out of range"));
     }
+    if let Some(bad) = entry_terms.into_iter().find(|t| *t > term) {
+        return refuse(format!(
+            "an entry of term {bad} from a sender at term {term}"
+        ));
+    }
+    let Some(sender) = vote.leader_id.voted_for() else {
+        return refuse("the vote names no node".into());
+    };
+    let metrics = core.raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    let knows_members = membership.voter_ids().next().is_some();
+    if knows_members && membership.get_node(&sender).is_none() {
+        return refuse(format!("node {sender} is not a member"));
+    }
+    Ok(())
+}
+
+async fn raft_append(State(core): State<AppState>, body: Bytes) -> Response {
+    let request = match from_bin::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let terms = request.entries.iter().map(|e| e.log_id.leader_id.term);
+    if let Err(refused) = check_raft_rpc(&core, &request.vote, terms) {
+        return refused.into_response();
+    }
+    bin(&core.raft.append_entries(request).await)
 }
 
 async fn raft_vote(State(core): State<AppState>, body: Bytes) -> Response {
-    match from_bin::<VoteRequest<NodeId>>(&body) {
-        Ok(request) => bin(&core.raft.vote(request).await),
-        Err(response) => *response,
+    let request = match from_bin::<VoteRequest<NodeId>>(&body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let terms = request.last_log_id.iter().map(|l| l.leader_id.term);
+    if let Err(refused) = check_raft_rpc(&core, &request.vote, terms) {
+        return refused.into_response();
     }
+    bin(&core.raft.vote(request).await)
 }
 
 async fn raft_snapshot(State(core): State<AppState>, body: Bytes) -> Response {
-    match from_bin::<InstallSnapshotRequest<TypeConfig>>(&body) {
-        Ok(request) => bin(&core.raft.install_snapshot(request).await),
-        Err(response) => *response,
+    let request = match from_bin::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let terms = request.meta.last_log_id.iter().map(|l| l.leader_id.term);
+    if let Err(refused) = check_raft_rpc(&core, &request.vote, terms) {
+        return refused.into_response();
     }
+    bin(&core.raft.install_snapshot(request).await)
 }
 
 async fn propose_forwarded(State(core): State<AppState>, body: Bytes) -> Response {
@@ -750,12 +956,41 @@ async fn call_local(
     Json(answer).into_response()
 }
 
+/// A leader's request to let go of sessions. A request from anyone but the
+/// leader this node follows (or from an older term) is refused; releasing
+/// "all" holds the sessions this node owns now, with the same expiry as any
+/// hold, so a release whose moves never come cannot stop a node for good.
 async fn release(
     State(core): State<AppState>,
     Json(request): Json<ReleaseRequest>,
-) -> Json<serde_json::Value> {
-    core.runtime.release(request.sessions.as_deref()).await;
-    Json(serde_json::json!({"released": true}))
+) -> Json<Result<(), String>> {
+    let (leader, term) = {
+        let metrics = core.raft.metrics();
+        let m = metrics.borrow();
+        (m.current_leader, m.current_term)
+    };
+    if request.term < term || leader.is_some_and(|l| l != request.from) {
+        return Json(Err(format!(
+            "release refused: node {} at term {} is not this node's leader (leader {leader:?}, term {term})",
+            request.from, request.term
+        )));
+    }
+    let sessions = match request.sessions {
+        Some(ids) => ids,
+        None => core.view.read(|a| {
+            a.state
+                .sessions_owned_by(core.me)
+                .map(|s| s.id.clone())
+                .collect()
+        }),
+    };
+    core.runtime.release(Some(&sessions)).await;
+    Json(Ok(()))
+}
+
+/// Proves to a leader admitting this node that it answers at its address.
+async fn whoami(State(core): State<AppState>) -> Json<NodeId> {
+    Json(core.me)
 }
 
 async fn join(

@@ -105,10 +105,20 @@ pub struct NewSession {
 }
 
 /// Client of one node's HTTP API (any node accepts any request).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     addr: String,
     http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Client {
@@ -125,7 +135,22 @@ impl Client {
             .tcp_nodelay(true)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Self { addr, http }
+        Self {
+            addr,
+            http,
+            token: None,
+        }
+    }
+
+    /// The same client, sending `token` as `Authorization: Bearer`.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// The node address this client talks to.
@@ -141,6 +166,10 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request
             .send()
             .await

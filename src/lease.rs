@@ -165,6 +165,9 @@ pub fn grant(core: &Core, request: &LeaseRequest) -> LeaseAnswer {
     if core.liveness.with(|inner| inner.term) != term {
         return refuse("leader is still taking office");
     }
+    if core.node_addr(request.node).is_none() {
+        return refuse("not a member of the cluster");
+    }
     let status = core.view.read(|applied| {
         applied
             .state

@@ -47,6 +47,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod chaos;
 pub mod client;
@@ -62,10 +63,12 @@ pub mod placement;
 pub(crate) mod raft;
 pub mod runtime;
 pub(crate) mod scheduler;
+pub(crate) mod serve;
 pub mod sessions;
 pub mod state;
 pub(crate) mod store;
 pub mod testkit;
+pub mod wire;
 
 pub use client::Client;
 pub use config::{Limits, Timing};

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use minos::auth::{ClusterSecret, Security, Tokens};
 use minos::client::{Client, ClientError, NewSession};
 use minos::config::{Limits, Timing};
 use minos::model::NodeId;
@@ -27,6 +28,10 @@ struct Cli {
         default_value = "127.0.0.1:7101"
     )]
     addr: String,
+    /// API token (default: MINOS_TOKEN_FILE, else admin.token in
+    /// MINOS_CLUSTER_DIR or ./.minos-cluster, as scripts/cluster.sh writes it).
+    #[arg(long, global = true, env = "MINOS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +81,21 @@ struct ServeArgs {
     /// Join a running cluster through this member's address.
     #[arg(long, env = "MINOS_JOIN")]
     join: Option<String>,
+    /// File with the cluster secret every peer request carries (one secret
+    /// a line: the first is sent, all are accepted, for rotation).
+    #[arg(
+        long,
+        env = "MINOS_CLUSTER_SECRET_FILE",
+        required_unless_present = "insecure"
+    )]
+    cluster_secret_file: Option<PathBuf>,
+    /// File with the API tokens, one `ROLE TOKEN` a line (roles: admin, client).
+    #[arg(long, env = "MINOS_TOKEN_FILE", required_unless_present = "insecure")]
+    token_file: Option<PathBuf>,
+    /// No authentication at all, for experiments: anyone who reaches the
+    /// port can change the cluster.
+    #[arg(long, env = "MINOS_INSECURE", conflicts_with_all = ["cluster_secret_file", "token_file"])]
+    insecure: bool,
     /// Raft heartbeat interval.
     #[arg(long, env = "MINOS_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
@@ -257,9 +277,30 @@ fn timing(args: &ServeArgs) -> Result<Timing, Failure> {
     Ok(timing)
 }
 
+fn security(args: &ServeArgs) -> Result<Security, Failure> {
+    if args.insecure {
+        eprintln!("minos: WARNING: --insecure: no authentication; anyone who reaches this node can change the cluster");
+        return Ok(Security::Insecure);
+    }
+    let (Some(secret), Some(tokens)) = (&args.cluster_secret_file, &args.token_file) else {
+        return Err(usage(
+            "give --cluster-secret-file and --token-file, or --insecure",
+        ));
+    };
+    Ok(Security::Enforced {
+        secret: ClusterSecret::from_file(secret).map_err(|e| usage(e.to_string()))?,
+        tokens: Tokens::from_file(tokens).map_err(|e| usage(e.to_string()))?,
+    })
+}
+
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let timing = timing(&args)?;
+    let security = security(&args)?;
+    // Files this process creates (sled's among them) are its own.
+    // SAFETY: umask(2) only sets the process's file mode mask.
+    unsafe { libc::umask(0o077) };
     let mut builder = NodeBuilder::new(args.id, &args.data_dir)
+        .security(security)
         .listen(&args.listen)
         .timing(timing)
         .limits(Limits {
@@ -326,8 +367,43 @@ fn print_cluster_table(view: &minos::api::ClusterView) {
     }
 }
 
+/// The CLI's token: `--token`/`MINOS_TOKEN`, else the file named by
+/// `MINOS_TOKEN_FILE`, else `admin.token` where scripts/cluster.sh writes it
+/// (`MINOS_CLUSTER_DIR`, or `.minos-cluster` in the working directory).
+fn cli_token(flag: Option<String>) -> Result<Option<String>, Failure> {
+    if let Some(token) = flag {
+        return Ok(Some(token));
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| {
+                usage(format!(
+                    "cannot read the token file {}: {e}",
+                    path.display()
+                ))
+            })
+    };
+    if let Some(file) = std::env::var_os("MINOS_TOKEN_FILE") {
+        return read(std::path::Path::new(&file)).map(Some);
+    }
+    let dir = std::env::var_os("MINOS_CLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".minos-cluster"));
+    let default = dir.join("admin.token");
+    if default.is_file() {
+        return read(&default).map(Some);
+    }
+    Ok(None)
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let client = Client::new(cli.addr.clone());
+    let mut client = Client::new(cli.addr.clone());
+    if !matches!(cli.command, Command::Serve(_)) {
+        if let Some(token) = cli_token(cli.token.clone())? {
+            client = client.with_token(token);
+        }
+    }
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Session(command) => match command {

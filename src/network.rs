@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::model::{Command, CommandResult, NodeId, SessionId};
-use crate::raft::TypeConfig;
+use crate::wire::TypeConfig;
 
 /// Faults injected by tests: peers this node must not reach (in-process
 /// partitions), and a write held back so that its outcome is unknown to its
@@ -207,6 +207,8 @@ pub struct Transport {
     pub faults: Faults,
     /// AppendEntries acknowledgements per peer.
     pub clock: PeerClock,
+    /// The cluster secret sent on every request (`None`: insecure mode).
+    secret: Option<Arc<str>>,
 }
 
 /// An internal call failed.
@@ -228,8 +230,9 @@ impl InternalError {
 }
 
 impl Transport {
-    /// A transport with a fresh pooled client.
-    pub fn new(faults: Faults) -> Self {
+    /// A transport with a fresh pooled client, sending `secret` (the
+    /// cluster secret) on every request.
+    pub fn new(faults: Faults, secret: Option<String>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
@@ -247,7 +250,23 @@ impl Transport {
             fresh,
             faults,
             clock: PeerClock::default(),
+            secret: secret.map(Arc::from),
         }
+    }
+
+    fn authenticated(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.secret {
+            Some(secret) => request.header(crate::auth::PEER_SECRET_HEADER, &**secret),
+            None => request,
+        }
+    }
+
+    /// Opens the never-ending presence stream of the node at `addr`.
+    pub async fn presence(&self, addr: &str) -> Result<reqwest::Response, reqwest::Error> {
+        self.authenticated(self.http.get(format!("http://{addr}/internal/presence")))
+            .send()
+            .await?
+            .error_for_status()
     }
 
     /// POSTs a bincode body to `http://{addr}{path}` and decodes a bincode answer.
@@ -340,7 +359,9 @@ impl Transport {
                 "partitioned (injected)".into(),
             ));
         }
-        let request = build(client.post(format!("http://{addr}{path}")).timeout(timeout));
+        let request = self.authenticated(build(
+            client.post(format!("http://{addr}{path}")).timeout(timeout),
+        ));
         let response = request.send().await.map_err(|e| classify(addr, e))?;
         let status = response.status();
         let bytes = response

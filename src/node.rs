@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::auth::{Role, Security};
 use crate::config::{Limits, Timing};
 use crate::handler::Registry;
 use crate::lease::{Lease, Liveness};
@@ -29,6 +30,7 @@ use crate::model::NodeId;
 use crate::network::{Faults, Network, Transport};
 use crate::raft::{raft_config, MinosRaft, Proposer, WritePath};
 use crate::runtime::{Runtime, TaskEnv};
+pub use crate::serve::ConnLimits;
 use crate::store::{self, Identity, StateView};
 
 /// Why a node could not start.
@@ -75,6 +77,8 @@ pub struct NodeBuilder {
     limits: Limits,
     registry: Registry,
     faults: Faults,
+    security: Option<Security>,
+    conn_limits: ConnLimits,
 }
 
 impl NodeBuilder {
@@ -91,6 +95,8 @@ impl NodeBuilder {
             limits: Limits::default(),
             registry: Registry::with_builtin_kinds(),
             faults: Faults::default(),
+            security: None,
+            conn_limits: ConnLimits::default(),
         }
     }
 
@@ -148,6 +154,27 @@ impl NodeBuilder {
         self
     }
 
+    /// Credentials: the cluster secret peers present, and the tokens of
+    /// clients and operators. A node starts only with credentials or with
+    /// [`NodeBuilder::insecure`].
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = Some(security);
+        self
+    }
+
+    /// No authentication at all: any process that reaches the port may
+    /// change the cluster. For experiments only; logged loudly.
+    pub fn insecure(mut self) -> Self {
+        self.security = Some(Security::Insecure);
+        self
+    }
+
+    /// Connection limits of the HTTP listener.
+    pub fn connection_limits(mut self, limits: ConnLimits) -> Self {
+        self.conn_limits = limits;
+        self
+    }
+
     /// Fault switches shared with a test harness.
     pub(crate) fn faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
@@ -171,6 +198,7 @@ pub(crate) struct Core {
     pub(crate) timing: Timing,
     pub(crate) limits: Limits,
     pub(crate) registry: Registry,
+    pub(crate) security: Arc<Security>,
     pub(crate) lease: watch::Receiver<Lease>,
     pub(crate) liveness: Liveness,
     pub(crate) runtime: Arc<Runtime>,
@@ -342,6 +370,19 @@ fn peers_cluster_name(peers: &BTreeMap<NodeId, String>) -> String {
 impl Node {
     async fn start(builder: NodeBuilder) -> Result<Node, StartError> {
         builder.timing.validate().map_err(StartError::Config)?;
+        let security = Arc::new(builder.security.clone().ok_or_else(|| {
+            StartError::Config(
+                "no credentials: give a cluster secret and tokens (minos serve: \
+                 --cluster-secret-file and --token-file), or choose --insecure"
+                    .into(),
+            )
+        })?);
+        if matches!(*security, Security::Insecure) {
+            warn!(
+                node = builder.id,
+                "INSECURE: no authentication; anyone who reaches this node's port can change the cluster"
+            );
+        }
         let me = builder.id;
         let membership = builder
             .membership
@@ -386,6 +427,7 @@ impl Node {
         let dir = builder.data_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", dir.display())))?;
+        store::restrict_permissions(&dir).map_err(StartError::Storage)?;
         // The identity lives in a plain file, checked before sled is opened,
         // so a refused start touches nothing.
         let stored = store::read_identity(&dir).map_err(StartError::Storage)?;
@@ -428,7 +470,10 @@ impl Node {
         let (log_store, sm_store) =
             store::open_stores(&db).map_err(|e| StartError::Storage(e.to_string()))?;
         let view = sm_store.view();
-        let transport = Transport::new(builder.faults.clone());
+        let transport = Transport::new(
+            builder.faults.clone(),
+            security.peer_secret().map(String::from),
+        );
         let config = Arc::new(raft_config(&builder.timing).map_err(StartError::Config)?);
         let raft = MinosRaft::new(
             me,
@@ -478,6 +523,7 @@ impl Node {
             timing: builder.timing.clone(),
             limits: builder.limits.clone(),
             registry: builder.registry.clone(),
+            security,
             lease: lease_rx,
             liveness: Liveness::default(),
             runtime: runtime.clone(),
@@ -490,15 +536,12 @@ impl Node {
         });
 
         let app = crate::api::router(core.clone());
-        let mut server_shutdown = shutdown_rx.clone();
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = server_shutdown.wait_for(|stop| *stop).await;
-            });
-            if let Err(e) = serve.await {
-                warn!(error = %e, "HTTP server stopped");
-            }
-        });
+        let server = tokio::spawn(crate::serve::serve(
+            listener,
+            app,
+            builder.conn_limits,
+            shutdown_rx.clone(),
+        ));
 
         let mut node = Node {
             core: core.clone(),
@@ -558,6 +601,8 @@ impl Node {
             (Membership::Join(_), None) => {}
         }
         drop(db);
+        // sled creates its files with the process umask: close them to others.
+        store::restrict_permissions(&dir).map_err(StartError::Storage)?;
 
         node.tasks.push(tokio::spawn(crate::lease::keep_lease(
             core.clone(),
@@ -621,9 +666,17 @@ impl Node {
         Ok(crate::sessions::Sessions::new(self.core.clone(), kind))
     }
 
-    /// A client of this node's HTTP API.
+    /// A client of this node's HTTP API, with this node's first admin
+    /// token (if it has one).
     pub fn client(&self) -> crate::client::Client {
-        crate::client::Client::new(self.addr.to_string())
+        let client = crate::client::Client::new(self.addr.to_string());
+        match &*self.core.security {
+            Security::Enforced { tokens, .. } => match tokens.first(Role::Admin) {
+                Some(token) => client.with_token(token),
+                None => client,
+            },
+            Security::Insecure => client,
+        }
     }
 
     /// Sessions running on this node right now.
@@ -727,6 +780,43 @@ async fn join_cluster(
 /// voter. Retries while another membership change is in progress.
 pub(crate) async fn admit(core: &Core, request: &JoinRequest) -> Result<JoinAnswer, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    if request.id == 0 {
+        return Err("node ids start at 1".into());
+    }
+    if crate::raft::voters(&core.raft).contains(&request.id)
+        && core.node_addr(request.id).as_deref() != Some(request.addr.as_str())
+    {
+        return Err(format!(
+            "node {} is already a voter at another address",
+            request.id
+        ));
+    }
+    // The new node must answer, with the cluster secret, at the address it
+    // gives, as the node it claims to be.
+    let answered: Result<NodeId, _> = core
+        .transport
+        .post_json(
+            request.id,
+            &request.addr,
+            "/internal/whoami",
+            &(),
+            Duration::from_secs(5),
+        )
+        .await;
+    match answered {
+        Ok(id) if id == request.id => {}
+        Ok(id) => {
+            return Err(format!(
+                "{} answers as node {id}, not node {}",
+                request.addr, request.id
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "the joining node does not answer at its address: {e}"
+            ))
+        }
+    }
     let node = BasicNode {
         addr: request.addr.clone(),
     };

@@ -8,13 +8,12 @@
 //! request. Only the leader resolves placement for new sessions.
 
 use std::collections::BTreeSet;
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Raft};
+use openraft::Raft;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
@@ -25,17 +24,7 @@ use crate::network::Transport;
 use crate::placement;
 use crate::store::StateView;
 
-openraft::declare_raft_types!(
-    /// minos's openraft type configuration.
-    pub TypeConfig:
-        D = Proposal,
-        R = Vec<CommandResult>,
-        NodeId = NodeId,
-        Node = BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
-);
+pub use crate::wire::TypeConfig;
 
 /// The Raft handle type.
 pub type MinosRaft = Raft<TypeConfig>;

@@ -222,13 +222,7 @@ async fn presence_lost(core: &Core, node: NodeId, addr: &str) -> bool {
     if core.transport.faults.is_blocked(node) {
         return false;
     }
-    if let Ok(mut response) = core
-        .transport
-        .http
-        .get(format!("http://{addr}/internal/presence"))
-        .send()
-        .await
-    {
+    if let Ok(mut response) = core.transport.presence(addr).await {
         while let Ok(Some(_)) = response.chunk().await {
             if core.transport.faults.is_blocked(node) {
                 return false;
@@ -366,31 +360,41 @@ pub struct HandoffReport {
 }
 
 /// A node lets go of sessions: it stops their tasks (finishing the call in
-/// hand) and holds them until the move is committed.
+/// hand) and holds them until the move is committed or the hold expires.
+/// Only the leader of `term` may ask.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReleaseRequest {
-    /// Sessions to release; `None` releases all (drain).
+    /// The asking leader.
+    pub from: NodeId,
+    /// Its term.
+    pub term: u64,
+    /// Sessions to release; `None` releases all the node owns (drain).
     pub sessions: Option<Vec<SessionId>>,
 }
 
-async fn release_on(core: &Core, node: NodeId, request: &ReleaseRequest) -> bool {
+async fn release_on(core: &Core, node: NodeId, sessions: Option<Vec<SessionId>>) -> bool {
     if node == core.me {
-        core.runtime.release(request.sessions.as_deref()).await;
+        core.runtime.release(sessions.as_deref()).await;
         return true;
     }
     let Some(addr) = core.node_addr(node) else {
         return false;
     };
+    let request = ReleaseRequest {
+        from: core.me,
+        term: core.raft.metrics().borrow().current_term,
+        sessions,
+    };
     core.transport
-        .post_json::<_, serde_json::Value>(
+        .post_json::<_, Result<(), String>>(
             node,
             &addr,
             "/internal/release",
-            request,
+            &request,
             core.timing.write_timeout,
         )
         .await
-        .is_ok()
+        .is_ok_and(|answer| answer.is_ok())
 }
 
 /// Leader: drains `node` (marks it Draining, has it stop its sessions, then
@@ -435,7 +439,7 @@ pub async fn drain(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    if !release_on(core, node, &ReleaseRequest { sessions: None }).await {
+    if !release_on(core, node, None).await {
         let owned = core.view.read(|a| a.state.sessions_owned_by(node).count());
         return Ok(HandoffReport {
             moved: 0,
@@ -466,14 +470,7 @@ pub async fn rebalance(core: &Core) -> Result<HandoffReport, String> {
             None => true,
             Some(node) => {
                 let ids = steps.iter().map(|m| m.id.clone()).collect();
-                release_on(
-                    core,
-                    node,
-                    &ReleaseRequest {
-                        sessions: Some(ids),
-                    },
-                )
-                .await
+                release_on(core, node, Some(ids)).await
             }
         };
         if released {

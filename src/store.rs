@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::model::{CommandResult, NodeId};
-use crate::raft::TypeConfig;
 use crate::state::ClusterState;
+use crate::wire::TypeConfig;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -73,7 +73,33 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
 
 const IDENTITY_FILE: &str = "identity.json";
 
-/// Reads the identity file of a data directory, if any.
+/// Closes a data directory to other users: the directory and its
+/// subdirectories 0700, every file in them 0600 (sled and the identity file
+/// are created with the process umask).
+pub fn restrict_permissions(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{}: cannot restrict permissions: {e}", path.display()))
+    };
+    set(dir, 0o700)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if kind.is_dir() {
+            restrict_permissions(&path)?;
+        } else if kind.is_file() {
+            set(&path, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the identity file of a data directory, if there is one.
 pub fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read(&path) {

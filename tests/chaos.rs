@@ -220,6 +220,9 @@ async fn docker_partitions_keep_every_promise() {
     remove_stale_test_clusters().await;
     let ports = minos::testkit::process::free_ports(3).expect("free ports");
     let project = format!("minoschaos{}", std::process::id());
+    let credentials = minos::testkit::Credentials::generate().expect("credentials");
+    let secrets = tempfile::tempdir().expect("secrets dir");
+    docker::write_secrets(secrets.path(), &credentials).expect("secrets");
     let mut cluster = ComposeCluster::up(ComposeOptions {
         compose_file: root.join("docker-compose.yml"),
         project: project.clone(),
@@ -227,12 +230,17 @@ async fn docker_partitions_keep_every_promise() {
         raft_subnet: "10.231.17".into(),
         client_subnet: "10.231.18".into(),
         ports: [ports[0], ports[1], ports[2]],
+        secrets_dir: secrets.path().to_path_buf(),
     })
     .await
     .expect("docker-compose up");
-    let mut backend = DockerBackend::attach(DockerOptions { project, nodes: 3 })
-        .await
-        .expect("attach to the compose cluster");
+    let mut backend = DockerBackend::attach(DockerOptions {
+        project,
+        nodes: 3,
+        token: Some(credentials.client_token.clone()),
+    })
+    .await
+    .expect("attach to the compose cluster");
     let config = config(seed(4), 60, "all");
     eprintln!("--- docker chaos, seed {}", config.seed);
     let report = run_with(&mut backend, &config).await;

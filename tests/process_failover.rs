@@ -685,7 +685,13 @@ async fn probe_owners(
 }
 
 async fn metric(client: &Client, name: &str) -> Result<f64, String> {
-    let text = reqwest::get(format!("http://{}/metrics", client.addr()))
+    let request = reqwest::Client::new().get(format!("http://{}/metrics", client.addr()));
+    let request = match client.token() {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    };
+    let text = request
+        .send()
         .await
         .map_err(|e| e.to_string())?
         .text()

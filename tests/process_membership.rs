@@ -27,6 +27,10 @@ async fn a_fourth_node_joins_takes_sessions_and_is_removed() -> Result<(), Strin
         .args(["serve", "--id", "4", "--listen", &addr, "--data-dir"])
         .arg(&data)
         .args(["--join", &cluster.addr(1)])
+        .arg("--cluster-secret-file")
+        .arg(cluster.dir().join("cluster.secret"))
+        .arg("--token-file")
+        .arg(cluster.dir().join("tokens"))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -43,7 +47,7 @@ async fn a_fourth_node_joins_takes_sessions_and_is_removed() -> Result<(), Strin
                 .then_some(())
         })
         .await?;
-        let node4 = minos::Client::new(addr.clone());
+        let node4 = minos::Client::new(addr.clone()).with_token(&cluster.credentials().admin_token);
         await_until("node 4 to be healthy", DEADLINE, || async {
             node4.health().await.ok()
         })

@@ -33,8 +33,16 @@ use tokio::time::Instant;
 /// Bound on waits for things that normally take well under a second.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn http() -> reqwest::Client {
+/// An HTTP client sending the cluster's admin token on every request.
+fn http(cluster: &ProcessCluster) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", cluster.credentials().admin_token);
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        bearer.parse().expect("a token is a valid header value"),
+    );
     reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(30))
         .build()
         .expect("reqwest client")
@@ -119,6 +127,9 @@ async fn cli(args: &[&str]) -> Result<CliOutput, String> {
         .args(args)
         .env_remove("MINOS_ADDR")
         .env_remove("MINOS_LOG")
+        .env_remove("MINOS_TOKEN")
+        .env_remove("MINOS_TOKEN_FILE")
+        .env_remove("MINOS_CLUSTER_DIR")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -187,7 +198,7 @@ async fn bad_input_is_refused_with_a_4xx_and_never_reaches_the_log() -> Result<(
     // check can fail); the CLI maps the same failures to exit codes 1/2.
     let started = Instant::now();
     let mut cluster = start_cluster(&["--max-state-bytes", "1024"]).await?;
-    let http = http();
+    let http = http(&cluster);
     let leader = cluster.await_leader(Instant::now() + DEADLINE).await?;
     let leader_addr = cluster.addr(leader);
     let ids = cluster.ids();
@@ -360,11 +371,20 @@ async fn bad_input_is_refused_with_a_4xx_and_never_reaches_the_log() -> Result<(
 
     eprintln!("--- the CLI: exit 2 for bad usage/input, 1 for server-side failure");
     let addr1 = cluster.addr(1);
-    let out = cli(&["--addr", &addr1, "session", "start", "bad id"]).await?;
+    let token = cluster.credentials().admin_token.clone();
+    let out = cli(&[
+        "--token", &token, "--addr", &addr1, "session", "start", "bad id",
+    ])
+    .await?;
     assert_cli_failure("session start 'bad id'", &out, 2, "invalid");
-    let out = cli(&["--addr", &addr1, "session", "get", "missing"]).await?;
+    let out = cli(&[
+        "--token", &token, "--addr", &addr1, "session", "get", "missing",
+    ])
+    .await?;
     assert_cli_failure("session get missing", &out, 2, "not");
     let out = cli(&[
+        "--token",
+        &token,
         "--addr",
         &addr1,
         "session",
@@ -376,6 +396,8 @@ async fn bad_input_is_refused_with_a_4xx_and_never_reaches_the_log() -> Result<(
     .await?;
     assert_cli_failure("--state '{oops'", &out, 2, "--state");
     let out = cli(&[
+        "--token",
+        &token,
         "--addr",
         &addr1,
         "session",
@@ -386,10 +408,15 @@ async fn bad_input_is_refused_with_a_4xx_and_never_reaches_the_log() -> Result<(
     ])
     .await?;
     assert_cli_failure("--state over the limit", &out, 2, "413");
-    let out = cli(&["--addr", &addr1, "session", "call", "present", "{oops"]).await?;
+    let out = cli(&[
+        "--token", &token, "--addr", &addr1, "session", "call", "present", "{oops",
+    ])
+    .await?;
     assert_cli_failure("call with bad JSON", &out, 2, "JSON");
     let closed = free_ports(1).map_err(|e| e.to_string())?[0];
     let out = cli(&[
+        "--token",
+        &token,
         "--addr",
         &format!("127.0.0.1:{closed}"),
         "session",
@@ -414,6 +441,8 @@ async fn bad_input_is_refused_with_a_4xx_and_never_reaches_the_log() -> Result<(
 
     eprintln!("--- controls: valid requests at the limits are accepted and do reach the log");
     let out = cli(&[
+        "--token",
+        &token,
         "--addr",
         &addr1,
         "session",
@@ -552,7 +581,7 @@ async fn foreign_data_or_disagreeing_peers_are_refused_and_restarts_do_not_fork(
     // directory byte-for-byte unchanged, after which the rightful node starts
     // on it with its whole table.
     let mut cluster = start_cluster(&[]).await?;
-    let http = http();
+    let http = http(&cluster);
     let started = Instant::now();
     for n in 0..6 {
         let id = format!("keep-{n}");
@@ -670,6 +699,8 @@ async fn foreign_data_or_disagreeing_peers_are_refused_and_restarts_do_not_fork(
     let data_arg = data.display().to_string();
     let own_addr = cluster.addr(1);
     let extra = free_ports(1).map_err(|e| e.to_string())?[0];
+    let secret_arg = cluster.dir().join("cluster.secret").display().to_string();
+    let tokens_arg = cluster.dir().join("tokens").display().to_string();
     let serve = |id: &str, listen: &str, peers: &str| -> Vec<String> {
         [
             "--id",
@@ -680,6 +711,10 @@ async fn foreign_data_or_disagreeing_peers_are_refused_and_restarts_do_not_fork(
             &data_arg,
             "--peers",
             peers,
+            "--cluster-secret-file",
+            &secret_arg,
+            "--token-file",
+            &tokens_arg,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -796,7 +831,7 @@ async fn without_a_quorum_writes_fail_fast_and_the_cluster_resumes_by_itself() -
     // the survivor's health says it has no usable leader; once the two are
     // restarted a create succeeds and every earlier session is still there.
     let mut cluster = start_cluster(&[]).await?;
-    let http = http();
+    let http = http(&cluster);
     let mut expected: BTreeMap<String, Value> = BTreeMap::new();
     for n in 0..3 {
         let id = format!("before-{n}");
@@ -1203,7 +1238,7 @@ async fn a_follower_that_missed_a_snapshot_worth_of_log_catches_up() -> Result<(
     const PER_WRITER: usize = 4000;
     const SNAPSHOT_EVERY: u64 = 5000; // `SnapshotPolicy::LogsSinceLast` in src/raft.rs
     let mut cluster = start_cluster(&[]).await?;
-    let http = http();
+    let http = http(&cluster);
     let leader = cluster.await_leader(Instant::now() + DEADLINE).await?;
     let follower = cluster
         .ids()

@@ -49,6 +49,15 @@ struct Args {
     /// Length of a game round, in seconds.
     #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(i64).range(1..=i64::from(u32::MAX)))]
     round_seconds: i64,
+    /// File with the minos cluster secret (see `minos serve --help`).
+    #[arg(long, required_unless_present = "insecure")]
+    cluster_secret_file: Option<PathBuf>,
+    /// File with the minos API tokens, `ROLE TOKEN` a line.
+    #[arg(long, required_unless_present = "insecure")]
+    token_file: Option<PathBuf>,
+    /// Run the embedded minos node without authentication (experiments only).
+    #[arg(long, conflicts_with_all = ["cluster_secret_file", "token_file"])]
+    insecure: bool,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -79,7 +88,14 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let game_listener = TcpListener::bind(&args.listen).await?;
     let minos_listener = TcpListener::bind(&args.minos_listen).await?;
-    let mut config = server::Config::new(args.id, args.data_dir, args.peers);
+    let security = match (&args.cluster_secret_file, &args.token_file) {
+        (Some(secret), Some(tokens)) => minos::auth::Security::Enforced {
+            secret: minos::auth::ClusterSecret::from_file(secret)?,
+            tokens: minos::auth::Tokens::from_file(tokens)?,
+        },
+        _ => minos::auth::Security::Insecure,
+    };
+    let mut config = server::Config::new(args.id, args.data_dir, args.peers, security);
     config.round_duration = chrono::Duration::seconds(args.round_seconds);
     server::run(config, game_listener, minos_listener, shutdown_signal()).await
 }

@@ -29,6 +29,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use minos::auth::Security;
 use minos::handlers::minotaur::{self, Game, Minotaur, MinotaurMessage, MinotaurReply};
 use minos::model::{Epoch, NodeId};
 use minos::{Node, NodeBuilder, Sessions, Timing};
@@ -53,11 +54,18 @@ pub struct Config {
     pub call_timeout: Duration,
     /// minos timing (leases, failure detection).
     pub timing: Timing,
+    /// Credentials of the embedded minos node (cluster secret, tokens).
+    pub security: Security,
 }
 
 impl Config {
     /// A config with one-day rounds, a 5 s call timeout and default timing.
-    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>, peers: BTreeMap<NodeId, String>) -> Self {
+    pub fn new(
+        id: NodeId,
+        data_dir: impl Into<PathBuf>,
+        peers: BTreeMap<NodeId, String>,
+        security: Security,
+    ) -> Self {
         Self {
             id,
             data_dir: data_dir.into(),
@@ -65,6 +73,7 @@ impl Config {
             round_duration: chrono::Duration::days(1),
             call_timeout: minos::sessions::DEFAULT_CALL_TIMEOUT,
             timing: Timing::default(),
+            security,
         }
     }
 }
@@ -89,6 +98,7 @@ impl GameServer {
             .listener(minos_listener)
             .peers(config.peers.clone())
             .timing(config.timing.clone())
+            .security(config.security.clone())
             .handler(
                 minotaur::KIND,
                 Minotaur::with_round_duration(config.round_duration),

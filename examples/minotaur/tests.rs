@@ -44,8 +44,14 @@ impl Servers {
                 minos.local_addr().map_err(|e| e.to_string())?.to_string(),
             );
         }
+        let credentials = minos::testkit::Credentials::generate()?;
         let starts = listeners.into_iter().map(|(id, (game, minos))| {
-            let config = Config::new(id, dir.path().join(format!("node{id}")), peers.clone());
+            let config = Config::new(
+                id,
+                dir.path().join(format!("node{id}")),
+                peers.clone(),
+                credentials.security(),
+            );
             async move { (id, GameServer::start(config, game, minos).await) }
         });
         let mut running = BTreeMap::new();

@@ -22,6 +22,8 @@ pub trait Backend {
     fn nodes(&self) -> Vec<NodeId>;
     /// Address (`host:port`) the clients use to reach a node.
     fn client_addr(&self, node: NodeId) -> String;
+    /// API token the clients send (`None`: the cluster is insecure).
+    fn client_token(&self) -> Option<String>;
     /// Faults this backend can inject.
     fn capabilities(&self) -> Capabilities;
     /// Lease duration of the nodes (pauses are drawn longer than this).

@@ -38,6 +38,8 @@ pub struct DockerOptions {
     pub project: String,
     /// Number of nodes.
     pub nodes: u64,
+    /// API token the chaos clients send.
+    pub token: Option<String>,
 }
 
 impl Default for DockerOptions {
@@ -45,6 +47,7 @@ impl Default for DockerOptions {
         Self {
             project: DEFAULT_PROJECT.into(),
             nodes: 3,
+            token: None,
         }
     }
 }
@@ -200,6 +203,10 @@ impl Backend for DockerBackend {
         self.nodes.iter().map(|(id, _)| *id).collect()
     }
 
+    fn client_token(&self) -> Option<String> {
+        self.options.token.clone()
+    }
+
     fn client_addr(&self, node: NodeId) -> String {
         self.node(node)
             .map(|n| n.client_addr.clone())
@@ -338,6 +345,67 @@ pub struct ComposeOptions {
     pub client_subnet: String,
     /// Published loopback ports of nodes 1, 2, 3.
     pub ports: [u16; 3],
+    /// Directory with `cluster.secret` and `tokens`, mounted read-only at
+    /// `/secrets` in every container (see [`write_secrets`]).
+    pub secrets_dir: PathBuf,
+}
+
+/// User id the image runs as (the Dockerfile's `USER`).
+pub const IMAGE_UID: u32 = 10001;
+
+/// Writes `cluster.secret` and `tokens` for a compose cluster into `dir`,
+/// readable by the image's user only: owned by [`IMAGE_UID`] with mode 0600
+/// when this process may chown (root), else world-readable (a warning says
+/// so; fine for a throwaway test cluster, not for anything else).
+pub fn write_secrets(dir: &Path, credentials: &crate::testkit::Credentials) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let files = [
+        ("cluster.secret", credentials.secret.clone()),
+        ("tokens", credentials.token_file()),
+    ];
+    let mut owned = std::os::unix::fs::chown(dir, Some(IMAGE_UID), Some(IMAGE_UID)).is_ok();
+    for (name, text) in &files {
+        let path = dir.join(name);
+        crate::testkit::process::write_private(&path, text)?;
+        owned &= std::os::unix::fs::chown(&path, Some(IMAGE_UID), Some(IMAGE_UID)).is_ok();
+    }
+    if !owned {
+        eprintln!(
+            "warning: cannot give {} to uid {IMAGE_UID}; making the secrets world-readable",
+            dir.display()
+        );
+        let open = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        open(dir, 0o755)?;
+        for (name, _) in &files {
+            open(&dir.join(name), 0o644)?;
+        }
+    }
+    Ok(())
+}
+
+/// The chaos clients' token for `--backend docker`: `MINOS_TOKEN`, else
+/// the file `MINOS_TOKEN_FILE` names, else `admin.token` in
+/// `MINOS_DOCKER_DIR` (default `.minos-docker`, where
+/// scripts/docker-cluster.sh writes it).
+pub fn token_from_env() -> Result<Option<String>, String> {
+    if let Ok(token) = std::env::var("MINOS_TOKEN") {
+        return Ok(Some(token));
+    }
+    let file = match std::env::var_os("MINOS_TOKEN_FILE") {
+        Some(file) => PathBuf::from(file),
+        None => std::env::var_os("MINOS_DOCKER_DIR")
+            .map_or_else(|| PathBuf::from(".minos-docker"), PathBuf::from)
+            .join("admin.token"),
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(text) => Ok(Some(text.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", file.display())),
+    }
 }
 
 /// A compose cluster this process started; `down` (or drop) removes it.
@@ -354,6 +422,10 @@ fn compose_env(options: &ComposeOptions) -> Vec<(String, String)> {
         ("MINOS_PORT_1".into(), options.ports[0].to_string()),
         ("MINOS_PORT_2".into(), options.ports[1].to_string()),
         ("MINOS_PORT_3".into(), options.ports[2].to_string()),
+        (
+            "MINOS_SECRETS_DIR".into(),
+            options.secrets_dir.display().to_string(),
+        ),
     ]
 }
 
@@ -425,6 +497,9 @@ pub async fn build_image(dockerfile: &Path, bin: &Path, tag: &str) -> Result<(),
         .map_err(|e| e.to_string())?;
     let rootfs = context.path().join("rootfs");
     std::fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
+    // The data directory, owned by the image's user (the Dockerfile chowns
+    // the whole rootfs), since a scratch image has no mkdir.
+    std::fs::create_dir_all(rootfs.join("data")).map_err(|e| e.to_string())?;
     std::fs::copy(bin, rootfs.join("minos")).map_err(|e| format!("{}: {e}", bin.display()))?;
     let bin_text = bin.to_string_lossy().to_string();
     let libraries = run_command("ldd", &[&bin_text]).await.unwrap_or_default();

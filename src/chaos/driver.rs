@@ -270,7 +270,14 @@ pub async fn run_with<B: Backend>(
     }
     let clients: Vec<(NodeId, Client)> = nodes
         .iter()
-        .map(|n| (*n, Client::new(backend.client_addr(*n))))
+        .map(|n| {
+            let client = Client::new(backend.client_addr(*n));
+            let client = match backend.client_token() {
+                Some(token) => client.with_token(token),
+                None => client,
+            };
+            (*n, client)
+        })
         .collect();
     await_all_healthy(&clients, config.recovery_timeout).await?;
     let sessions: Vec<String> = (0..config.sessions)

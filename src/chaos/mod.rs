@@ -197,6 +197,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
         BackendKind::Docker => {
             let mut backend = docker::DockerBackend::attach(docker::DockerOptions {
                 project: args.docker_project.clone(),
+                token: docker::token_from_env().map_err(ChaosError::Usage)?,
                 ..docker::DockerOptions::default()
             })
             .await

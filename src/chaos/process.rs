@@ -49,6 +49,10 @@ impl Backend for ProcessBackend {
         self.cluster.addr(node)
     }
 
+    fn client_token(&self) -> Option<String> {
+        Some(self.cluster.credentials().client_token.clone())
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kill: true,

@@ -61,6 +61,48 @@ where
     }
 }
 
+/// Generated credentials of a test cluster: a cluster secret, an admin and
+/// a client token.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// The cluster secret.
+    pub secret: String,
+    /// A token with the `admin` role.
+    pub admin_token: String,
+    /// A token with the `client` role.
+    pub client_token: String,
+    security: crate::auth::Security,
+}
+
+impl Credentials {
+    /// Fresh random credentials.
+    pub fn generate() -> Result<Self, String> {
+        let fresh = || crate::auth::generate_secret().map_err(|e| e.to_string());
+        let (secret, admin_token, client_token) = (fresh()?, fresh()?, fresh()?);
+        let token_file = format!("admin {admin_token}\nclient {client_token}\n");
+        let security = crate::auth::Security::Enforced {
+            secret: crate::auth::ClusterSecret::parse(&secret).map_err(|e| e.to_string())?,
+            tokens: crate::auth::Tokens::parse(&token_file).map_err(|e| e.to_string())?,
+        };
+        Ok(Self {
+            secret,
+            admin_token,
+            client_token,
+            security,
+        })
+    }
+
+    /// The token file's text (`ROLE TOKEN` lines).
+    pub fn token_file(&self) -> String {
+        format!("admin {}\nclient {}\n", self.admin_token, self.client_token)
+    }
+
+    /// What a node is started with.
+    pub fn security(&self) -> crate::auth::Security {
+        self.security.clone()
+    }
+}
+
 struct Slot {
     node: Option<Node>,
     faults: Faults,
@@ -110,6 +152,7 @@ impl ClusterBuilder {
             .collect();
         let mut cluster = Cluster {
             dir,
+            credentials: Credentials::generate()?,
             peers: peers.clone(),
             timing: self.timing,
             registry: self.registry,
@@ -146,6 +189,7 @@ impl ClusterBuilder {
 /// [`Cluster::shutdown`] to stop them all.
 pub struct Cluster {
     dir: tempfile::TempDir,
+    credentials: Credentials,
     peers: BTreeMap<NodeId, String>,
     timing: Timing,
     registry: Registry,
@@ -177,7 +221,13 @@ impl Cluster {
             .peers(self.peers.clone())
             .timing(self.timing.clone())
             .registry(self.registry.clone())
+            .security(self.credentials.security())
             .faults(faults)
+    }
+
+    /// The credentials every node of this cluster was started with.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// Node ids.
@@ -195,9 +245,9 @@ impl Cluster {
         self.peers.get(&id).cloned().unwrap_or_default()
     }
 
-    /// A client of a node.
+    /// A client of a node, with the admin token.
     pub fn client(&self, id: NodeId) -> Client {
-        Client::new(self.addr(id))
+        Client::new(self.addr(id)).with_token(&self.credentials.admin_token)
     }
 
     /// Crashes a node: no handoff.

@@ -75,6 +75,7 @@ pub struct ProcessCluster {
     _temp: Option<tempfile::TempDir>,
     peers: String,
     nodes: BTreeMap<NodeId, ProcNode>,
+    credentials: super::Credentials,
 }
 
 /// Ports [`free_ports`] picks from: below Linux's ephemeral range
@@ -112,6 +113,21 @@ pub fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
         .collect()
 }
 
+/// Writes a file only its owner may read (mode 0600).
+pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 impl ProcessCluster {
     /// Starts the processes and waits until every node is healthy.
     pub async fn start(options: ProcessOptions) -> Result<Self, String> {
@@ -127,6 +143,9 @@ impl ProcessCluster {
             }
         };
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let credentials = super::Credentials::generate()?;
+        write_private(&dir.join("cluster.secret"), &credentials.secret)?;
+        write_private(&dir.join("tokens"), &credentials.token_file())?;
         let ports = free_ports(options.nodes as usize).map_err(|e| e.to_string())?;
         let addrs: BTreeMap<NodeId, String> = (1..=options.nodes)
             .zip(ports)
@@ -146,6 +165,7 @@ impl ProcessCluster {
                 .into_iter()
                 .map(|(id, addr)| (id, ProcNode { child: None, addr }))
                 .collect(),
+            credentials,
         };
         let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
         for id in &ids {
@@ -177,6 +197,10 @@ impl ProcessCluster {
             .arg(&data)
             .arg("--peers")
             .arg(&self.peers)
+            .arg("--cluster-secret-file")
+            .arg(self.dir.join("cluster.secret"))
+            .arg("--token-file")
+            .arg(self.dir.join("tokens"))
             .args(&self.options.serve_args)
             .env(
                 "MINOS_LOG",
@@ -217,9 +241,15 @@ impl ProcessCluster {
         &self.peers
     }
 
-    /// A client of a node.
+    /// A client of a node, with the admin token.
     pub fn client(&self, id: NodeId) -> Client {
-        Client::new(self.addr(id))
+        Client::new(self.addr(id)).with_token(&self.credentials.admin_token)
+    }
+
+    /// The credentials the nodes run with (files `cluster.secret` and
+    /// `tokens` in [`ProcessCluster::dir`]).
+    pub fn credentials(&self) -> &super::Credentials {
+        &self.credentials
     }
 
     /// Process id of a running node.

@@ -1,0 +1,154 @@
+//! The HTTP accept loop of a node: hyper's HTTP/1 server with the limits
+//! `axum::serve` does not set. A connection must send a complete request
+//! head within [`ConnLimits::header_read_timeout`] (also between requests
+//! on a kept-alive connection, so idle connections are closed), and the
+//! number of open connections is capped per node and per client address;
+//! connections over a cap are closed at once. Shutdown stops accepting,
+//! lets the requests in hand finish, and returns.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// Connection limits of one listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Open connections per node.
+    pub max_connections: usize,
+    /// Open connections per client IP address.
+    pub max_connections_per_ip: usize,
+    /// Time a connection has to send a request head, and longest idle time
+    /// between requests.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_connections_per_ip: 1024,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Open connections per address; a slot is given back when its guard drops.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn take_slot(counts: &Arc<Mutex<Counts>>, ip: IpAddr, limits: &ConnLimits) -> Option<Slot> {
+    let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+    let for_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
+    if c.total >= limits.max_connections || for_ip >= limits.max_connections_per_ip {
+        return None;
+    }
+    c.total += 1;
+    *c.per_ip.entry(ip).or_insert(0) += 1;
+    Some(Slot {
+        counts: counts.clone(),
+        ip,
+    })
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let counts = Arc::new(Mutex::new(Counts::default()));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: pause, do not spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Some(slot) = take_slot(&counts, peer.ip(), &limits) else {
+            debug!(peer = %peer, "connection refused: connection limit reached");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = connection.await {
+                debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Requests in hand finish; the caller bounds how long it waits.
+    graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_capped_per_address_and_in_total_and_given_back() {
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let limits = ConnLimits {
+            max_connections: 3,
+            max_connections_per_ip: 2,
+            header_read_timeout: Duration::from_secs(1),
+        };
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        let b: IpAddr = "127.0.0.2".parse().expect("ip");
+        let a1 = take_slot(&counts, a, &limits).expect("first");
+        let _a2 = take_slot(&counts, a, &limits).expect("second");
+        assert!(take_slot(&counts, a, &limits).is_none(), "per-address cap");
+        let _b1 = take_slot(&counts, b, &limits).expect("other address");
+        assert!(take_slot(&counts, b, &limits).is_none(), "total cap");
+        drop(a1);
+        assert!(take_slot(&counts, b, &limits).is_some(), "slot given back");
+    }
+}
