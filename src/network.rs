@@ -286,7 +286,7 @@ impl Transport {
                     .body(body)
             })
             .await?;
-        bincode::deserialize(&bytes)
+        crate::wire::decode_bin(&bytes)
             .map_err(|e| InternalError::Failed(addr.into(), format!("bad answer: {e}")))
     }
 

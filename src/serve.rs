@@ -132,6 +132,90 @@ pub(crate) async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves a one-route app with `limits` on a loopback port.
+    async fn start(limits: ConnLimits) -> (std::net::SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, app, limits, stopped));
+        (addr, stop)
+    }
+
+    /// Reads until the server closes the connection; the bytes read.
+    async fn read_to_close(
+        stream: &mut tokio::net::TcpStream,
+        within: Duration,
+    ) -> Option<Vec<u8>> {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(all),
+                Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn silent_and_idle_connections_are_closed_after_the_header_read_timeout() {
+        let limits = ConnLimits {
+            header_read_timeout: Duration::from_millis(300),
+            ..ConnLimits::default()
+        };
+        let (addr, _stop) = start(limits).await;
+        // Connects and sends nothing.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert!(
+            read_to_close(&mut silent, Duration::from_secs(10))
+                .await
+                .is_some(),
+            "a silent connection must be closed"
+        );
+        // One request, then idle on the kept-alive connection.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_to_close(&mut idle, Duration::from_secs(10)).await;
+        let answer = String::from_utf8_lossy(&answer.expect("an idle connection must be closed"))
+            .to_string();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_per_address_cap_is_closed_at_once() {
+        let limits = ConnLimits {
+            max_connections_per_ip: 2,
+            ..ConnLimits::default()
+        };
+        let (addr, _stop) = start(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut buf = [0u8; 256];
+            let n = stream.read(&mut buf).await.expect("answer");
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            held.push(stream);
+        }
+        let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = third.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        let answer = read_to_close(&mut third, Duration::from_secs(5)).await;
+        assert_eq!(
+            answer.as_deref(),
+            Some(&b""[..]),
+            "closed without an answer"
+        );
+        drop(held);
+    }
 
     #[test]
     fn slots_are_capped_per_address_and_in_total_and_given_back() {

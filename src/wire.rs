@@ -20,3 +20,15 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// Decodes a peer's bincode body (the encoding `bincode::serialize` writes),
+/// reading at most the body's own length: a length prefix that claims more
+/// is an error, not an allocation.
+pub fn decode_bin<T: for<'de> serde::Deserialize<'de>>(body: &[u8]) -> bincode::Result<T> {
+    use bincode::Options;
+    bincode::options()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(body.len() as u64)
+        .deserialize(body)
+}
