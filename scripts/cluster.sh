@@ -13,6 +13,8 @@
 # cluster.secret (peers), tokens (what the nodes accept), admin.token (what
 # the CLI sends by default) and client.token.
 set -euo pipefail
+# Data, logs, pid files and credentials are this user's alone.
+umask 077
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 base="${MINOS_PORT_BASE:-7100}"

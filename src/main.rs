@@ -248,8 +248,12 @@ fn parse_json(what: &str, text: &str) -> Result<serde_json::Value, Failure> {
 }
 
 fn print_json(value: &impl serde::Serialize) {
+    use std::io::Write;
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+        // A closed pipe (`minos ... | head`) is not an error of ours.
+        Ok(text) => {
+            let _ = writeln!(std::io::stdout(), "{text}");
+        }
         Err(e) => eprintln!("cannot print answer: {e}"),
     }
 }
