@@ -8,28 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{ClusterView, SessionPage, SessionView};
 use crate::model::NodeId;
-use crate::runtime::CallReply;
-pub use crate::scheduler::HandoffReport;
+pub use crate::peer::{CallReply, HandoffReport};
 
-/// A fresh idempotency key: unique across processes and calls (a random
-/// per-process seed, the process id, the time and a counter).
-pub fn new_call_key() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static SEED: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(|| {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        hasher.finish()
-    });
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{seed:016x}-{:x}-{nanos:x}-{count:x}", std::process::id())
-}
+pub use crate::model::new_call_key;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,10 @@
 //! The library's error type for embedding services: one enum for everything
 //! a typed session operation can answer. The HTTP API maps it to status
-//! codes in `api.rs`, the only place that knows about HTTP.
+//! codes in `api/error.rs`, the only place that knows about HTTP.
 
-use crate::model::{Rejection, SessionId};
+use crate::model::{NodeId, Rejection, SessionId};
+use crate::peer::CallError;
 use crate::raft::WriteError;
-use crate::runtime::CallError;
 
 /// Why a session operation failed. New variants may be added: match with a
 /// catch-all arm.
@@ -44,6 +44,23 @@ pub enum Error {
     /// The operation may or may not have taken effect.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// The log refused a write that raced another one (a stale epoch or
+    /// version, a key already used); nothing was written. `code` names
+    /// which: `stale_epoch`, `stale_version`, `duplicate_call`.
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Human message.
+        message: String,
+    },
+    /// No such node in the cluster.
+    #[error("node {0} is not a member")]
+    NoSuchNode(NodeId),
+    /// The request cannot be done in the cluster's present shape (removing
+    /// the last voter, say); nothing was changed.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
 }
 
 impl From<WriteError> for Error {
@@ -61,10 +78,19 @@ impl From<Rejection> for Error {
         match e {
             Rejection::NoSuchSession(id) => Error::NotFound(id),
             Rejection::SessionExists(id) => Error::Exists(id),
-            Rejection::StaleEpoch { .. }
-            | Rejection::StaleVersion { .. }
-            | Rejection::NoSuchNode(_)
-            | Rejection::DuplicateCall { .. } => Error::Unavailable(e.to_string()),
+            Rejection::NoSuchNode(node) => Error::NoSuchNode(node),
+            Rejection::StaleEpoch { .. } => Error::Conflict {
+                code: "stale_epoch",
+                message: e.to_string(),
+            },
+            Rejection::StaleVersion { .. } => Error::Conflict {
+                code: "stale_version",
+                message: e.to_string(),
+            },
+            Rejection::DuplicateCall { .. } => Error::Conflict {
+                code: "duplicate_call",
+                message: e.to_string(),
+            },
         }
     }
 }

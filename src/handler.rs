@@ -189,17 +189,6 @@ impl Registry {
         Self::default()
     }
 
-    /// The kinds shipped with minos: `kv` and `minotaur`.
-    pub fn with_builtin_kinds() -> Self {
-        let mut registry = Self::new();
-        registry.register(crate::handlers::kv::KIND, crate::handlers::kv::Kv);
-        registry.register(
-            crate::handlers::minotaur::KIND,
-            crate::handlers::minotaur::Minotaur::default(),
-        );
-        registry
-    }
-
     /// Registers `handler` under `kind`, replacing any earlier one.
     ///
     /// # Panics

@@ -15,12 +15,26 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use openraft::ServerState;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::model::{NodeId, NodeStatus};
-use crate::node::Core;
+use crate::config::Timing;
+use crate::control::{decide_grant, down_verdicts, quorum_is_fresh, Grant, GrantInputs};
+use crate::model::NodeId;
+use crate::peer::{LeaseAnswer, LeaseRequest, Transport};
+use crate::raft::MinosRaft;
+use crate::store::StateView;
+
+/// What the lease keeper and the leader's grant need from their node.
+#[derive(Clone)]
+pub(crate) struct LeaseEnv {
+    pub me: NodeId,
+    pub raft: MinosRaft,
+    pub view: StateView,
+    pub transport: Transport,
+    pub timing: Timing,
+    pub liveness: Liveness,
+}
 
 /// This node's ownership lease.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,26 +52,6 @@ impl Lease {
         matches!(self.valid_until, Some(until) if now < until)
             && applied_index >= self.required_applied
     }
-}
-
-/// A node asks the leader for a lease.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LeaseRequest {
-    /// The asking node.
-    pub node: NodeId,
-    /// True on the first request after the process started.
-    pub fresh: bool,
-}
-
-/// The leader's answer.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LeaseAnswer {
-    /// Whether the lease was granted.
-    pub granted: bool,
-    /// The leader's last log index at grant time.
-    pub leader_last_log: u64,
-    /// Why it was refused.
-    pub reason: Option<String>,
 }
 
 /// Leader-side record of node liveness (reset on every new term).
@@ -114,17 +108,21 @@ impl Liveness {
     pub fn verdicts(
         &self,
         node_timeout: std::time::Duration,
-        candidates: impl Iterator<Item = NodeId>,
+        candidates: &[NodeId],
     ) -> (Vec<NodeId>, Vec<NodeId>) {
         let now = Instant::now();
         self.with(|inner| {
-            let mut down = Vec::new();
+            // A candidate never heard counts as heard now.
             for node in candidates {
-                let heard = *inner.last_heard.entry(node).or_insert(now);
-                if inner.dead.contains(&node) || now.duration_since(heard) > node_timeout {
-                    down.push(node);
-                }
+                inner.last_heard.entry(*node).or_insert(now);
             }
+            let down = down_verdicts(
+                now,
+                node_timeout,
+                &inner.last_heard,
+                &inner.dead,
+                candidates,
+            );
             let up = std::mem::take(&mut inner.wants_up).into_iter().collect();
             (down, up)
         })
@@ -139,61 +137,53 @@ impl Liveness {
 }
 
 /// Leader side: decides a lease request.
-pub fn grant(core: &Core, request: &LeaseRequest) -> LeaseAnswer {
-    let refuse = |reason: &str| LeaseAnswer {
-        granted: false,
-        leader_last_log: 0,
-        reason: Some(reason.into()),
-    };
+pub(crate) fn grant(env: &LeaseEnv, request: &LeaseRequest) -> LeaseAnswer {
     let (state, last_log, term) = {
-        let metrics = core.raft.metrics();
+        let metrics = env.raft.metrics();
         let m = metrics.borrow();
         (m.state, m.last_log_index.unwrap_or(0), m.current_term)
     };
-    if state != ServerState::Leader {
-        return refuse("not the leader");
-    }
-    let voters = crate::raft::voters(&core.raft);
-    let fresh_quorum = core
-        .transport
-        .clock
-        .quorum_acked_at(core.me, &voters)
-        .is_some_and(|at| at.elapsed() <= core.timing.quorum_window);
-    if !fresh_quorum {
-        return refuse("leader has not heard from a quorum recently");
-    }
-    if core.liveness.with(|inner| inner.term) != term {
-        return refuse("leader is still taking office");
-    }
-    if core.node_addr(request.node).is_none() {
-        return refuse("not a member of the cluster");
-    }
-    let status = core.view.read(|applied| {
-        applied
-            .state
-            .nodes
-            .get(&request.node)
-            .map(|node| node.status)
-    });
-    let wants_up = match status {
-        Some(NodeStatus::Down) => true,
-        Some(NodeStatus::Draining) => request.fresh,
-        _ => false,
+    let inputs = GrantInputs {
+        is_leader: state == ServerState::Leader,
+        fresh_quorum: fresh_quorum(env),
+        in_office: env.liveness.with(|inner| inner.term) == term,
+        member: crate::raft::node_addr(&env.raft, request.node).is_some(),
+        status: env
+            .view
+            .read(|a| a.state.nodes.get(&request.node).map(|node| node.status)),
+        fresh: request.fresh,
     };
-    core.liveness.heard(request.node, wants_up);
-    LeaseAnswer {
-        granted: true,
-        leader_last_log: last_log,
-        reason: None,
+    match decide_grant(&inputs) {
+        Grant::Refuse(reason) => LeaseAnswer {
+            granted: false,
+            leader_last_log: 0,
+            reason: Some(reason.into()),
+        },
+        Grant::Grant { wants_up } => {
+            env.liveness.heard(request.node, wants_up);
+            LeaseAnswer {
+                granted: true,
+                leader_last_log: last_log,
+                reason: None,
+            }
+        }
     }
+}
+
+/// True when a quorum of voters acknowledged this node's AppendEntries
+/// within the quorum window (the rule of lease grants and of readiness).
+pub(crate) fn fresh_quorum(env: &LeaseEnv) -> bool {
+    let voters = crate::raft::voters(&env.raft);
+    let acked = env.transport.clock.quorum_acked_at(env.me, &voters);
+    quorum_is_fresh(acked, Instant::now(), env.timing.quorum_window)
 }
 
 /// Node side: renews this node's lease every `lease_interval`, and at once
 /// when the leader changes.
-pub async fn keep_lease(core: Arc<Core>, lease: watch::Sender<Lease>) {
+pub(crate) async fn keep_lease(env: Arc<LeaseEnv>, lease: watch::Sender<Lease>) {
     let mut fresh = true;
-    let mut metrics = core.raft.metrics();
-    let mut ticker = tokio::time::interval(core.timing.lease_interval);
+    let mut metrics = env.raft.metrics();
+    let mut ticker = tokio::time::interval(env.timing.lease_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_leader = None;
     loop {
@@ -206,25 +196,19 @@ pub async fn keep_lease(core: Arc<Core>, lease: watch::Sender<Lease>) {
                 last_leader = leader;
             }
         }
-        let Some(leader) = core.raft.metrics().borrow().current_leader else {
+        let Some(leader) = env.raft.metrics().borrow().current_leader else {
             continue;
         };
         let request = LeaseRequest {
-            node: core.me,
+            node: env.me,
             fresh,
         };
         let t0 = Instant::now();
-        let answer = if leader == core.me {
-            Some(grant(&core, &request))
-        } else if let Some(addr) = core.node_addr(leader) {
-            core.transport
-                .post_json::<_, LeaseAnswer>(
-                    leader,
-                    &addr,
-                    "/internal/lease",
-                    &request,
-                    core.timing.lease_duration / 2,
-                )
+        let answer = if leader == env.me {
+            Some(grant(&env, &request))
+        } else if let Some(addr) = crate::raft::node_addr(&env.raft, leader) {
+            env.transport
+                .lease(leader, &addr, &request, env.timing.lease_duration / 2)
                 .await
                 .ok()
         } else {
@@ -239,7 +223,7 @@ pub async fn keep_lease(core: Arc<Core>, lease: watch::Sender<Lease>) {
             // Only a lapse in time resets the catch-up requirement; a lease that
             // is still catching up keeps its (older, smaller) target.
             let lapsed = !matches!(current.valid_until, Some(until) if now < until);
-            current.valid_until = Some(t0 + core.timing.lease_duration);
+            current.valid_until = Some(t0 + env.timing.lease_duration);
             if lapsed {
                 current.required_applied = answer.leader_last_log;
             }

@@ -477,3 +477,23 @@ pub enum Rejection {
 
 /// Outcome of one command.
 pub type CommandResult = Result<Applied, Rejection>;
+
+/// A fresh idempotency key: unique across processes and calls (a random
+/// per-process seed, the process id, the time and a counter).
+pub fn new_call_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    });
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{seed:016x}-{:x}-{nanos:x}-{count:x}", std::process::id())
+}

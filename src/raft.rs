@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::Timing;
 use crate::model::{Command, CommandResult, NodeId, Proposal};
-use crate::network::Transport;
+use crate::peer::Transport;
 use crate::placement;
 use crate::store::StateView;
 
@@ -268,7 +268,7 @@ impl WritePath {
         let budget = deadline.saturating_duration_since(Instant::now());
         let answer: Result<Result<Vec<CommandResult>, ForwardError>, _> = self
             .transport
-            .post_bin(leader, &addr, "/internal/propose", &commands, budget)
+            .propose(leader, &addr, &commands, budget)
             .await;
         match answer {
             Ok(Ok(results)) => Ok(results),
@@ -292,13 +292,7 @@ impl WritePath {
     }
 
     fn node_addr(&self, node: NodeId) -> Option<String> {
-        let metrics = self.raft.metrics();
-        let borrowed = metrics.borrow();
-        borrowed
-            .membership_config
-            .membership()
-            .get_node(&node)
-            .map(|n| n.addr.clone())
+        node_addr(&self.raft, node)
     }
 
     /// Handles a batch forwarded by a follower: written here only if this
@@ -330,7 +324,33 @@ pub enum ForwardError {
     Write(WriteError),
 }
 
-/// Voter ids of the current membership.
+/// Address of a member (voter or learner), from the Raft membership (which
+/// also knows nodes not yet in the table).
+pub fn node_addr(raft: &MinosRaft, node: NodeId) -> Option<String> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    m.membership_config
+        .membership()
+        .get_node(&node)
+        .map(|n| n.addr.clone())
+}
+
+/// Every member (voters and learners); `None` while this node knows no
+/// membership at all (a node that is joining).
+pub fn members(raft: &MinosRaft) -> Option<BTreeSet<NodeId>> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    membership.voter_ids().next()?;
+    Some(membership.nodes().map(|(id, _)| *id).collect())
+}
+
+/// The current leader, if known.
+pub fn leader(raft: &MinosRaft) -> Option<NodeId> {
+    raft.metrics().borrow().current_leader
+}
+
+/// The voters of the current membership.
 pub fn voters(raft: &MinosRaft) -> BTreeSet<NodeId> {
     raft.metrics()
         .borrow()

@@ -11,21 +11,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::config::Timing;
+use crate::lease::Liveness;
+use crate::peer::{HandoffReport, ReleaseRequest, Transport};
+use crate::raft::{MinosRaft, Proposer};
+use crate::runtime::Runtime;
+use crate::store::StateView;
+
+/// What the leader's loops and handoffs need from their node.
+#[derive(Clone)]
+pub(crate) struct SchedulerEnv {
+    pub me: NodeId,
+    pub raft: MinosRaft,
+    pub view: StateView,
+    pub proposer: Proposer,
+    pub transport: Transport,
+    pub timing: Timing,
+    pub liveness: Liveness,
+    pub runtime: Arc<Runtime>,
+}
+
 use crate::model::{Command, Move, NodeId, NodeStatus, SessionId};
-use crate::node::Core;
-use crate::placement;
+use crate::{control, placement};
 
 /// How often the detector looks at the liveness record.
 const TICK: Duration = Duration::from_millis(10);
 
 /// Starts and stops the scheduler as leadership comes and goes.
-pub async fn supervise(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
-    let mut server = core.raft.server_metrics();
+pub async fn supervise(env: Arc<SchedulerEnv>, mut shutdown: watch::Receiver<bool>) {
+    let mut server = env.raft.server_metrics();
     let mut running: Option<(u64, tokio::task::JoinHandle<()>)> = None;
     loop {
         let (state, term) = {
@@ -39,15 +57,14 @@ pub async fn supervise(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
                 if let Some((_, task)) = running.take() {
                     task.abort();
                 }
-                info!(node = core.me, term, "leader: starting the scheduler");
-                let nodes: Vec<NodeId> =
-                    core.view.read(|a| a.state.nodes.keys().copied().collect());
-                core.liveness.start_term(term, nodes.into_iter());
-                running = Some((term, tokio::spawn(run(core.clone(), term))));
+                info!(node = env.me, term, "leader: starting the scheduler");
+                let nodes: Vec<NodeId> = env.view.read(|a| a.state.nodes.keys().copied().collect());
+                env.liveness.start_term(term, nodes.into_iter());
+                running = Some((term, tokio::spawn(run(env.clone(), term))));
             }
             (Some(_), false) => {
                 if let Some((_, task)) = running.take() {
-                    info!(node = core.me, "no longer leader: scheduler stopped");
+                    info!(node = env.me, "no longer leader: scheduler stopped");
                     task.abort();
                 }
             }
@@ -63,7 +80,7 @@ pub async fn supervise(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-async fn run(core: Arc<Core>, term: u64) {
+async fn run(env: Arc<SchedulerEnv>, term: u64) {
     let (dead_tx, mut dead_rx) = mpsc::channel::<NodeId>(64);
     // Aborted when this task ends or is aborted (leadership lost).
     let mut watchers: BTreeMap<NodeId, AbortOnDrop> = BTreeMap::new();
@@ -75,18 +92,18 @@ async fn run(core: Arc<Core>, term: u64) {
             _ = ticker.tick() => {}
             Some(node) = dead_rx.recv() => {
                 info!(node, "process of node is gone (connection closed, then refused)");
-                core.liveness.mark_dead(node);
+                env.liveness.mark_dead(node);
             }
         }
-        if core.raft.metrics().borrow().current_term != term {
+        if env.raft.metrics().borrow().current_term != term {
             break;
         }
         // Keep one presence watcher per other member.
-        let members: Vec<(NodeId, String)> = core.view.read(|a| {
+        let members: Vec<(NodeId, String)> = env.view.read(|a| {
             a.state
                 .nodes
                 .values()
-                .filter(|n| n.id != core.me)
+                .filter(|n| n.id != env.me)
                 .map(|n| (n.id, n.addr.clone()))
                 .collect()
         });
@@ -94,7 +111,7 @@ async fn run(core: Arc<Core>, term: u64) {
         for (id, addr) in &members {
             watchers.entry(*id).or_insert_with(|| {
                 AbortOnDrop(tokio::spawn(watch_presence(
-                    core.clone(),
+                    env.clone(),
                     *id,
                     addr.clone(),
                     dead_tx.clone(),
@@ -102,21 +119,21 @@ async fn run(core: Arc<Core>, term: u64) {
             });
         }
 
-        let index = core.view.applied_index();
-        let (commands, nodes_changed) = plan(&core, repaired_at != Some(index));
+        let index = env.view.applied_index();
+        let (commands, nodes_changed) = plan(&env, repaired_at != Some(index));
         if commands.is_empty() {
             repaired_at = Some(index);
             continue;
         }
         let started = Instant::now();
-        let results = core.proposer.propose_all(commands.clone()).await;
+        let results = env.proposer.propose_all(commands.clone()).await;
         for (command, result) in commands.iter().zip(&results) {
             match result {
                 Ok(_) => {}
                 Err(e) => {
                     warn!(?command, error = %e, "scheduler command not written");
                     if let Command::NodeUp { id } = command {
-                        core.liveness.retry_up(*id);
+                        env.liveness.retry_up(*id);
                     }
                 }
             }
@@ -140,23 +157,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Decides what to propose: Down/Up verdicts and the moves that follow.
-fn plan(core: &Core, state_changed: bool) -> (Vec<Command>, bool) {
-    let candidates: Vec<NodeId> = core.view.read(|a| {
+/// Decides what to propose: the table's membership first, then Down/Up
+/// verdicts and the moves that follow (the decisions are `control`'s).
+fn plan(env: &SchedulerEnv, state_changed: bool) -> (Vec<Command>, bool) {
+    let candidates: Vec<NodeId> = env.view.read(|a| {
         a.state
             .nodes
             .values()
-            .filter(|n| n.id != core.me && n.status != NodeStatus::Down)
+            .filter(|n| n.id != env.me && n.status != NodeStatus::Down)
             .map(|n| n.id)
             .collect()
     });
-    let (down, up) = core
-        .liveness
-        .verdicts(core.timing.node_timeout, candidates.into_iter());
-    // The table follows the Raft membership: voters and learners that are
-    // missing are added (bootstrap, joins), removed members are removed.
+    let (down, up) = env.liveness.verdicts(env.timing.node_timeout, &candidates);
     let members: BTreeMap<NodeId, String> = {
-        let metrics = core.raft.metrics();
+        let metrics = env.raft.metrics();
         let m = metrics.borrow();
         m.membership_config
             .membership()
@@ -164,67 +178,32 @@ fn plan(core: &Core, state_changed: bool) -> (Vec<Command>, bool) {
             .map(|(id, node)| (*id, node.addr.clone()))
             .collect()
     };
-    let membership_changes: Vec<Command> = core.view.read(|a| {
-        let added = members
-            .iter()
-            .filter(|(id, addr)| a.state.nodes.get(id).map(|n| &n.addr) != Some(*addr))
-            .map(|(id, addr)| Command::AddNode {
-                id: *id,
-                addr: addr.clone(),
-            });
-        let removed = a
-            .state
-            .nodes
-            .keys()
-            .filter(|id| !members.contains_key(id))
-            .map(|id| Command::RemoveNode { id: *id });
-        added.chain(removed).collect()
-    });
-    if !membership_changes.is_empty() {
+    let membership = env
+        .view
+        .read(|a| control::membership_changes(&a.state, &members));
+    if !membership.is_empty() {
         for id in up {
-            core.liveness.retry_up(id);
+            env.liveness.retry_up(id);
         }
-        return (membership_changes, true);
+        return (membership, true);
     }
     if down.is_empty() && up.is_empty() && !state_changed {
         return (Vec::new(), false);
     }
-    core.view.read(|a| {
-        let mut commands = Vec::new();
-        let mut nodes = a.state.nodes.clone();
-        for id in &down {
-            commands.push(Command::NodeDown { id: *id });
-            if let Some(node) = nodes.get_mut(id) {
-                node.status = NodeStatus::Down;
-            }
-        }
-        for id in &up {
-            if nodes.get(id).is_some_and(|n| n.status != NodeStatus::Up) {
-                commands.push(Command::NodeUp { id: *id });
-                if let Some(node) = nodes.get_mut(id) {
-                    node.status = NodeStatus::Up;
-                }
-            }
-        }
-        let nodes_changed = !commands.is_empty();
-        let moves = placement::repair_with(&a.state, &nodes);
-        if !moves.is_empty() {
-            commands.push(Command::Reassign { moves });
-        }
-        (commands, nodes_changed)
-    })
+    env.view
+        .read(|a| control::verdict_commands(&a.state, &down, &up))
 }
 
 /// Holds a long-lived request open to `node` until it ends, then tells a
 /// dead process (a fresh connection is refused) from anything else (slow,
 /// cut off, restarting: leases handle those). True when the process is gone.
-async fn presence_lost(core: &Core, node: NodeId, addr: &str) -> bool {
-    if core.transport.faults.is_blocked(node) {
+async fn presence_lost(env: &SchedulerEnv, node: NodeId, addr: &str) -> bool {
+    if env.transport.faults.is_blocked(node) {
         return false;
     }
-    if let Ok(mut response) = core.transport.presence(addr).await {
+    if let Ok(mut response) = env.transport.presence(addr).await {
         while let Ok(Some(_)) = response.chunk().await {
-            if core.transport.faults.is_blocked(node) {
+            if env.transport.faults.is_blocked(node) {
                 return false;
             }
         }
@@ -240,7 +219,7 @@ async fn presence_lost(core: &Core, node: NodeId, addr: &str) -> bool {
         .await;
         match probe {
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return !core.transport.faults.is_blocked(node);
+                return !env.transport.faults.is_blocked(node);
             }
             Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(1)).await,
             _ => return false,
@@ -250,9 +229,14 @@ async fn presence_lost(core: &Core, node: NodeId, addr: &str) -> bool {
 }
 
 /// Leader side: reports `node` dead whenever its process is gone.
-async fn watch_presence(core: Arc<Core>, node: NodeId, addr: String, dead: mpsc::Sender<NodeId>) {
+async fn watch_presence(
+    env: Arc<SchedulerEnv>,
+    node: NodeId,
+    addr: String,
+    dead: mpsc::Sender<NodeId>,
+) {
     loop {
-        if presence_lost(&core, node, &addr).await {
+        if presence_lost(&env, node, &addr).await {
             let _ = dead.send(node).await;
         }
         // Pace reconnects to a node that is down or restarting.
@@ -271,8 +255,8 @@ async fn watch_presence(core: Arc<Core>, node: NodeId, addr: String, dead: mpsc:
 /// theirs, and wins at once. If anything goes differently, openraft's own
 /// timers still elect a leader. Safe because minos never serves reads from a
 /// leader lease (reads use `ensure_linearizable`).
-pub async fn watch_leader(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
-    let mut metrics = core.raft.metrics();
+pub async fn watch_leader(env: Arc<SchedulerEnv>, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = env.raft.metrics();
     // The dead leader this node already acted on: act once per death, or a
     // second bid would tie with the designated survivor's.
     let mut handled: Option<NodeId> = None;
@@ -282,20 +266,20 @@ pub async fn watch_leader(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
             handled = None;
         }
         let target = leader
-            .filter(|l| *l != core.me && handled != Some(*l))
-            .and_then(|l| core.node_addr(l).map(|addr| (l, addr)));
+            .filter(|l| *l != env.me && handled != Some(*l))
+            .and_then(|l| crate::raft::node_addr(&env.raft, l).map(|addr| (l, addr)));
         if let Some((leader, addr)) = target {
             let lost = tokio::select! {
-                lost = presence_lost(&core, leader, &addr) => lost,
+                lost = presence_lost(&env, leader, &addr) => lost,
                 _ = shutdown.changed() => return,
             };
-            if lost && core.leader() == Some(leader) {
+            if lost && crate::raft::leader(&env.raft) == Some(leader) {
                 info!(
-                    node = core.me,
+                    node = env.me,
                     leader, "leader process is gone: electing now"
                 );
                 handled = Some(leader);
-                early_election(&core, leader).await;
+                early_election(&env, leader).await;
             }
         }
         tokio::select! {
@@ -306,30 +290,30 @@ pub async fn watch_leader(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) 
     }
 }
 
-async fn early_election(core: &Core, dead_leader: NodeId) {
-    let survivors: Vec<NodeId> = crate::raft::voters(&core.raft)
+async fn early_election(env: &SchedulerEnv, dead_leader: NodeId) {
+    let survivors: Vec<NodeId> = crate::raft::voters(&env.raft)
         .into_iter()
         .filter(|v| *v != dead_leader)
         .collect();
-    if !survivors.contains(&core.me) {
+    if !survivors.contains(&env.me) {
         return;
     }
     let designated = survivors.iter().copied().min();
-    if designated != Some(core.me) {
-        let _ = core.raft.trigger().elect().await;
+    if designated != Some(env.me) {
+        let _ = env.raft.trigger().elect().await;
         return;
     }
     // Give the others a moment to become candidates, then outbid them; bid
     // again (bounded) while no leader has emerged.
     tokio::time::sleep(Duration::from_millis(15)).await;
     for _ in 0..3 {
-        let leader = core.leader();
+        let leader = crate::raft::leader(&env.raft);
         if leader.is_some() && leader != Some(dead_leader) {
             return;
         }
-        let _ = core.raft.trigger().elect().await;
-        let _ = core.raft.trigger().elect().await;
-        let mut metrics = core.raft.metrics();
+        let _ = env.raft.trigger().elect().await;
+        let _ = env.raft.trigger().elect().await;
+        let mut metrics = env.raft.metrics();
         let elected = tokio::time::timeout(
             Duration::from_millis(40),
             metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != dead_leader)),
@@ -341,58 +325,21 @@ async fn early_election(core: &Core, dead_leader: NodeId) {
     }
 }
 
-/// Asks the leader to drain a node.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DrainRequest {
-    /// The node to drain.
-    pub node: NodeId,
-    /// True when the node itself asks and has stopped its sessions already.
-    pub released: bool,
-}
-
-/// What a handoff moved.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct HandoffReport {
-    /// Sessions whose move was committed.
-    pub moved: usize,
-    /// Sessions that could not be handed over (owner unreachable).
-    pub skipped: usize,
-}
-
-/// A node lets go of sessions: it stops their tasks (finishing the call in
-/// hand) and holds them until the move is committed or the hold expires.
-/// Only the leader of `term` may ask.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ReleaseRequest {
-    /// The asking leader.
-    pub from: NodeId,
-    /// Its term.
-    pub term: u64,
-    /// Sessions to release; `None` releases all the node owns (drain).
-    pub sessions: Option<Vec<SessionId>>,
-}
-
-async fn release_on(core: &Core, node: NodeId, sessions: Option<Vec<SessionId>>) -> bool {
-    if node == core.me {
-        core.runtime.release(sessions.as_deref()).await;
+async fn release_on(env: &SchedulerEnv, node: NodeId, sessions: Option<Vec<SessionId>>) -> bool {
+    if node == env.me {
+        env.runtime.release(sessions.as_deref()).await;
         return true;
     }
-    let Some(addr) = core.node_addr(node) else {
+    let Some(addr) = crate::raft::node_addr(&env.raft, node) else {
         return false;
     };
     let request = ReleaseRequest {
-        from: core.me,
-        term: core.raft.metrics().borrow().current_term,
+        from: env.me,
+        term: env.raft.metrics().borrow().current_term,
         sessions,
     };
-    core.transport
-        .post_json::<_, Result<(), String>>(
-            node,
-            &addr,
-            "/internal/release",
-            &request,
-            core.timing.write_timeout,
-        )
+    env.transport
+        .release(node, &addr, &request, env.timing.write_timeout)
         .await
         .is_ok_and(|answer| answer.is_ok())
 }
@@ -403,21 +350,21 @@ async fn release_on(core: &Core, node: NodeId, sessions: Option<Vec<SessionId>>)
 /// node itself asks (graceful stop), it has stopped its sessions already, so
 /// `Drain` and the moves go in one entry.
 pub async fn drain(
-    core: &Core,
+    env: &SchedulerEnv,
     node: NodeId,
     already_released: bool,
 ) -> Result<HandoffReport, String> {
-    let known = core.view.read(|a| a.state.nodes.contains_key(&node));
+    let known = env.view.read(|a| a.state.nodes.contains_key(&node));
     if !known {
         return Err(format!("node {node} is not a member"));
     }
-    if already_released || node == core.me {
-        if node == core.me {
-            core.runtime.release(None).await;
+    if already_released || node == env.me {
+        if node == env.me {
+            env.runtime.release(None).await;
         }
-        let moves = core.view.read(|a| placement::evacuate(&a.state, node));
+        let moves = env.view.read(|a| placement::evacuate(&a.state, node));
         let count = moves.len();
-        let results = core
+        let results = env
             .proposer
             .propose_all(vec![
                 Command::Drain { id: node },
@@ -434,26 +381,26 @@ pub async fn drain(
             skipped: 0,
         });
     }
-    core.proposer
+    env.proposer
         .propose(Command::Drain { id: node })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    if !release_on(core, node, None).await {
-        let owned = core.view.read(|a| a.state.sessions_owned_by(node).count());
+    if !release_on(env, node, None).await {
+        let owned = env.view.read(|a| a.state.sessions_owned_by(node).count());
         return Ok(HandoffReport {
             moved: 0,
             skipped: owned,
         });
     }
-    let moves = core.view.read(|a| placement::evacuate(&a.state, node));
-    commit_moves(core, moves).await
+    let moves = env.view.read(|a| placement::evacuate(&a.state, node));
+    commit_moves(env, moves).await
 }
 
 /// Leader: moves every session to its placement choice among the eligible
 /// nodes, with the same handoff as drain.
-pub async fn rebalance(core: &Core) -> Result<HandoffReport, String> {
-    let moves = core.view.read(|a| {
+pub async fn rebalance(env: &SchedulerEnv) -> Result<HandoffReport, String> {
+    let moves = env.view.read(|a| {
         placement::rebalance(&a.state)
             .into_iter()
             .map(|m| (a.state.sessions[&m.id].owner, m))
@@ -470,7 +417,7 @@ pub async fn rebalance(core: &Core) -> Result<HandoffReport, String> {
             None => true,
             Some(node) => {
                 let ids = steps.iter().map(|m| m.id.clone()).collect();
-                release_on(core, node, Some(ids)).await
+                release_on(env, node, Some(ids)).await
             }
         };
         if released {
@@ -479,16 +426,16 @@ pub async fn rebalance(core: &Core) -> Result<HandoffReport, String> {
             report.skipped += steps.len();
         }
     }
-    let committed = commit_moves(core, ready).await?;
+    let committed = commit_moves(env, ready).await?;
     report.moved = committed.moved;
     Ok(report)
 }
 
-async fn commit_moves(core: &Core, moves: Vec<Move>) -> Result<HandoffReport, String> {
+async fn commit_moves(env: &SchedulerEnv, moves: Vec<Move>) -> Result<HandoffReport, String> {
     if moves.is_empty() {
         return Ok(HandoffReport::default());
     }
-    match core.proposer.propose(Command::Reassign { moves }).await {
+    match env.proposer.propose(Command::Reassign { moves }).await {
         Ok(Ok(crate::model::Applied::Moved(moved))) => Ok(HandoffReport {
             moved: moved.len(),
             skipped: 0,

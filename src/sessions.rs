@@ -7,14 +7,13 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::handler::{SessionContext, SessionHandler};
-use crate::model::{Applied, CallKey, Command, Epoch, NodeId, Session, SessionId, SessionKind};
-use crate::node::Core;
+use crate::handler::SessionHandler;
+use crate::model::{CallKey, Command, Epoch, NodeId, Session, SessionId, SessionKind};
+use crate::service::{create_session, Service};
 
 /// Default time a typed call waits while its session moves.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,7 +31,7 @@ pub struct Reply<R> {
 
 /// Sessions of one kind, seen through a local [`crate::Node`].
 pub struct Sessions<H> {
-    core: Arc<Core>,
+    core: Arc<Service>,
     kind: SessionKind,
     _handler: PhantomData<fn() -> H>,
 }
@@ -51,57 +50,8 @@ fn session_id(id: &str) -> Result<SessionId, Error> {
     SessionId::new(id).map_err(|e| Error::InvalidInput(format!("invalid session id: {e}")))
 }
 
-/// Creates a session: the handler builds the first state, the leader places
-/// it, and the create is committed before this returns.
-pub(crate) async fn create_session(
-    core: &Core,
-    id: SessionId,
-    kind: SessionKind,
-    initial: Option<serde_json::Value>,
-) -> Result<Session, Error> {
-    let handler = core
-        .registry
-        .get(&kind)
-        .ok_or_else(|| Error::UnknownKind(kind.to_string()))?;
-    let ctx = SessionContext {
-        id: id.clone(),
-        now: Utc::now(),
-        owner: core.me,
-        epoch: Epoch(0),
-    };
-    let state = handler
-        .create(&ctx, initial)
-        .map_err(|e| Error::Rejected(format!("initial state rejected: {e}")))?;
-    if state.len() > core.limits.max_state_bytes {
-        return Err(Error::TooLarge {
-            size: state.len(),
-            limit: core.limits.max_state_bytes,
-        });
-    }
-    // A duplicate is answered without writing a rejected entry: a session
-    // seen locally is confirmed by a linearizable read first.
-    if core.view.read(|a| a.state.sessions.contains_key(&id)) {
-        core.read_barrier().await.map_err(Error::NoQuorum)?;
-        if core.view.read(|a| a.state.sessions.contains_key(&id)) {
-            return Err(Error::Exists(id));
-        }
-    }
-    let command = Command::CreateSession {
-        id,
-        kind,
-        state,
-        owner: None,
-    };
-    match core.proposer.propose(command).await?? {
-        Applied::Session(session) => Ok(*session),
-        other => Err(Error::OutcomeUnknown(format!(
-            "unexpected outcome {other:?}"
-        ))),
-    }
-}
-
 impl<H: SessionHandler> Sessions<H> {
-    pub(crate) fn new(core: Arc<Core>, kind: SessionKind) -> Self {
+    pub(crate) fn new(core: Arc<Service>, kind: SessionKind) -> Self {
         Self {
             core,
             kind,
@@ -155,7 +105,7 @@ impl<H: SessionHandler> Sessions<H> {
         if !self.core.view.read(|a| a.state.sessions.contains_key(&id)) {
             self.core.read_barrier().await.map_err(Error::NoQuorum)?;
         }
-        let key = CallKey::new(crate::client::new_call_key()).ok();
+        let key = CallKey::new(crate::model::new_call_key()).ok();
         let answer = self.core.runtime.call(&id, msg, timeout, key).await?;
         let reply = serde_json::from_value(answer.reply).map_err(|e| {
             Error::OutcomeUnknown(format!(

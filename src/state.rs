@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Applied, Command, CommandResult, Epoch, NodeId, NodeInfo, NodeStatus, Proposal, Rejection,
-    Session, SessionId,
+    Applied, CallRetention, Command, CommandResult, Epoch, Move, NodeId, NodeInfo, NodeStatus,
+    Proposal, RecordedCall, Rejection, Session, SessionId, SessionKind, StateJson,
 };
 
 /// Where a session stands, derived from its owner's status.
@@ -76,20 +76,7 @@ impl ClusterState {
                     });
                 Ok(Applied::Done)
             }
-            Command::RemoveNode { id } => {
-                if self.nodes.remove(id).is_none() {
-                    return Err(Rejection::NoSuchNode(*id));
-                }
-                for session in self.sessions.values_mut() {
-                    if session.owner == Some(*id) {
-                        self.last_epoch = self.last_epoch.next();
-                        session.owner = None;
-                        session.epoch = self.last_epoch;
-                        session.updated_at = at;
-                    }
-                }
-                Ok(Applied::Done)
-            }
+            Command::RemoveNode { id } => self.remove_node(*id, at),
             Command::NodeDown { id } => self.set_status(*id, NodeStatus::Down, at),
             Command::NodeUp { id } => self.set_status(*id, NodeStatus::Up, at),
             Command::Drain { id } => self.set_status(*id, NodeStatus::Draining, at),
@@ -98,39 +85,13 @@ impl ClusterState {
                 kind,
                 state,
                 owner,
-            } => {
-                if self.sessions.contains_key(id) {
-                    return Err(Rejection::SessionExists(id.clone()));
-                }
-                // An owner that is not a member would own nothing: leave it unplaced.
-                let owner = owner.filter(|node| self.nodes.contains_key(node));
-                self.last_epoch = self.last_epoch.next();
-                let session = Session {
-                    id: id.clone(),
-                    kind: kind.clone(),
-                    owner,
-                    epoch: self.last_epoch,
-                    version: 0,
-                    state: state.clone(),
-                    created_at: at,
-                    updated_at: at,
-                    calls: Vec::new(),
-                };
-                self.sessions.insert(id.clone(), session.clone());
-                Ok(Applied::Session(Box::new(session)))
-            }
+            } => self.create_session(id, kind, state, *owner, at),
             Command::UpdateState {
                 id,
                 epoch,
                 version,
                 state,
-            } => {
-                let session = self.current_session(id, *epoch, *version)?;
-                session.state = state.clone();
-                session.version += 1;
-                session.updated_at = at;
-                Ok(Applied::Session(Box::new(session.clone())))
-            }
+            } => self.write_state(id, *epoch, *version, state, None, at),
             Command::UpdateStateKeyed {
                 id,
                 epoch,
@@ -138,48 +99,117 @@ impl ClusterState {
                 state,
                 call,
                 retention,
-            } => {
-                let session = self.current_session(id, *epoch, *version)?;
-                if session.recorded_call(&call.key).is_some() {
-                    return Err(Rejection::DuplicateCall {
-                        id: id.clone(),
-                        key: call.key.clone(),
-                    });
-                }
-                session.state = state.clone();
-                session.version += 1;
-                session.updated_at = at;
-                session.record_call(call.clone(), *retention, at);
-                Ok(Applied::Session(Box::new(session.clone())))
-            }
+            } => self.write_state(id, *epoch, *version, state, Some((call, *retention)), at),
             Command::Settle { id, epoch, version } => {
                 let session = self.current_session(id, *epoch, *version)?;
                 session.version += 1;
                 Ok(Applied::Session(Box::new(session.clone())))
             }
-            Command::Reassign { moves } => {
-                let mut moved = Vec::with_capacity(moves.len());
-                for step in moves {
-                    let target_known = step.to.is_none_or(|node| self.nodes.contains_key(&node));
-                    let Some(session) = self.sessions.get_mut(&step.id) else {
-                        continue;
-                    };
-                    if session.epoch != step.from_epoch || !target_known {
-                        continue;
-                    }
-                    self.last_epoch = self.last_epoch.next();
-                    session.owner = step.to;
-                    session.epoch = self.last_epoch;
-                    session.updated_at = at;
-                    moved.push((session.id.clone(), session.owner, session.epoch));
-                }
-                Ok(Applied::Moved(moved))
-            }
+            Command::Reassign { moves } => Ok(Applied::Moved(self.reassign(moves, at))),
             Command::DeleteSession { id } => match self.sessions.remove(id) {
                 Some(_) => Ok(Applied::Done),
                 None => Err(Rejection::NoSuchSession(id.clone())),
             },
         }
+    }
+
+    /// An owner's write of a new state, on its epoch and version; a keyed
+    /// one also records its call, and is refused if the key is remembered.
+    fn write_state(
+        &mut self,
+        id: &SessionId,
+        epoch: Epoch,
+        version: u64,
+        state: &StateJson,
+        keyed: Option<(&RecordedCall, CallRetention)>,
+        at: DateTime<Utc>,
+    ) -> CommandResult {
+        let session = self.current_session(id, epoch, version)?;
+        if let Some((call, _)) = keyed {
+            if session.recorded_call(&call.key).is_some() {
+                return Err(Rejection::DuplicateCall {
+                    id: id.clone(),
+                    key: call.key.clone(),
+                });
+            }
+        }
+        session.state = state.clone();
+        session.version += 1;
+        session.updated_at = at;
+        if let Some((call, retention)) = keyed {
+            session.record_call(call.clone(), retention, at);
+        }
+        Ok(Applied::Session(Box::new(session.clone())))
+    }
+
+    /// Removes a member; its sessions become unplaced under a new epoch.
+    fn remove_node(&mut self, id: NodeId, at: DateTime<Utc>) -> CommandResult {
+        if self.nodes.remove(&id).is_none() {
+            return Err(Rejection::NoSuchNode(id));
+        }
+        for session in self.sessions.values_mut() {
+            if session.owner == Some(id) {
+                self.last_epoch = self.last_epoch.next();
+                session.owner = None;
+                session.epoch = self.last_epoch;
+                session.updated_at = at;
+            }
+        }
+        Ok(Applied::Done)
+    }
+
+    fn create_session(
+        &mut self,
+        id: &SessionId,
+        kind: &SessionKind,
+        state: &StateJson,
+        owner: Option<NodeId>,
+        at: DateTime<Utc>,
+    ) -> CommandResult {
+        if self.sessions.contains_key(id) {
+            return Err(Rejection::SessionExists(id.clone()));
+        }
+        // An owner that is not a member would own nothing: leave it unplaced.
+        let owner = owner.filter(|node| self.nodes.contains_key(node));
+        self.last_epoch = self.last_epoch.next();
+        let session = Session {
+            id: id.clone(),
+            kind: kind.clone(),
+            owner,
+            epoch: self.last_epoch,
+            version: 0,
+            state: state.clone(),
+            created_at: at,
+            updated_at: at,
+            calls: Vec::new(),
+        };
+        self.sessions.insert(id.clone(), session.clone());
+        Ok(Applied::Session(Box::new(session)))
+    }
+
+    /// Carries out the moves whose `from_epoch` is still current and whose
+    /// target is a member (or none); each gets a new epoch.
+    fn reassign(
+        &mut self,
+        moves: &[Move],
+        at: DateTime<Utc>,
+    ) -> Vec<(SessionId, Option<NodeId>, Epoch)> {
+        let mut moved = Vec::with_capacity(moves.len());
+        for step in moves {
+            let target_known = step.to.is_none_or(|node| self.nodes.contains_key(&node));
+            let Some(session) = self.sessions.get_mut(&step.id) else {
+                continue;
+            };
+            if session.epoch != step.from_epoch || !target_known {
+                continue;
+            }
+            self.last_epoch = self.last_epoch.next();
+            session.owner = step.to;
+            session.epoch = self.last_epoch;
+            session.updated_at = at;
+            moved.push((session.id.clone(), session.owner, session.epoch));
+        }
+        moved
     }
 
     /// The session `id` if `epoch` and `version` are its current ones (the

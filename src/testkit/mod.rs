@@ -33,9 +33,9 @@ use crate::client::Client;
 use crate::config::Timing;
 use crate::handler::{Registry, SessionHandler};
 use crate::model::{NodeId, SessionId};
-use crate::network::Faults;
-pub use crate::network::HeldWrite;
 use crate::node::{Node, NodeBuilder};
+use crate::peer::Faults;
+pub use crate::peer::HeldWrite;
 
 /// Polls `probe` until it yields a value or `timeout` passes; the error
 /// names `what` was awaited. Polling is every 2 ms: these are condition

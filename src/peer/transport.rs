@@ -1,29 +1,21 @@
-//! Raft RPCs between nodes over HTTP with a compact binary (bincode) body,
-//! plus the small shared pieces every internal caller needs: one pooled HTTP
-//! client, injected faults (in-process partitions for tests), and the
-//! per-peer record of the last successful AppendEntries, which the leader
-//! uses to know that a quorum still follows it.
+//! The transport of all peer traffic: one pooled HTTP client (and one that
+//! opens a fresh connection per request, for forwarded calls), the cluster
+//! secret on every request, injected faults (in-process partitions for
+//! tests), and the per-peer record of the last successful AppendEntries,
+//! which the leader uses to know that a quorum still follows it. The raw
+//! `post_*` methods are private to `peer`: every other module uses the
+//! typed requests of [`super::client`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::model::{Command, CommandResult, NodeId, SessionId};
-use crate::wire::TypeConfig;
 
 /// Faults injected by tests: peers this node must not reach (in-process
 /// partitions), and a write held back so that its outcome is unknown to its
@@ -161,7 +153,7 @@ pub struct PeerClock {
 }
 
 impl PeerClock {
-    fn record(&self, peer: NodeId, sent_at: Instant) {
+    pub(super) fn record(&self, peer: NodeId, sent_at: Instant) {
         let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
         let slot = acked.entry(peer).or_insert(sent_at);
         if *slot < sent_at {
@@ -263,14 +255,15 @@ impl Transport {
 
     /// Opens the never-ending presence stream of the node at `addr`.
     pub async fn presence(&self, addr: &str) -> Result<reqwest::Response, reqwest::Error> {
-        self.authenticated(self.http.get(format!("http://{addr}/internal/presence")))
+        let url = format!("http://{addr}{}", super::paths::PRESENCE);
+        self.authenticated(self.http.get(url))
             .send()
             .await?
             .error_for_status()
     }
 
     /// POSTs a bincode body to `http://{addr}{path}` and decodes a bincode answer.
-    pub async fn post_bin<Req: Serialize, Resp: DeserializeOwned>(
+    pub(super) async fn post_bin<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         target: NodeId,
         addr: &str,
@@ -291,7 +284,7 @@ impl Transport {
     }
 
     /// POSTs a JSON body and decodes a JSON answer.
-    pub async fn post_json<Req: Serialize, Resp: DeserializeOwned>(
+    pub(super) async fn post_json<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         target: NodeId,
         addr: &str,
@@ -304,7 +297,7 @@ impl Transport {
     }
 
     /// POSTs JSON on a fresh connection (see [`Transport::fresh`]).
-    pub async fn post_call<Req: Serialize, Resp: DeserializeOwned>(
+    pub(super) async fn post_call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         target: NodeId,
         addr: &str,
@@ -383,105 +376,5 @@ fn classify(addr: &str, e: reqwest::Error) -> InternalError {
         InternalError::Unreachable(addr.into(), e.to_string())
     } else {
         InternalError::Failed(addr.into(), e.to_string())
-    }
-}
-
-/// openraft's network factory: one cheap link per target sharing the client.
-#[derive(Clone)]
-pub struct Network {
-    transport: Transport,
-}
-
-impl Network {
-    /// A factory over `transport`.
-    pub fn new(transport: Transport) -> Self {
-        Self { transport }
-    }
-}
-
-/// A link to one peer.
-pub struct PeerLink {
-    target: NodeId,
-    addr: String,
-    transport: Transport,
-}
-
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = PeerLink;
-
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerLink {
-        PeerLink {
-            target,
-            addr: node.addr.clone(),
-            transport: self.transport.clone(),
-        }
-    }
-}
-
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
-
-impl PeerLink {
-    async fn rpc<Req, Resp, E>(
-        &self,
-        path: &str,
-        request: &Req,
-        option: &RPCOption,
-    ) -> RpcResult<Resp, E>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let answer: Result<Resp, RaftError<NodeId, E>> = self
-            .transport
-            .post_bin(self.target, &self.addr, path, request, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
-                InternalError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
-                InternalError::Failed(..) => RPCError::Network(NetworkError::new(&e)),
-            })?;
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-    }
-}
-
-impl RaftNetwork<TypeConfig> for PeerLink {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let sent_at = Instant::now();
-        let answer: AppendEntriesResponse<NodeId> =
-            self.rpc("/internal/raft/append", &rpc, &option).await?;
-        if matches!(
-            answer,
-            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
-        ) {
-            self.transport.clock.record(self.target, sent_at);
-        }
-        Ok(answer)
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.rpc("/internal/raft/snapshot", &rpc, &option).await
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>> {
-        self.rpc("/internal/raft/vote", &rpc, &option).await
-    }
-
-    fn backoff(&self) -> Backoff {
-        // openraft's default is a constant 500 ms, which would ignore a
-        // returning node that long.
-        Backoff::new(std::iter::repeat(Duration::from_millis(100)))
     }
 }

@@ -1,0 +1,138 @@
+//! HTTP: the public JSON API (`/v1/...`, `/metrics`) and the health probes,
+//! over the service layer. Every public route but the probes needs a bearer
+//! token with the role [`needed_role`] names. The internal routes are
+//! `peer::server`'s.
+//!
+//! Every error leaves as `{"error": {"code", "message"}}` with a 4xx/5xx
+//! status decided in one place ([`ApiError`]); bad input is refused before
+//! anything reaches the log.
+
+mod cluster;
+mod error;
+mod sessions;
+#[cfg(test)]
+mod tests;
+mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use self::error::ApiError;
+pub use self::sessions::IDEMPOTENCY_KEY;
+pub use self::views::{ClusterView, NodeView, SessionPage, SessionView};
+use crate::auth::Role;
+use crate::service::Service;
+
+type AppState = Arc<Service>;
+
+/// Longest a request may take before it is answered 408 (the call timeout
+/// ceiling plus slack). The presence stream is exempt: it never ends.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
+/// Longest wait a caller may ask of a call (`timeout_ms`).
+pub const MAX_CALL_TIMEOUT_MS: u64 = 60_000;
+
+/// The routers of one node: health probes (open), the public API (bearer
+/// token with the role [`needed_role`] names), the internal routes (cluster
+/// secret, checked before a body is read), each with its own body limit.
+pub(crate) fn router(core: Arc<Service>) -> Router {
+    let public_limit = core.limits.max_state_bytes + 64 * 1024;
+    let open = Router::new()
+        .route("/v1/health", get(cluster::health))
+        .route("/v1/health/ready", get(cluster::health))
+        .route("/v1/health/live", get(cluster::live));
+    let public = Router::new()
+        .route(
+            "/v1/sessions",
+            post(sessions::create_session).get(sessions::list_sessions),
+        )
+        .route(
+            "/v1/sessions/:id",
+            get(sessions::get_session).delete(sessions::delete_session),
+        )
+        .route("/v1/sessions/:id/call", post(sessions::call_session))
+        .route("/v1/cluster", get(cluster::cluster_status))
+        .route("/v1/cluster/rebalance", post(cluster::rebalance))
+        .route("/v1/nodes/:id/drain", post(cluster::drain_node))
+        .route("/v1/nodes/:id", axum::routing::delete(cluster::remove_node))
+        .route("/metrics", get(cluster::metrics))
+        .route_layer(middleware::from_fn_with_state(core.clone(), authorize))
+        .layer(DefaultBodyLimit::max(public_limit));
+    open.merge(public)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
+        .with_state(core)
+}
+
+/// The role a public route needs; `None` for none. Anything not listed
+/// needs `admin`, so a new route is closed until it is listed here.
+pub fn needed_role(method: &Method, route: &str) -> Option<Role> {
+    match (method.as_str(), route) {
+        (_, "/v1/health" | "/v1/health/ready" | "/v1/health/live") => None,
+        ("GET", "/v1/sessions" | "/v1/sessions/:id" | "/v1/cluster")
+        | ("POST", "/v1/sessions" | "/v1/sessions/:id/call") => Some(Role::Client),
+        _ => Some(Role::Admin),
+    }
+}
+
+async fn authorize(
+    State(core): State<AppState>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = matched.as_ref().map_or("", |m| m.as_str());
+    let Some(needed) = needed_role(request.method(), route) else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match core.security.role_of(presented) {
+        Ok(role) if role.allows(needed) => next.run(request).await,
+        Ok(role) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this route needs the {needed:?} role; the token has {role:?}").to_lowercase(),
+        )
+        .into_response(),
+        Err(reason) => {
+            let mut response =
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+/// Refuses a JSON POST whose body is not declared JSON (a browser form or
+/// `text/plain` request from another origin).
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match declared.as_deref() {
+        Some("application/json") => Ok(()),
+        Some(other) if other.starts_with("application/") && other.ends_with("+json") => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON, sent with Content-Type: application/json",
+        )),
+    }
+}

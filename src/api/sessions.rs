@@ -1,0 +1,222 @@
+//! The session routes: create, get, list, call, delete.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::error::{body_error, parse_json, session_id, ApiError};
+use super::views::{session_view, SessionPage, SessionView};
+use super::{require_json, MAX_CALL_TIMEOUT_MS};
+use crate::error::Error;
+use crate::model::{CallKey, Command, NodeId, Rejection, SessionKind};
+use crate::peer::CallError;
+use crate::service::Service;
+
+type AppState = Arc<Service>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateRequest {
+    id: String,
+    kind: Option<String>,
+    state: Option<serde_json::Value>,
+}
+
+pub(super) async fn create_session(
+    State(core): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    let bytes = body.map_err(body_error)?;
+    if bytes.len() > core.limits.max_state_bytes + 64 * 1024 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "request body is {} bytes; the state limit is {}",
+                bytes.len(),
+                core.limits.max_state_bytes
+            ),
+        ));
+    }
+    let request: CreateRequest = parse_json(Ok(bytes))?;
+    let id = session_id(&request.id)?;
+    let kind_name = request
+        .kind
+        .unwrap_or_else(|| crate::handlers::kv::KIND.to_string());
+    let kind = SessionKind::new(kind_name.clone())
+        .map_err(|e| ApiError::bad_request("invalid_kind", format!("invalid kind: {e}")))?;
+    let session = crate::service::create_session(&core, id, kind, request.state)
+        .await
+        .map_err(|e| match e {
+            Error::UnknownKind(_) => {
+                let known: Vec<String> = core.registry.kinds().map(|k| k.to_string()).collect();
+                ApiError::bad_request(
+                    "unknown_kind",
+                    format!("unknown kind {kind_name:?}; this node knows {known:?}"),
+                )
+            }
+            other => other.into(),
+        })?;
+    let status = core.view.read(|a| a.state.session_status(&session));
+    Ok((StatusCode::CREATED, Json(session_view(&session, status))).into_response())
+}
+
+pub(super) async fn barrier(core: &Service) -> Result<(), ApiError> {
+    core.read_barrier().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_quorum",
+            format!("linearizable read not possible: {e}"),
+        )
+    })
+}
+
+pub(super) async fn get_session(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    let id = session_id(&id)?;
+    barrier(&core).await?;
+    core.view
+        .read(|a| {
+            a.state
+                .sessions
+                .get(&id)
+                .map(|s| session_view(s, a.state.session_status(s)))
+        })
+        .map(Json)
+        .ok_or_else(|| Rejection::NoSuchSession(id).into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    owner: Option<NodeId>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+const LIST_MAX: usize = 1000;
+
+pub(super) async fn list_sessions(
+    State(core): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SessionPage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > LIST_MAX {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be 1..={LIST_MAX}"),
+        ));
+    }
+    let after = query.after.as_deref().map(session_id).transpose()?;
+    barrier(&core).await?;
+    let page = core.view.read(|a| {
+        use std::ops::Bound;
+        let start = match &after {
+            Some(id) => Bound::Excluded(id.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut matching = a
+            .state
+            .sessions
+            .range((start, Bound::Unbounded))
+            .map(|(_, s)| s)
+            .filter(|s| query.owner.is_none() || s.owner == query.owner);
+        let sessions: Vec<SessionView> = matching
+            .by_ref()
+            .take(limit)
+            .map(|s| session_view(s, a.state.session_status(s)))
+            .collect();
+        let next = if matching.next().is_some() {
+            sessions.last().map(|s| s.id.clone())
+        } else {
+            None
+        };
+        SessionPage { sessions, next }
+    });
+    Ok(Json(page))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CallQuery {
+    timeout_ms: Option<u64>,
+}
+
+/// Header that carries a call's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+pub(super) async fn call_session(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    query: Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::runtime::CallReply>, ApiError> {
+    let id = session_id(&id)?;
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| CallKey::new(text).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_key",
+                        "Idempotency-Key must be 1 to 128 characters of A-Z a-z 0-9 _ . : -",
+                    )
+                })?,
+        ),
+    };
+    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let timeout_ms = query.timeout_ms.unwrap_or(5000);
+    if !(1..=MAX_CALL_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("timeout_ms must be 1..={MAX_CALL_TIMEOUT_MS}"),
+        ));
+    }
+    let timeout = Duration::from_millis(timeout_ms);
+    require_json(&headers)?;
+    // The session is looked up before its message is parsed: a large body
+    // to a session that does not exist costs no parsing.
+    if !core.view.read(|a| a.state.sessions.contains_key(&id)) {
+        // It may have been created a moment ago through another node.
+        barrier(&core).await?;
+        if !core.view.read(|a| a.state.sessions.contains_key(&id)) {
+            return Err(CallError::NotFound(id).into());
+        }
+    }
+    let msg: serde_json::Value = parse_json(body)?;
+    Ok(Json(core.runtime.call(&id, msg, timeout, key).await?))
+}
+
+pub(super) async fn delete_session(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = session_id(&id)?;
+    // An unknown session is answered without writing a rejected entry.
+    if !core.view.read(|a| a.state.sessions.contains_key(&id)) {
+        barrier(&core).await?;
+        if !core.view.read(|a| a.state.sessions.contains_key(&id)) {
+            return Err(Rejection::NoSuchSession(id).into());
+        }
+    }
+    core.proposer
+        .propose(Command::DeleteSession { id: id.clone() })
+        .await??;
+    Ok(Json(serde_json::json!({"deleted": id.as_str()})))
+}

@@ -1,0 +1,87 @@
+//! What the public API answers: sessions, pages of sessions, the cluster.
+//! The typed client (`minos::Client`) decodes these.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{NodeId, NodeStatus, Session};
+use crate::state::SessionStatus;
+
+/// A session as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SessionView {
+    /// Session id.
+    pub id: String,
+    /// Handler kind.
+    pub kind: String,
+    /// Owner, if placed.
+    pub owner: Option<NodeId>,
+    /// Ownership epoch.
+    pub epoch: u64,
+    /// Number of committed state updates.
+    #[serde(default)]
+    pub version: u64,
+    /// `placed`, `moving` or `unplaced`.
+    pub status: SessionStatus,
+    /// Last committed state.
+    pub state: serde_json::Value,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+pub(super) fn session_view(session: &Session, status: SessionStatus) -> SessionView {
+    SessionView {
+        id: session.id.to_string(),
+        kind: session.kind.to_string(),
+        owner: session.owner,
+        epoch: session.epoch.0,
+        version: session.version,
+        status,
+        state: session.state.to_value(),
+        created_at: session.created_at,
+        updated_at: session.updated_at,
+    }
+}
+
+/// A page of sessions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionPage {
+    /// The sessions, in id order.
+    pub sessions: Vec<SessionView>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    pub next: Option<String>,
+}
+
+/// A node as `/v1/cluster` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Node id.
+    pub id: NodeId,
+    /// HTTP address.
+    pub addr: String,
+    /// `up`, `draining` or `down`.
+    pub status: NodeStatus,
+    /// Sessions it owns.
+    pub sessions: usize,
+}
+
+/// The answer of `/v1/cluster`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Current leader as this node knows it.
+    pub leader: Option<NodeId>,
+    /// Raft term.
+    pub term: u64,
+    /// Node that answered.
+    pub answered_by: NodeId,
+    /// Members.
+    pub nodes: Vec<NodeView>,
+    /// Total sessions.
+    pub sessions: usize,
+    /// Sessions by status.
+    pub by_status: BTreeMap<String, usize>,
+}

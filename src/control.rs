@@ -1,0 +1,318 @@
+//! The leader's and the node's decisions, as pure functions over plain
+//! inputs with the time passed in: whether to grant a lease, which nodes
+//! the failure detector declares Down, what the table's membership must
+//! become, which commands follow a verdict, and which sessions this node
+//! must run. The async loops in `lease`, `scheduler` and `runtime` only
+//! gather the inputs and carry out the answers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::model::{Command, Epoch, NodeId, NodeStatus, SessionId};
+use crate::state::ClusterState;
+
+/// What the leader knows when a node asks for a lease.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GrantInputs {
+    /// This node is the Raft leader.
+    pub is_leader: bool,
+    /// A quorum acknowledged this leader within the quorum window.
+    pub fresh_quorum: bool,
+    /// The liveness record belongs to this term (the leader took office).
+    pub in_office: bool,
+    /// The asking node is in the Raft membership.
+    pub member: bool,
+    /// Its status in the table, if it is there.
+    pub status: Option<NodeStatus>,
+    /// It asks for the first time since its process started.
+    pub fresh: bool,
+}
+
+/// The leader's answer to a lease request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grant {
+    /// Refused, and why.
+    Refuse(&'static str),
+    /// Granted; `wants_up` when the node is to be made Up again (it was
+    /// Down, or it restarted while Draining).
+    Grant { wants_up: bool },
+}
+
+/// Decides a lease request. A lease is granted only by a leader in office
+/// that heard a quorum within the quorum window (a deposed leader cannot
+/// keep leases alive), and only to a member.
+pub(crate) fn decide_grant(inputs: &GrantInputs) -> Grant {
+    if !inputs.is_leader {
+        return Grant::Refuse("not the leader");
+    }
+    if !inputs.fresh_quorum {
+        return Grant::Refuse("leader has not heard from a quorum recently");
+    }
+    if !inputs.in_office {
+        return Grant::Refuse("leader is still taking office");
+    }
+    if !inputs.member {
+        return Grant::Refuse("not a member of the cluster");
+    }
+    let wants_up = match inputs.status {
+        Some(NodeStatus::Down) => true,
+        Some(NodeStatus::Draining) => inputs.fresh,
+        _ => false,
+    };
+    Grant::Grant { wants_up }
+}
+
+/// True when a quorum acknowledged the leader at `acked_at` and that is
+/// within `window` of `now` (the rule of lease grants and of readiness).
+pub(crate) fn quorum_is_fresh(acked_at: Option<Instant>, now: Instant, window: Duration) -> bool {
+    acked_at.is_some_and(|at| now.saturating_duration_since(at) <= window)
+}
+
+/// The failure detector's verdict: the candidates whose process is gone
+/// (`dead`), or that were last heard more than `node_timeout` before `now`.
+/// A candidate never heard is taken as heard now (a new leader waits a full
+/// timeout before declaring anyone Down); the caller records that.
+pub(crate) fn down_verdicts(
+    now: Instant,
+    node_timeout: Duration,
+    last_heard: &HashMap<NodeId, Instant>,
+    dead: &BTreeSet<NodeId>,
+    candidates: &[NodeId],
+) -> Vec<NodeId> {
+    candidates
+        .iter()
+        .copied()
+        .filter(|node| {
+            let heard = last_heard.get(node).copied().unwrap_or(now);
+            dead.contains(node) || now.saturating_duration_since(heard) > node_timeout
+        })
+        .collect()
+}
+
+/// Commands that make the table's nodes follow the Raft membership
+/// (`members`: id and address of every voter and learner): missing or
+/// moved members are added, removed ones removed.
+pub(crate) fn membership_changes(
+    state: &ClusterState,
+    members: &BTreeMap<NodeId, String>,
+) -> Vec<Command> {
+    let added = members
+        .iter()
+        .filter(|(id, addr)| state.nodes.get(id).map(|n| &n.addr) != Some(*addr))
+        .map(|(id, addr)| Command::AddNode {
+            id: *id,
+            addr: addr.clone(),
+        });
+    let removed = state
+        .nodes
+        .keys()
+        .filter(|id| !members.contains_key(id))
+        .map(|id| Command::RemoveNode { id: *id });
+    added.chain(removed).collect()
+}
+
+/// Commands that carry out failure verdicts: `NodeDown` for each node in
+/// `down`, `NodeUp` for each node in `up` that is not Up, then one
+/// `Reassign` of every session that needs a new owner with the nodes as
+/// they will be. Also says whether any node's status changes.
+pub(crate) fn verdict_commands(
+    state: &ClusterState,
+    down: &[NodeId],
+    up: &[NodeId],
+) -> (Vec<Command>, bool) {
+    let mut commands = Vec::new();
+    let mut nodes = state.nodes.clone();
+    for id in down {
+        commands.push(Command::NodeDown { id: *id });
+        if let Some(node) = nodes.get_mut(id) {
+            node.status = NodeStatus::Down;
+        }
+    }
+    for id in up {
+        if let Some(node) = nodes.get_mut(id).filter(|n| n.status != NodeStatus::Up) {
+            commands.push(Command::NodeUp { id: *id });
+            node.status = NodeStatus::Up;
+        }
+    }
+    let nodes_changed = !commands.is_empty();
+    let moves = crate::placement::repair_with(state, &nodes);
+    if !moves.is_empty() {
+        commands.push(Command::Reassign { moves });
+    }
+    (commands, nodes_changed)
+}
+
+/// The sessions node `me` must run now, with their epochs: those it owns,
+/// unless it may run nothing (`runnable` false: no valid lease, or
+/// stopping), it is Down in the table, or the session is held back for a
+/// handoff.
+pub(crate) fn wanted_sessions(
+    state: &ClusterState,
+    me: NodeId,
+    runnable: bool,
+    held: &BTreeSet<SessionId>,
+) -> HashMap<SessionId, Epoch> {
+    if !runnable || state.nodes.get(&me).map(|n| n.status) == Some(NodeStatus::Down) {
+        return HashMap::new();
+    }
+    state
+        .sessions_owned_by(me)
+        .filter(|s| !held.contains(&s.id))
+        .map(|s| (s.id.clone(), s.epoch))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Proposal, SessionKind, StateJson};
+    use chrono::Utc;
+    use proptest::prelude::*;
+
+    fn status() -> impl Strategy<Value = Option<NodeStatus>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(NodeStatus::Up)),
+            Just(Some(NodeStatus::Down)),
+            Just(Some(NodeStatus::Draining)),
+        ]
+    }
+
+    /// A table with nodes 1..=n (some Down) and sessions spread over them.
+    fn table(n: u64, down: &[NodeId], sessions: usize) -> ClusterState {
+        let mut state = ClusterState::default();
+        let mut commands: Vec<Command> = (1..=n)
+            .map(|id| Command::AddNode {
+                id,
+                addr: format!("127.0.0.1:{}", 7100 + id),
+            })
+            .collect();
+        for i in 0..sessions {
+            commands.push(Command::CreateSession {
+                id: SessionId::new(format!("s{i}")).expect("id"),
+                kind: SessionKind::new("kv").expect("kind"),
+                state: StateJson::from_value(&serde_json::json!({})),
+                owner: Some(1 + (i as u64) % n),
+            });
+        }
+        commands.extend(down.iter().map(|id| Command::NodeDown { id: *id }));
+        state.apply(&Proposal::V1 {
+            at: Utc::now(),
+            commands,
+        });
+        state
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_lease_is_granted_only_by_a_leader_in_office_with_a_fresh_quorum_to_a_member(
+            is_leader in any::<bool>(), fresh_quorum in any::<bool>(), in_office in any::<bool>(),
+            member in any::<bool>(), status in status(), fresh in any::<bool>(),
+        ) {
+            let inputs = GrantInputs { is_leader, fresh_quorum, in_office, member, status, fresh };
+            match decide_grant(&inputs) {
+                Grant::Grant { wants_up } => {
+                    prop_assert!(is_leader && fresh_quorum && in_office && member);
+                    let expected = status == Some(NodeStatus::Down)
+                        || (status == Some(NodeStatus::Draining) && fresh);
+                    prop_assert_eq!(wants_up, expected);
+                }
+                Grant::Refuse(_) => prop_assert!(!(is_leader && fresh_quorum && in_office && member)),
+            }
+        }
+
+        #[test]
+        fn membership_changes_make_the_table_follow_the_membership(
+            table_nodes in prop::collection::btree_set(1u64..10, 0..6),
+            members in prop::collection::btree_map(1u64..10, 0u16..3, 1..6),
+        ) {
+            let mut state = table(0, &[], 0);
+            let adds: Vec<Command> = table_nodes.iter().map(|id| Command::AddNode {
+                id: *id, addr: format!("127.0.0.1:{}", 7100 + id),
+            }).collect();
+            state.apply(&Proposal::V1 { at: Utc::now(), commands: adds });
+            let members: BTreeMap<NodeId, String> = members.into_iter()
+                .map(|(id, port)| (id, format!("127.0.0.1:{}", 7100 + id + u64::from(port) * 100)))
+                .collect();
+            let commands = membership_changes(&state, &members);
+            state.apply(&Proposal::V1 { at: Utc::now(), commands });
+            let after: BTreeMap<NodeId, String> =
+                state.nodes.values().map(|n| (n.id, n.addr.clone())).collect();
+            prop_assert_eq!(&after, &members);
+            prop_assert!(membership_changes(&state, &members).is_empty(), "a second pass changes nothing");
+        }
+
+        #[test]
+        fn verdicts_move_exactly_the_sessions_of_down_nodes_to_up_nodes(
+            n in 2u64..6, sessions in 0usize..40, down_mask in any::<u8>(),
+        ) {
+            let down: Vec<NodeId> = (1..=n).filter(|id| down_mask & (1 << id) != 0).collect();
+            let mut state = table(n, &[], sessions);
+            let before = state.clone();
+            let (commands, changed) = verdict_commands(&state, &down, &[]);
+            prop_assert_eq!(changed, !down.is_empty());
+            state.apply(&Proposal::V1 { at: Utc::now(), commands });
+            let survivors: Vec<NodeId> = (1..=n).filter(|id| !down.contains(id)).collect();
+            for (id, session) in &state.sessions {
+                let old = before.sessions[id].owner;
+                match old {
+                    Some(owner) if !down.contains(&owner) => prop_assert_eq!(session.owner, old),
+                    _ if survivors.is_empty() => prop_assert_eq!(session.owner, None),
+                    _ => prop_assert!(session.owner.is_some_and(|o| survivors.contains(&o))),
+                }
+            }
+        }
+
+        #[test]
+        fn a_node_runs_exactly_its_owned_unheld_sessions_while_runnable(
+            n in 1u64..4, sessions in 0usize..30, runnable in any::<bool>(),
+            me_down in any::<bool>(), held_every in 1usize..5,
+        ) {
+            let me = 1;
+            let state = table(n, if me_down { &[1] } else { &[] }, sessions);
+            let held: BTreeSet<SessionId> = state.sessions.keys().step_by(held_every).cloned().collect();
+            let wanted = wanted_sessions(&state, me, runnable, &held);
+            for (id, session) in &state.sessions {
+                let expected = runnable && !me_down && session.owner == Some(me) && !held.contains(id);
+                prop_assert_eq!(wanted.get(id) == Some(&session.epoch), expected);
+            }
+            prop_assert!(wanted.len() <= state.sessions.len());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_node_is_down_only_after_the_node_timeout_in_paused_time() {
+        let timeout = Duration::from_millis(800);
+        let start = Instant::now();
+        let heard: HashMap<NodeId, Instant> = [(2, start), (3, start)].into();
+        let dead = BTreeSet::new();
+        tokio::time::advance(Duration::from_millis(799)).await;
+        assert!(down_verdicts(Instant::now(), timeout, &heard, &dead, &[2, 3]).is_empty());
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(
+            down_verdicts(Instant::now(), timeout, &heard, &dead, &[2, 3]),
+            vec![2, 3]
+        );
+        // Never heard: taken as heard now; a dead process is Down at once.
+        let dead: BTreeSet<NodeId> = [3].into();
+        assert_eq!(
+            down_verdicts(Instant::now(), timeout, &HashMap::new(), &dead, &[2, 3]),
+            vec![3]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quorum_ack_is_fresh_for_exactly_the_window() {
+        let window = Duration::from_millis(160);
+        let acked = Instant::now();
+        tokio::time::advance(window).await;
+        assert!(quorum_is_fresh(Some(acked), Instant::now(), window));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!quorum_is_fresh(Some(acked), Instant::now(), window));
+        assert!(!quorum_is_fresh(None, Instant::now(), window));
+    }
+}

@@ -1,0 +1,438 @@
+//! Starting a node, as a list of steps: check the configuration, bind,
+//! check the data directory's identity, open storage and Raft, wire the
+//! parts (each with its own environment), serve HTTP, bootstrap or join,
+//! then spawn the background tasks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{Membership, Node, NodeBuilder, StartError};
+use crate::auth::Security;
+use crate::lease::{Lease, LeaseEnv, Liveness};
+use crate::model::NodeId;
+use crate::peer::{JoinAnswer, JoinRequest, Network, Transport};
+use crate::raft::{raft_config, MinosRaft, Proposer, WritePath};
+use crate::runtime::{Runtime, TaskEnv};
+use crate::scheduler::SchedulerEnv;
+use crate::service::Service;
+use crate::store::{self, Identity};
+
+/// The name a bootstrapped cluster's identity records: its peers list.
+pub(super) fn peers_cluster_name(peers: &BTreeMap<NodeId, String>) -> String {
+    let list: Vec<String> = peers
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect();
+    format!("peers:{}", list.join(","))
+}
+
+/// What the identity check found.
+struct Stored {
+    identity: Option<Identity>,
+    /// Set when the node has no identity yet and must join through this address.
+    join_via: Option<String>,
+}
+
+/// Storage and Raft, opened.
+struct Opened {
+    db: sled::Db,
+    raft: MinosRaft,
+    view: store::StateView,
+    transport: Transport,
+}
+
+/// The wired parts a running node keeps.
+struct Wired {
+    service: Arc<Service>,
+    batcher: JoinHandle<()>,
+    lease_tx: watch::Sender<Lease>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Node {
+    pub(super) async fn start(mut builder: NodeBuilder) -> Result<Node, StartError> {
+        let (security, membership) = check_config(&builder)?;
+        let given = builder.listener.take();
+        let (listener, local, advertise) = bind(given, &builder, &membership).await?;
+        let stored = check_identity(&builder, &membership)?;
+        let opened = open(&builder, &security).await?;
+        let wired = wire(&builder, security, &membership, &stored, &opened);
+        let server = tokio::spawn(crate::serve::serve(
+            listener,
+            app(&wired.service),
+            builder.conn_limits,
+            wired.service.shutdown.clone(),
+        ));
+        let mut node = Node {
+            service: wired.service.clone(),
+            addr: local,
+            shutdown_tx: wired.shutdown_tx,
+            batcher: wired.batcher,
+            tasks: Vec::new(),
+            server,
+        };
+        if let Err(e) =
+            join_or_bootstrap(&node.service, &builder, &membership, stored, &advertise).await
+        {
+            node.kill().await;
+            return Err(e);
+        }
+        drop(opened.db);
+        // sled creates its files with the process umask: close them to others.
+        store::restrict_permissions(&builder.data_dir).map_err(StartError::Storage)?;
+        node.tasks = spawn_tasks(&node.service, wired.lease_tx);
+        info!(node = builder.id, addr = %local, "node started");
+        Ok(node)
+    }
+}
+
+/// Credentials and membership must be given; the peers must name this node.
+fn check_config(builder: &NodeBuilder) -> Result<(Arc<Security>, Membership), StartError> {
+    builder.timing.validate().map_err(StartError::Config)?;
+    let security = Arc::new(builder.security.clone().ok_or_else(|| {
+        StartError::Config(
+            "no credentials: give a cluster secret and tokens (minos serve: \
+             --cluster-secret-file and --token-file), or choose --insecure"
+                .into(),
+        )
+    })?);
+    if matches!(*security, Security::Insecure) {
+        warn!(
+            node = builder.id,
+            "INSECURE: no authentication; anyone who reaches this node's port can change the cluster"
+        );
+    }
+    let membership = builder
+        .membership
+        .clone()
+        .ok_or_else(|| StartError::Config("give either peers or a join address".into()))?;
+    if let Membership::Peers(peers) = &membership {
+        if !peers.contains_key(&builder.id) {
+            return Err(StartError::Config(format!(
+                "peers do not include this node's id {}",
+                builder.id
+            )));
+        }
+    }
+    Ok((security, membership))
+}
+
+/// The listener, its address, and the address peers use (which the peers
+/// list must give this node).
+async fn bind(
+    given: Option<TcpListener>,
+    builder: &NodeBuilder,
+    membership: &Membership,
+) -> Result<(TcpListener, SocketAddr, String), StartError> {
+    let listener = match given {
+        Some(listener) => listener,
+        None => {
+            let addr = builder
+                .listen
+                .clone()
+                .ok_or_else(|| StartError::Config("no listen address".into()))?;
+            TcpListener::bind(&addr)
+                .await
+                .map_err(|e| StartError::Listen(addr, e))?
+        }
+    };
+    let local = listener
+        .local_addr()
+        .map_err(|e| StartError::Listen("listener".into(), e))?;
+    let advertise = builder
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    if let Membership::Peers(peers) = membership {
+        if peers.get(&builder.id) != Some(&advertise) {
+            return Err(StartError::Config(format!(
+                "peers give node {} the address {:?}, but it listens on {advertise}",
+                builder.id,
+                peers.get(&builder.id)
+            )));
+        }
+    }
+    Ok((listener, local, advertise))
+}
+
+/// Never opens data of another node or cluster: the identity lives in a
+/// plain file, checked before sled is opened, so a refused start touches
+/// nothing.
+fn check_identity(builder: &NodeBuilder, membership: &Membership) -> Result<Stored, StartError> {
+    let (me, dir) = (builder.id, &builder.data_dir);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartError::Storage(format!("{}: {e}", dir.display())))?;
+    store::restrict_permissions(dir).map_err(StartError::Storage)?;
+    let identity = store::read_identity(dir).map_err(StartError::Storage)?;
+    let mut join_via = None;
+    match (&identity, membership) {
+        (Some(identity), _) if identity.node_id != me => {
+            return Err(StartError::Identity(format!(
+                "data dir {} belongs to node {}, not node {me}",
+                dir.display(),
+                identity.node_id
+            )));
+        }
+        (Some(identity), Membership::Peers(peers))
+            if identity.cluster.starts_with("peers:")
+                && identity.cluster != peers_cluster_name(peers) =>
+        {
+            return Err(StartError::Identity(format!(
+                "data dir {} belongs to cluster '{}', but --peers describe '{}'",
+                dir.display(),
+                identity.cluster,
+                peers_cluster_name(peers)
+            )));
+        }
+        (Some(_), _) => {}
+        (None, Membership::Peers(peers)) => {
+            let fresh = Identity {
+                node_id: me,
+                cluster: peers_cluster_name(peers),
+            };
+            store::write_identity(dir, &fresh).map_err(StartError::Storage)?;
+        }
+        (None, Membership::Join(addr)) => join_via = Some(addr.clone()),
+    }
+    Ok(Stored { identity, join_via })
+}
+
+/// Opens sled and starts Raft over it.
+async fn open(builder: &NodeBuilder, security: &Security) -> Result<Opened, StartError> {
+    let sled_dir: PathBuf = builder.data_dir.clone();
+    let db = tokio::task::spawn_blocking(move || store::open_db(&sled_dir))
+        .await
+        .map_err(|e| StartError::Storage(e.to_string()))?
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    let (log_store, sm_store) =
+        store::open_stores(&db).map_err(|e| StartError::Storage(e.to_string()))?;
+    let view = sm_store.view();
+    let transport = Transport::new(
+        builder.faults.clone(),
+        security.peer_secret().map(String::from),
+    );
+    let config = Arc::new(raft_config(&builder.timing).map_err(StartError::Config)?);
+    let network = Network::new(transport.clone());
+    let raft = MinosRaft::new(builder.id, config, network, log_store, sm_store)
+        .await
+        .map_err(|e| {
+            StartError::Storage(format!(
+                "cannot read the log and state in {}: {e} (written by an incompatible minos version?)",
+                builder.data_dir.display()
+            ))
+        })?;
+    Ok(Opened {
+        db,
+        raft,
+        view,
+        transport,
+    })
+}
+
+/// Builds each part with its own environment, and the service over them.
+fn wire(
+    builder: &NodeBuilder,
+    security: Arc<Security>,
+    membership: &Membership,
+    stored: &Stored,
+    opened: &Opened,
+) -> Wired {
+    let me = builder.id;
+    let (raft, view, transport) = (&opened.raft, &opened.view, &opened.transport);
+    let write_path = Arc::new(WritePath {
+        me,
+        raft: raft.clone(),
+        view: view.clone(),
+        transport: transport.clone(),
+        timing: builder.timing.clone(),
+    });
+    let (proposer, batcher) = write_path.clone().start();
+    let (lease_tx, lease_rx) = watch::channel(Lease::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let task_env = TaskEnv {
+        me,
+        view: view.clone(),
+        lease: lease_rx.clone(),
+        proposer: proposer.clone(),
+        max_state_bytes: builder.limits.max_state_bytes,
+        retention: builder.limits.call_retention,
+        kick: Arc::new(Notify::new()),
+    };
+    let runtime = Runtime::new(task_env, builder.registry.clone(), transport.clone());
+    let (lease_env, scheduler) = leader_envs(builder, opened, &proposer, &runtime);
+    let cluster = match (&stored.identity, membership) {
+        (Some(identity), _) => identity.cluster.clone(),
+        (None, Membership::Peers(peers)) => peers_cluster_name(peers),
+        (None, Membership::Join(_)) => String::new(),
+    };
+    let service = Arc::new(Service {
+        me,
+        raft: raft.clone(),
+        view: view.clone(),
+        proposer,
+        write_path,
+        transport: transport.clone(),
+        timing: builder.timing.clone(),
+        limits: builder.limits.clone(),
+        registry: builder.registry.clone(),
+        security,
+        lease: lease_rx,
+        runtime,
+        shutdown: shutdown_rx,
+        lease_env,
+        scheduler,
+        cluster: std::sync::RwLock::new(cluster),
+    });
+    Wired {
+        service,
+        batcher,
+        lease_tx,
+        shutdown_tx,
+    }
+}
+
+/// The environments of the lease keeper and grant, and of the leader's
+/// scheduler.
+fn leader_envs(
+    builder: &NodeBuilder,
+    opened: &Opened,
+    proposer: &Proposer,
+    runtime: &Arc<Runtime>,
+) -> (Arc<LeaseEnv>, Arc<SchedulerEnv>) {
+    let lease_env = Arc::new(LeaseEnv {
+        me: builder.id,
+        raft: opened.raft.clone(),
+        view: opened.view.clone(),
+        transport: opened.transport.clone(),
+        timing: builder.timing.clone(),
+        liveness: Liveness::default(),
+    });
+    let scheduler = Arc::new(SchedulerEnv {
+        me: builder.id,
+        raft: opened.raft.clone(),
+        view: opened.view.clone(),
+        proposer: proposer.clone(),
+        transport: opened.transport.clone(),
+        timing: builder.timing.clone(),
+        liveness: lease_env.liveness.clone(),
+        runtime: runtime.clone(),
+    });
+    (lease_env, scheduler)
+}
+
+/// The public routes and the peer routes of a node.
+fn app(service: &Arc<Service>) -> axum::Router {
+    crate::api::router(service.clone()).merge(crate::peer::server::router(service.clone()))
+}
+
+/// Joins through the given member (a node without identity), or
+/// initializes the cluster with every peer (idempotent), checking that a
+/// restarted node's voters agree with its peers list.
+async fn join_or_bootstrap(
+    service: &Service,
+    builder: &NodeBuilder,
+    membership: &Membership,
+    stored: Stored,
+    advertise: &str,
+) -> Result<(), StartError> {
+    let me = builder.id;
+    if let Some(via) = stored.join_via {
+        let answer = join_cluster(service, &via, me, advertise)
+            .await
+            .map_err(StartError::Join)?;
+        *service.cluster.write().unwrap_or_else(|p| p.into_inner()) = answer.cluster.clone();
+        let identity = Identity {
+            node_id: me,
+            cluster: answer.cluster,
+        };
+        return store::write_identity(&builder.data_dir, &identity).map_err(StartError::Storage);
+    }
+    let Membership::Peers(peers) = membership else {
+        return Ok(());
+    };
+    let members: BTreeMap<NodeId, BasicNode> = peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect();
+    match service.raft.initialize(members).await {
+        Ok(()) => info!(node = me, "cluster initialized"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+            info!(
+                node = me,
+                "cluster already initialized; not initializing again"
+            )
+        }
+        Err(e) => return Err(StartError::Raft(e.to_string())),
+    }
+    // A restarted node must not silently run with other voters than its
+    // flags say.
+    let voters = crate::raft::voters(&service.raft);
+    let listed: BTreeSet<NodeId> = peers.keys().copied().collect();
+    if !voters.is_empty() && !voters.is_subset(&listed) && !listed.is_subset(&voters) {
+        return Err(StartError::Identity(format!(
+            "--peers list {listed:?}, but the cluster's voters are {voters:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Asks `via` to admit this node, retrying while the cluster is busy with
+/// another membership change or not reachable yet (bounded: 60 s).
+async fn join_cluster(
+    service: &Service,
+    via: &str,
+    me: NodeId,
+    advertise: &str,
+) -> Result<JoinAnswer, String> {
+    let request = JoinRequest {
+        id: me,
+        addr: advertise.to_string(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = service
+            .transport
+            .join(via, &request, Duration::from_secs(30))
+            .await;
+        match answer {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) if Instant::now() < deadline && e.contains("in progress") => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) if Instant::now() < deadline && e.not_delivered() => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The lease keeper, the leader's supervisor, the reconciler and the
+/// leader watch.
+fn spawn_tasks(service: &Arc<Service>, lease_tx: watch::Sender<Lease>) -> Vec<JoinHandle<()>> {
+    let shutdown = service.shutdown.clone();
+    vec![
+        tokio::spawn(crate::lease::keep_lease(
+            service.lease_env.clone(),
+            lease_tx,
+        )),
+        tokio::spawn(crate::scheduler::supervise(
+            service.scheduler.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(service.runtime.clone().reconcile_loop(shutdown.clone())),
+        tokio::spawn(crate::scheduler::watch_leader(
+            service.scheduler.clone(),
+            shutdown,
+        )),
+    ]
+}

@@ -1,0 +1,116 @@
+//! The requests and answers peers exchange on the internal routes (JSON
+//! bodies; Raft's own messages are openraft's types in bincode).
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CallKey, Epoch, NodeId, SessionId};
+
+/// A node asks the leader for a lease.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The asking node.
+    pub node: NodeId,
+    /// True on the first request after the process started.
+    pub fresh: bool,
+}
+
+/// The leader's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaseAnswer {
+    /// Whether the lease was granted.
+    pub granted: bool,
+    /// The leader's last log index at grant time.
+    pub leader_last_log: u64,
+    /// Why it was refused.
+    pub reason: Option<String>,
+}
+
+/// What a handoff moved.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HandoffReport {
+    /// Sessions whose move was committed.
+    pub moved: usize,
+    /// Sessions that could not be handed over (owner unreachable).
+    pub skipped: usize,
+}
+
+/// A node lets go of sessions: it stops their tasks (finishing the call in
+/// hand) and holds them until the move is committed or the hold expires.
+/// Only the leader of `term` may ask.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    /// The asking leader.
+    pub from: NodeId,
+    /// Its term.
+    pub term: u64,
+    /// Sessions to release; `None` releases all the node owns (drain).
+    pub sessions: Option<Vec<SessionId>>,
+}
+
+/// Asks the leader to drain a node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrainRequest {
+    /// The node to drain.
+    pub node: NodeId,
+    /// True when the node itself asks and has stopped its sessions already.
+    pub released: bool,
+}
+
+/// Asked of any member by a node that wants to join.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The new node's id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: String,
+}
+
+/// What a joining node learns.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    /// Identity name of the cluster.
+    pub cluster: String,
+}
+
+/// A successful call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CallReply {
+    /// The handler's reply.
+    pub reply: serde_json::Value,
+    /// Node that ran the session.
+    pub owner: NodeId,
+    /// Epoch it ran under.
+    pub epoch: Epoch,
+}
+
+/// Why a call did not succeed.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum CallError {
+    /// No such session.
+    #[error("session {0} does not exist")]
+    NotFound(SessionId),
+    /// The handler rejected the message (nothing was committed).
+    #[error("rejected by the session: {0}")]
+    Rejected(String),
+    /// The new state is over the size limit (nothing was committed).
+    #[error("new state is {0} bytes; the limit is {1}")]
+    StateTooLarge(usize, usize),
+    /// The session was not available before the timeout (moving, no quorum).
+    #[error("session {0} not available within the timeout: {1}")]
+    Unavailable(SessionId, String),
+    /// The call may or may not have run (owner lost mid-call, commit unconfirmed).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// This node does not run the session (internal; the router retries).
+    #[error("not running here")]
+    NotHere,
+}
+
+/// A call forwarded to the session's owner (the body of the internal route).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedCall {
+    /// The message.
+    pub msg: serde_json::Value,
+    /// The caller's idempotency key, if any.
+    pub key: Option<CallKey>,
+}

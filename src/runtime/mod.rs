@@ -1,0 +1,407 @@
+//! The session runtime on every node: one task per session this node owns
+//! while it holds a valid lease, and the routing of calls to the owner.
+//!
+//! Invariants:
+//! - a task runs only while this node owns the session in the applied state,
+//!   holds a valid lease, and has not released the session for a handoff;
+//! - a task checks the lease again before every call, so a node resumed from
+//!   a pause answers nothing after its lease ended;
+//! - a task answers no call before the table row it starts from is settled:
+//!   unless its epoch is new to this node, it first commits a
+//!   `Command::Settle` and starts from the state that returns, so no
+//!   earlier write of its epoch whose outcome was unknown can land behind
+//!   its back (an unknown outcome is settled by the log, never guessed);
+//! - a state change is committed with the task's epoch before the reply
+//!   leaves; a stale epoch stops the task (fencing); a write whose outcome
+//!   is unknown is settled the same way before the task answers anything
+//!   else, and written again if it did not land;
+//! - a call is retried on another attempt only when it certainly did not
+//!   run (refused before handling, or never delivered), when it is a query
+//!   (the kind says it changes nothing), or when it carries a key: a keyed
+//!   call's effect is recorded with the session in the entry that commits
+//!   it, so any owner answers a retry with the recorded reply and applies
+//!   nothing; otherwise its outcome is reported as unknown.
+//!
+//! Parts: this file (tasks started and stopped by `reconcile`, releases),
+//! `router` (a call's way to the owner), `task` (one session's task:
+//! settle, handle, commit).
+
+mod router;
+mod task;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use self::task::SessionTask;
+use crate::lease::Lease;
+use crate::model::{CallKey, CallRetention, Epoch, NodeId, SessionId};
+use crate::peer::Transport;
+pub use crate::peer::{CallError, CallReply, ForwardedCall};
+use crate::raft::Proposer;
+use crate::store::StateView;
+
+/// Calls waiting in one session's mailbox.
+const MAILBOX: usize = 256;
+/// How long a released session is held back before this node may run it
+/// again (if the move was never committed).
+const HOLD: Duration = Duration::from_secs(3);
+/// How long a call in flight to a session's old owner may still report that
+/// it was never delivered, after the move was seen.
+const MOVED_GRACE: Duration = Duration::from_millis(20);
+/// First pause between routing attempts while a session is moving.
+const RETRY_PAUSE: Duration = Duration::from_millis(2);
+/// Longest pause between two attempts on an unchanged route.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Pause before a settle is tried again after its own outcome was unknown.
+const SETTLE_PAUSE: Duration = Duration::from_millis(10);
+
+struct Call {
+    msg: serde_json::Value,
+    key: Option<CallKey>,
+    reply: oneshot::Sender<Result<CallReply, CallError>>,
+}
+
+struct Running {
+    id: SessionId,
+    epoch: Epoch,
+    mailbox: mpsc::Sender<Call>,
+    task: JoinHandle<()>,
+    /// Set when the task must answer no more calls (it was replaced or
+    /// released); it finishes the commit in hand, then exits.
+    stop: Arc<AtomicBool>,
+}
+
+/// What a session task needs from its node.
+#[derive(Clone)]
+pub(crate) struct TaskEnv {
+    pub me: NodeId,
+    pub view: StateView,
+    pub lease: watch::Receiver<Lease>,
+    pub proposer: Proposer,
+    pub max_state_bytes: usize,
+    /// How many keyed calls each session remembers.
+    pub retention: CallRetention,
+    /// Wakes the reconciler (a task stopped by itself).
+    pub kick: Arc<Notify>,
+}
+
+impl TaskEnv {
+    fn lease_valid(&self) -> bool {
+        self.lease
+            .borrow()
+            .is_valid(Instant::now(), self.view.applied_index())
+    }
+}
+
+/// Live sessions of this node.
+pub(crate) struct Runtime {
+    env: TaskEnv,
+    registry: crate::handler::Registry,
+    transport: Transport,
+    tasks: Mutex<HashMap<SessionId, Running>>,
+    /// Released sessions: the epoch they were released at, and until when
+    /// they are held back at the latest. A hold ends early once the move
+    /// away is committed, so a session that comes back soon runs at once.
+    held: Mutex<HashMap<SessionId, (Epoch, Instant)>>,
+    stopping: AtomicBool,
+    /// Tasks told to stop that may still be finishing a commit: no
+    /// successor starts for the session until they are done.
+    finishing: Mutex<HashMap<SessionId, JoinHandle<()>>>,
+    /// The epoch each session last ran under here, while the table still
+    /// shows it: a task under that epoch may have left a write whose outcome
+    /// is unknown, so its successor settles first.
+    ran: Mutex<HashMap<SessionId, Epoch>>,
+    /// The table's last epoch when this process could first run sessions
+    /// (lease held, log caught up). A session whose epoch is not above it
+    /// may have run in an earlier life of this node, so its first task here
+    /// settles first; a later epoch was handed to this process and to no
+    /// other, and its row is final once its owner change is applied.
+    boot_epoch: OnceLock<Epoch>,
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        env: TaskEnv,
+        registry: crate::handler::Registry,
+        transport: Transport,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            env,
+            registry,
+            transport,
+            tasks: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            finishing: Mutex::new(HashMap::new()),
+            ran: Mutex::new(HashMap::new()),
+            boot_epoch: OnceLock::new(),
+        })
+    }
+
+    /// Number of session tasks running here.
+    pub fn running(&self) -> usize {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Ids of the sessions running here.
+    pub fn running_ids(&self) -> Vec<SessionId> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Keeps the set of running tasks equal to what this node should run.
+    pub(crate) async fn reconcile_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut applied = self.env.view.subscribe();
+        let mut lease = self.env.lease.clone();
+        loop {
+            let wake_at = self.reconcile();
+            let sleep = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = lease.changed() => {}
+                _ = self.env.kick.notified() => {}
+                _ = sleep => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.stop_all().await;
+    }
+
+    /// One reconciliation pass; returns when the next one is due at the latest.
+    fn reconcile(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let lease = *self.env.lease.borrow();
+        let applied_index = self.env.view.applied_index();
+        let mut wake_at = lease.valid_until.filter(|until| *until > now);
+        let runnable = lease.is_valid(now, applied_index) && !self.stopping.load(Ordering::SeqCst);
+        let held = self.current_holds(now, &mut wake_at);
+        if runnable {
+            self.boot_epoch
+                .get_or_init(|| self.env.view.read(|a| a.state.last_epoch));
+        }
+        let wanted = self
+            .env
+            .view
+            .read(|a| crate::control::wanted_sessions(&a.state, self.env.me, runnable, &held));
+        self.stop_unwanted(&wanted);
+        if self.start_wanted(wanted) {
+            // Stopped tasks still finishing kick the reconciler when they
+            // end, but look again soon.
+            let soon = now + RETRY_PAUSE;
+            wake_at = Some(wake_at.map_or(soon, |w| w.min(soon)));
+        }
+        wake_at
+    }
+
+    /// The sessions held back for a handoff now. A hold ends at its expiry,
+    /// or once the move away is committed (another owner under a later
+    /// epoch), so a session that comes back runs at once.
+    fn current_holds(&self, now: Instant, wake_at: &mut Option<Instant>) -> BTreeSet<SessionId> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        self.env.view.read(|a| {
+            held.retain(|id, (epoch, until)| {
+                *until > now
+                    && a.state
+                        .sessions
+                        .get(id)
+                        .is_some_and(|s| s.owner == Some(self.env.me) || s.epoch == *epoch)
+            })
+        });
+        for (_, until) in held.values() {
+            *wake_at = Some(wake_at.map_or(*until, |w| w.min(*until)));
+        }
+        held.keys().cloned().collect()
+    }
+
+    /// Stops the tasks not wanted under their epoch (or ended by themselves).
+    /// A task stopped here may still be committing (a lease lapse in the
+    /// middle of a write): it answers no other call, and no successor
+    /// starts before it is done.
+    fn stop_unwanted(&self, wanted: &HashMap<SessionId, Epoch>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut finishing = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
+        let unwanted: Vec<SessionId> = tasks
+            .iter()
+            .filter(|(id, running)| {
+                wanted.get(*id) != Some(&running.epoch) || running.task.is_finished()
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in unwanted {
+            if let Some(running) = tasks.remove(&id) {
+                debug!(node = self.env.me, session = %id, "stopping session task");
+                running.stop.store(true, Ordering::SeqCst);
+                finishing.insert(id, running.task);
+            }
+        }
+        finishing.retain(|_, task| !task.is_finished());
+    }
+
+    /// Starts a task for each wanted session that has none and whose
+    /// earlier task has finished. A task starts settled only under an epoch
+    /// handed to this process after it could first run sessions, under
+    /// which no task ran here (invariant 10). True while stopped tasks are
+    /// still finishing.
+    fn start_wanted(&self, wanted: HashMap<SessionId, Epoch>) -> bool {
+        let boot_epoch = self.boot_epoch.get().copied().unwrap_or(Epoch(u64::MAX));
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let finishing = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ran = self.ran.lock().unwrap_or_else(|p| p.into_inner());
+        // A past run matters only while the table still shows its epoch.
+        self.env.view.read(|a| {
+            ran.retain(|id, epoch| a.state.sessions.get(id).is_some_and(|s| s.epoch == *epoch))
+        });
+        for (id, epoch) in wanted {
+            if tasks.contains_key(&id) || finishing.contains_key(&id) {
+                continue;
+            }
+            let settled = epoch > boot_epoch && ran.get(&id) != Some(&epoch);
+            if let Some(running) = self.start_task(&id, epoch, settled) {
+                ran.insert(id.clone(), epoch);
+                tasks.insert(id, running);
+            }
+        }
+        !finishing.is_empty()
+    }
+
+    /// Starts a task for `id` under `epoch` from the applied state. Unless
+    /// `settled` (the epoch is new to this node), the task settles the row
+    /// through the log before it answers anything.
+    fn start_task(&self, id: &SessionId, epoch: Epoch, settled: bool) -> Option<Running> {
+        let (kind, state, version, recorded) = self.env.view.read(|a| {
+            a.state
+                .sessions
+                .get(id)
+                .filter(|s| s.epoch == epoch)
+                .map(|s| (s.kind.clone(), s.state.clone(), s.version, s.calls.clone()))
+        })?;
+        let Some(handler) = self.registry.get(&kind).cloned() else {
+            warn!(session = %id, %kind, "no handler registered for this kind; session not started");
+            return None;
+        };
+        let live = match handler.start(&state) {
+            Ok(live) => live,
+            Err(e) => {
+                warn!(session = %id, error = %e, "session state does not load; not started");
+                return None;
+            }
+        };
+        let (mailbox, calls) = mpsc::channel(MAILBOX);
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = SessionTask {
+            env: self.env.clone(),
+            id: id.clone(),
+            epoch,
+            handler,
+            live,
+            committed: state,
+            version,
+            calls: recorded,
+            settled,
+            stop: stop.clone(),
+        };
+        Some(Running {
+            id: id.clone(),
+            epoch,
+            mailbox,
+            task: tokio::spawn(task.run(calls)),
+            stop,
+        })
+    }
+
+    async fn stop_all(&self) {
+        let drained: Vec<Running> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        join_stopped(drained).await;
+    }
+
+    /// Stops the given sessions (all when `None`) after the call in hand,
+    /// and holds them back until their move is committed. With `None` the
+    /// node also stops taking any session (drain, graceful stop).
+    pub(crate) async fn release(&self, sessions: Option<&[SessionId]>) {
+        let until = Instant::now() + HOLD;
+        let epochs: HashMap<SessionId, Epoch> = match sessions {
+            None => HashMap::new(),
+            Some(ids) => self.env.view.read(|a| {
+                ids.iter()
+                    .filter_map(|id| a.state.sessions.get(id).map(|s| (id.clone(), s.epoch)))
+                    .collect()
+            }),
+        };
+        let stopped: Vec<Running> = {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            match sessions {
+                None => {
+                    self.stopping.store(true, Ordering::SeqCst);
+                    tasks.drain().map(|(_, r)| r).collect()
+                }
+                Some(ids) => ids
+                    .iter()
+                    .filter_map(|id| {
+                        if let Some(epoch) = epochs.get(id) {
+                            held.insert(id.clone(), (*epoch, until));
+                        }
+                        tasks.remove(id)
+                    })
+                    .collect(),
+            }
+        };
+        join_stopped(stopped).await;
+        self.env.kick.notify_one();
+    }
+
+    /// Handles a call here if this node runs the session; never forwards.
+    pub(crate) async fn call_local(
+        &self,
+        id: &SessionId,
+        msg: serde_json::Value,
+        key: Option<CallKey>,
+    ) -> Result<CallReply, CallError> {
+        let mailbox = {
+            let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            tasks.get(id).map(|r| r.mailbox.clone())
+        };
+        let Some(mailbox) = mailbox else {
+            return Err(CallError::NotHere);
+        };
+        let (reply, answer) = oneshot::channel();
+        if mailbox.send(Call { msg, key, reply }).await.is_err() {
+            return Err(CallError::NotHere);
+        }
+        // A dropped reply means the task stopped before taking the call.
+        answer.await.unwrap_or(Err(CallError::NotHere))
+    }
+}
+
+async fn join_stopped(stopped: Vec<Running>) {
+    for running in stopped {
+        running.stop.store(true, Ordering::SeqCst);
+        drop(running.mailbox);
+        // The task finishes the call in hand, then sees its mailbox closed.
+        if let Err(e) = running.task.await {
+            warn!(session = %running.id, error = %e, "session task ended abnormally");
+        }
+    }
+}

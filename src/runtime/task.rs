@@ -1,0 +1,319 @@
+//! One session's task on its owner: it settles its row first (unless its
+//! epoch is new here), then handles calls and deadlines one at a time and
+//! commits each state change, with its epoch and version, before replying.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{Call, TaskEnv, SETTLE_PAUSE};
+use crate::handler::{DynHandler, HandlerError, LiveSession, SessionContext};
+use crate::model::{
+    Applied, CallKey, Command, Epoch, RecordedCall, Rejection, SessionId, StateJson,
+};
+use crate::peer::{CallError, CallReply};
+use crate::raft::WriteError;
+
+pub(super) struct SessionTask {
+    pub(super) env: TaskEnv,
+    pub(super) id: SessionId,
+    pub(super) epoch: Epoch,
+    pub(super) handler: Arc<dyn DynHandler>,
+    pub(super) live: Box<dyn LiveSession>,
+    pub(super) committed: StateJson,
+    /// Version of `committed` in the table: the next update builds on it.
+    pub(super) version: u64,
+    /// The keyed calls the table remembers for this session (as of `version`).
+    pub(super) calls: Vec<RecordedCall>,
+    /// True once `committed` and `version` are known to be the table's and
+    /// no earlier write of this epoch can still land (see [`Command::Settle`]).
+    pub(super) settled: bool,
+    pub(super) stop: Arc<AtomicBool>,
+}
+
+enum Commit {
+    Done,
+    /// This task must stop: fenced, deleted, or the outcome is unknown.
+    Stop(CallError),
+}
+
+impl SessionTask {
+    fn context(&self) -> SessionContext {
+        SessionContext {
+            id: self.id.clone(),
+            now: Utc::now(),
+            owner: self.env.me,
+            epoch: self.epoch,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
+        debug!(node = self.env.me, session = %self.id, epoch = %self.epoch, "session task started");
+        if !self.settled {
+            // Calls wait in the mailbox meanwhile; if this fails they are
+            // dropped unanswered (never run) and their routers retry.
+            if self.settle().await.is_err() {
+                debug!(node = self.env.me, session = %self.id, "session task could not settle; stopped");
+                self.env.kick.notify_one();
+                return;
+            }
+            self.restore();
+        }
+        let mut lease = self.env.lease.clone();
+        loop {
+            let deadline = self.live.next_deadline();
+            let lease_ok = self.env.lease_valid();
+            // Timers fire only under a valid lease; without one, wait for the
+            // next renewal instead (the reconciler may stop this task first).
+            let timer = async {
+                if !lease_ok {
+                    let _ = lease.changed().await;
+                    return false;
+                }
+                match deadline {
+                    Some(at) => {
+                        let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                        tokio::time::sleep(wait).await;
+                        true
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                call = calls.recv() => {
+                    let Some(call) = call else { break };
+                    if call.reply.is_closed() {
+                        // Its caller gave up before it was taken: never run.
+                        continue;
+                    }
+                    if !self.env.lease_valid() || self.stop.load(Ordering::SeqCst) {
+                        let _ = call.reply.send(Err(CallError::NotHere));
+                        continue;
+                    }
+                    if let Commit::Stop(_) = self.fire_due_deadline().await {
+                        let _ = call.reply.send(Err(CallError::NotHere));
+                        break;
+                    }
+                    let (answer, stop) = self.handle(call.msg, call.key).await;
+                    let _ = call.reply.send(answer);
+                    if stop {
+                        break;
+                    }
+                }
+                fire = timer => {
+                    if fire {
+                        if let Commit::Stop(_) = self.fire_due_deadline().await {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        debug!(node = self.env.me, session = %self.id, "session task stopped");
+        self.env.kick.notify_one();
+    }
+
+    /// Commits a [`Command::Settle`] for this task's epoch and takes the
+    /// table's state and version from its answer. Once it is applied, no
+    /// earlier write of this epoch can land any more (it would carry an
+    /// older version), so what it returns is final until this task writes.
+    /// Retried while the lease holds; fails when the session moved, was
+    /// deleted, the lease ended or the task was told to stop.
+    async fn settle(&mut self) -> Result<(), CallError> {
+        loop {
+            if self.stop.load(Ordering::SeqCst) || !self.env.lease_valid() {
+                return Err(CallError::NotHere);
+            }
+            let command = Command::Settle {
+                id: self.id.clone(),
+                epoch: self.epoch,
+                version: self.version,
+            };
+            match self.env.proposer.propose(command).await {
+                Ok(Ok(Applied::Session(session))) => {
+                    self.committed = session.state;
+                    self.version = session.version;
+                    self.calls = session.calls;
+                    self.settled = true;
+                    return Ok(());
+                }
+                // An earlier write (or settle) of this epoch landed: settle
+                // on top of it; the answer carries the state.
+                Ok(Err(Rejection::StaleVersion { current, .. })) => self.version = current,
+                // Moved away or deleted: nothing of this epoch can land.
+                Ok(Ok(_)) | Ok(Err(_)) | Err(WriteError::ShuttingDown) => {
+                    return Err(CallError::NotHere)
+                }
+                // A settle whose own outcome is unknown is harmless: it only
+                // raises the version, and the next one settles on top of it.
+                Err(e) => {
+                    debug!(session = %self.id, error = %e, "settle not confirmed; trying again");
+                    tokio::time::sleep(SETTLE_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    async fn fire_due_deadline(&mut self) -> Commit {
+        let ctx = self.context();
+        match self.live.next_deadline() {
+            Some(at) if at <= ctx.now => {
+                self.live.on_deadline(&ctx);
+                self.commit(None).await
+            }
+            _ => Commit::Done,
+        }
+    }
+
+    fn reply(&self, reply: serde_json::Value) -> CallReply {
+        CallReply {
+            reply,
+            owner: self.env.me,
+            epoch: self.epoch,
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        msg: serde_json::Value,
+        key: Option<CallKey>,
+    ) -> (Result<CallReply, CallError>, bool) {
+        if let Some(recorded) = key
+            .as_ref()
+            .and_then(|key| RecordedCall::find(&self.calls, key))
+        {
+            // A retry of a call that took effect: its reply, nothing applied.
+            let reply = serde_json::from_str(&recorded.reply).unwrap_or(serde_json::Value::Null);
+            return (Ok(self.reply(reply)), false);
+        }
+        let query = self.handler.is_query(&msg);
+        let ctx = self.context();
+        match self.live.handle(&ctx, msg) {
+            Err(HandlerError(message)) => {
+                self.restore();
+                (Err(CallError::Rejected(message)), false)
+            }
+            Ok(_) if query && self.live.state() != self.committed => {
+                // Retrying a query must be safe: one that writes is refused.
+                self.restore();
+                (
+                    Err(CallError::Rejected(
+                        "the kind declares this message a query, but handling it changed the state"
+                            .into(),
+                    )),
+                    false,
+                )
+            }
+            Ok(reply) => {
+                let call = key.map(|key| RecordedCall {
+                    key,
+                    reply: reply.to_string(),
+                    at: ctx.now,
+                });
+                match self.commit(call).await {
+                    Commit::Done => (Ok(self.reply(reply)), false),
+                    Commit::Stop(CallError::StateTooLarge(size, limit)) => {
+                        self.restore();
+                        (Err(CallError::StateTooLarge(size, limit)), false)
+                    }
+                    Commit::Stop(error) => (Err(error), true),
+                }
+            }
+        }
+    }
+
+    /// Commits the live state if it changed. A write whose outcome is
+    /// unknown is settled through the log: if it landed the call is done,
+    /// if it did not it is written again (it can no longer land late).
+    /// A keyed call is recorded with the state in the same entry.
+    async fn commit(&mut self, call: Option<RecordedCall>) -> Commit {
+        let state = self.live.state();
+        if state == self.committed {
+            return Commit::Done;
+        }
+        let size = state.len() + call.as_ref().map_or(0, |c| c.reply.len());
+        if size > self.env.max_state_bytes {
+            return Commit::Stop(CallError::StateTooLarge(size, self.env.max_state_bytes));
+        }
+        loop {
+            let command = self.write_command(&state, &call);
+            let unknown = match self.env.proposer.propose(command).await {
+                Ok(Ok(applied)) => {
+                    self.committed = state;
+                    match applied {
+                        Applied::Session(session) => {
+                            self.version = session.version;
+                            self.calls = session.calls;
+                        }
+                        _ => self.version += 1,
+                    }
+                    return Commit::Done;
+                }
+                // Fenced, outdated, deleted, or (keyed) applied already: the
+                // call did not take effect here; a retry finds its record.
+                Ok(Err(Rejection::StaleEpoch { .. }))
+                | Ok(Err(Rejection::StaleVersion { .. }))
+                | Ok(Err(Rejection::DuplicateCall { .. }))
+                | Ok(Err(Rejection::NoSuchSession(_))) => return Commit::Stop(CallError::NotHere),
+                Ok(Err(other)) => other.to_string(),
+                Err(WriteError::NoLeader) | Err(WriteError::ShuttingDown) => {
+                    // Nothing was written; a successor settles and restarts
+                    // from the committed state.
+                    return Commit::Stop(CallError::Unavailable(
+                        self.id.clone(),
+                        "no leader to commit the new state".into(),
+                    ));
+                }
+                Err(e) => e.to_string(),
+            };
+            debug!(session = %self.id, error = %unknown, "write outcome unknown; settling it");
+            let before = self.committed.clone();
+            if self.settle().await.is_err() {
+                return Commit::Stop(CallError::OutcomeUnknown(unknown));
+            }
+            if self.committed == state {
+                // It landed (only this task writes under this epoch, and
+                // the state differs from the one it was built on).
+                return Commit::Done;
+            }
+            if self.committed != before {
+                // Cannot happen while this task is the only writer of its
+                // epoch; do not build on a state the handler never saw.
+                warn!(session = %self.id, "settled state is neither the old nor the new one");
+                return Commit::Stop(CallError::OutcomeUnknown(unknown));
+            }
+        }
+    }
+
+    /// The write of `state` under this task's epoch and version, keyed when
+    /// the call carried a key.
+    fn write_command(&self, state: &StateJson, call: &Option<RecordedCall>) -> Command {
+        match call {
+            None => Command::UpdateState {
+                id: self.id.clone(),
+                epoch: self.epoch,
+                version: self.version,
+                state: state.clone(),
+            },
+            Some(call) => Command::UpdateStateKeyed {
+                id: self.id.clone(),
+                epoch: self.epoch,
+                version: self.version,
+                state: state.clone(),
+                call: call.clone(),
+                retention: self.env.retention,
+            },
+        }
+    }
+
+    fn restore(&mut self) {
+        match self.handler.start(&self.committed) {
+            Ok(live) => self.live = live,
+            Err(e) => warn!(session = %self.id, error = %e, "could not restore committed state"),
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The service layer of a node: what the public routes, the typed
+//! `Sessions<H>` and the peer routes do, written once over the node's
+//! handles. Linearizable reads (read index from the leader, then wait
+//! until applied), leader-only operations (run here when leading, else
+//! forwarded), session create, join admission, and the [`PeerHandler`]
+//! of the internal routes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use openraft::error::{ClientWriteError, InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, ChangeMembers};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::auth::Security;
+use crate::config::{Limits, Timing};
+use crate::error::Error;
+use crate::handler::{Registry, SessionContext};
+use crate::lease::{Lease, LeaseEnv};
+use crate::model::{Applied, Command, Epoch, NodeId, Session, SessionId, SessionKind};
+use crate::peer::server::PeerHandler;
+use crate::peer::{
+    CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRequest,
+    LeaseAnswer, LeaseRequest, ReleaseRequest, Transport,
+};
+use crate::raft::{ForwardError, MinosRaft, Proposer, WritePath};
+use crate::runtime::Runtime;
+use crate::scheduler::SchedulerEnv;
+use crate::store::StateView;
+use crate::wire::TypeConfig;
+
+/// A node's handles, as the service layer uses them.
+pub(crate) struct Service {
+    pub(crate) me: NodeId,
+    pub(crate) raft: MinosRaft,
+    pub(crate) view: StateView,
+    pub(crate) proposer: Proposer,
+    pub(crate) write_path: Arc<WritePath>,
+    pub(crate) transport: Transport,
+    pub(crate) timing: Timing,
+    pub(crate) limits: Limits,
+    pub(crate) registry: Registry,
+    pub(crate) security: Arc<Security>,
+    pub(crate) lease: watch::Receiver<Lease>,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// The leader's lease grant and liveness record.
+    pub(crate) lease_env: Arc<LeaseEnv>,
+    /// The leader's handoffs.
+    pub(crate) scheduler: Arc<SchedulerEnv>,
+    /// Identity name of the cluster (empty until a joining node is admitted).
+    pub(crate) cluster: std::sync::RwLock<String>,
+}
+
+/// Longest wait for a leader's answer to a read index.
+const POLL: Duration = Duration::from_millis(10);
+
+impl Service {
+    /// The current leader, if known.
+    pub(crate) fn leader(&self) -> Option<NodeId> {
+        crate::raft::leader(&self.raft)
+    }
+
+    fn leader_addr(&self) -> Result<(NodeId, String), String> {
+        let leader = self
+            .leader()
+            .ok_or("no leader: the cluster has no quorum")?;
+        let addr = crate::raft::node_addr(&self.raft, leader).ok_or("leader address unknown")?;
+        Ok((leader, addr))
+    }
+
+    /// The leader's own read index: it confirms with a quorum that it still
+    /// leads and reports its commit point.
+    async fn local_read_index(&self, deadline: Instant) -> Result<u64, String> {
+        match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+            Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("leader could not confirm a quorum in time".into()),
+        }
+    }
+
+    /// Index a linearizable read must wait for, from the leader.
+    pub(crate) async fn read_index(&self) -> Result<u64, String> {
+        let deadline = Instant::now() + self.timing.write_timeout;
+        loop {
+            let Some(leader) = self.leader() else {
+                if Instant::now() >= deadline {
+                    return Err("no leader: the cluster has no quorum or is electing one".into());
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
+            };
+            if leader == self.me {
+                return self.local_read_index(deadline).await;
+            }
+            let addr =
+                crate::raft::node_addr(&self.raft, leader).ok_or("leader address unknown")?;
+            let budget = deadline.saturating_duration_since(Instant::now());
+            match self.transport.read_index(leader, &addr, budget).await {
+                Ok(result) => return result,
+                Err(e) if e.not_delivered() && Instant::now() < deadline => {
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Waits until the local state machine has applied `index`.
+    pub(crate) async fn await_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut applied = self.view.subscribe();
+        let result =
+            tokio::time::timeout(timeout, applied.wait_for(|applied| *applied >= index)).await;
+        matches!(result, Ok(Ok(_)))
+    }
+
+    /// A linearizable read barrier: after it, the local view includes every
+    /// write acknowledged before it started.
+    pub(crate) async fn read_barrier(&self) -> Result<(), String> {
+        let index = self.read_index().await?;
+        if self.await_applied(index, self.timing.write_timeout).await {
+            Ok(())
+        } else {
+            Err(format!("this node has not caught up to index {index}"))
+        }
+    }
+
+    /// Drains `request.node` (on the leader, wherever that is).
+    pub(crate) async fn drain(&self, request: DrainRequest) -> Result<HandoffReport, String> {
+        if self.leader() == Some(self.me) {
+            return crate::scheduler::drain(&self.scheduler, request.node, request.released).await;
+        }
+        let (leader, addr) = self.leader_addr()?;
+        flatten(self.transport.leader_drain(leader, &addr, &request).await)
+    }
+
+    /// Rebalances (on the leader, wherever that is).
+    pub(crate) async fn rebalance(&self) -> Result<HandoffReport, String> {
+        if self.leader() == Some(self.me) {
+            return crate::scheduler::rebalance(&self.scheduler).await;
+        }
+        let (leader, addr) = self.leader_addr()?;
+        flatten(self.transport.leader_rebalance(leader, &addr).await)
+    }
+
+    /// Removes a voter (on the leader, wherever that is).
+    pub(crate) async fn remove(&self, node: NodeId) -> Result<(), String> {
+        if self.leader() != Some(self.me) {
+            let (leader, addr) = self.leader_addr()?;
+            return flatten(self.transport.leader_remove(leader, &addr, node).await);
+        }
+        let voters: BTreeSet<NodeId> = crate::raft::voters(&self.raft)
+            .into_iter()
+            .filter(|v| *v != node)
+            .collect();
+        if voters.is_empty() {
+            return Err("cannot remove the last voter".into());
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Admits a joining node (on the leader, wherever that is).
+    pub(crate) async fn admit(&self, request: JoinRequest) -> Result<JoinAnswer, String> {
+        if self.leader() == Some(self.me) {
+            return admit(self, &request).await;
+        }
+        let (leader, addr) = self.leader_addr()?;
+        flatten(self.transport.leader_join(leader, &addr, &request).await)
+    }
+}
+
+/// A forwarded leader operation: the leader's own refusal, or why it could
+/// not be asked.
+fn flatten<T>(answer: crate::peer::Answer<T>) -> Result<T, String> {
+    answer.map_err(|e| e.to_string())?
+}
+
+impl PeerHandler for Service {
+    type ProposeAnswer = Result<Vec<crate::model::CommandResult>, ForwardError>;
+
+    fn security(&self) -> &Security {
+        &self.security
+    }
+
+    fn raft_body_limit(&self) -> usize {
+        // An AppendEntries or a forwarded batch holds many commands, each
+        // with a state of up to the limit. A limit below a real batch would
+        // stall replication for good, so it is generous (only peers that
+        // presented the cluster secret get this far).
+        ((self.limits.max_state_bytes + 64 * 1024) * 64).max(64 * 1024 * 1024)
+    }
+
+    fn call_body_limit(&self) -> usize {
+        self.limits.max_state_bytes + 64 * 1024
+    }
+
+    fn known_members(&self) -> Option<BTreeSet<NodeId>> {
+        crate::raft::members(&self.raft)
+    }
+
+    fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    fn lose_reply(&self, id: &SessionId) -> bool {
+        self.transport.faults.take_lost_reply(id)
+    }
+
+    async fn append(
+        &self,
+        request: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.raft.append_entries(request).await
+    }
+
+    async fn vote(
+        &self,
+        request: VoteRequest<NodeId>,
+    ) -> Result<VoteResponse<NodeId>, RaftError<NodeId>> {
+        self.raft.vote(request).await
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        self.raft.install_snapshot(request).await
+    }
+
+    async fn propose(&self, commands: Vec<Command>) -> Self::ProposeAnswer {
+        self.write_path.accept_forwarded(commands).await
+    }
+
+    async fn read_index(&self) -> Result<u64, String> {
+        if self.leader() != Some(self.me) {
+            return Err("not the leader".into());
+        }
+        self.local_read_index(Instant::now() + self.timing.write_timeout)
+            .await
+    }
+
+    fn lease(&self, request: LeaseRequest) -> LeaseAnswer {
+        crate::lease::grant(&self.lease_env, &request)
+    }
+
+    async fn call(&self, id: SessionId, call: ForwardedCall) -> Result<CallReply, CallError> {
+        self.runtime.call_local(&id, call.msg, call.key).await
+    }
+
+    /// A leader's request to let go of sessions. A request from anyone but
+    /// the leader this node follows (or from an older term) is refused;
+    /// releasing "all" holds the sessions this node owns now, with the same
+    /// expiry as any hold, so a release whose moves never come cannot stop
+    /// a node for good.
+    async fn release(&self, request: ReleaseRequest) -> Result<(), String> {
+        let (leader, term) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_leader, m.current_term)
+        };
+        if request.term < term || leader.is_some_and(|l| l != request.from) {
+            return Err(format!(
+                "release refused: node {} at term {} is not this node's leader (leader {leader:?}, term {term})",
+                request.from, request.term
+            ));
+        }
+        let sessions: Vec<SessionId> = match request.sessions {
+            Some(ids) => ids,
+            None => self.view.read(|a| {
+                a.state
+                    .sessions_owned_by(self.me)
+                    .map(|s| s.id.clone())
+                    .collect()
+            }),
+        };
+        self.runtime.release(Some(&sessions)).await;
+        Ok(())
+    }
+
+    async fn join(&self, request: JoinRequest) -> Result<JoinAnswer, String> {
+        self.admit(request).await
+    }
+
+    fn whoami(&self) -> NodeId {
+        self.me
+    }
+
+    async fn leader_drain(&self, request: DrainRequest) -> Result<HandoffReport, String> {
+        self.drain(request).await
+    }
+
+    async fn leader_rebalance(&self) -> Result<HandoffReport, String> {
+        self.rebalance().await
+    }
+
+    async fn leader_remove(&self, node: NodeId) -> Result<(), String> {
+        self.remove(node).await
+    }
+}
+
+/// Creates a session: the handler builds the first state, the leader places
+/// it, and the create is committed before this returns.
+pub(crate) async fn create_session(
+    core: &Service,
+    id: SessionId,
+    kind: SessionKind,
+    initial: Option<serde_json::Value>,
+) -> Result<Session, Error> {
+    let handler = core
+        .registry
+        .get(&kind)
+        .ok_or_else(|| Error::UnknownKind(kind.to_string()))?;
+    let ctx = SessionContext {
+        id: id.clone(),
+        now: Utc::now(),
+        owner: core.me,
+        epoch: Epoch(0),
+    };
+    let state = handler
+        .create(&ctx, initial)
+        .map_err(|e| Error::Rejected(format!("initial state rejected: {e}")))?;
+    if state.len() > core.limits.max_state_bytes {
+        return Err(Error::TooLarge {
+            size: state.len(),
+            limit: core.limits.max_state_bytes,
+        });
+    }
+    // A duplicate is answered without writing a rejected entry: a session
+    // seen locally is confirmed by a linearizable read first.
+    if core.view.read(|a| a.state.sessions.contains_key(&id)) {
+        core.read_barrier().await.map_err(Error::NoQuorum)?;
+        if core.view.read(|a| a.state.sessions.contains_key(&id)) {
+            return Err(Error::Exists(id));
+        }
+    }
+    let command = Command::CreateSession {
+        id,
+        kind,
+        state,
+        owner: None,
+    };
+    match core.proposer.propose(command).await?? {
+        Applied::Session(session) => Ok(*session),
+        other => Err(Error::OutcomeUnknown(format!(
+            "unexpected outcome {other:?}"
+        ))),
+    }
+}
+
+/// Leader: adds a node as learner, waits until it caught up, then makes it a
+/// voter. Retries while another membership change is in progress.
+async fn admit(core: &Service, request: &JoinRequest) -> Result<JoinAnswer, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    if request.id == 0 {
+        return Err("node ids start at 1".into());
+    }
+    if crate::raft::voters(&core.raft).contains(&request.id)
+        && crate::raft::node_addr(&core.raft, request.id).as_deref() != Some(request.addr.as_str())
+    {
+        return Err(format!(
+            "node {} is already a voter at another address",
+            request.id
+        ));
+    }
+    // The new node must answer, with the cluster secret, at the address it
+    // gives, as the node it claims to be.
+    let answered = core
+        .transport
+        .whoami(request.id, &request.addr, Duration::from_secs(5))
+        .await;
+    match answered {
+        Ok(id) if id == request.id => {}
+        Ok(id) => {
+            return Err(format!(
+                "{} answers as node {id}, not node {}",
+                request.addr, request.id
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "the joining node does not answer at its address: {e}"
+            ))
+        }
+    }
+    let node = BasicNode {
+        addr: request.addr.clone(),
+    };
+    loop {
+        let result = match core.raft.add_learner(request.id, node.clone(), true).await {
+            Ok(_) => core
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds([request.id].into()), false)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => break,
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))
+                if Instant::now() < deadline =>
+            {
+                warn!(error = %e, "membership change busy; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let cluster = cluster_name(core)?;
+    Ok(JoinAnswer { cluster })
+}
+
+fn cluster_name(core: &Service) -> Result<String, String> {
+    let name = core
+        .cluster
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if name.is_empty() {
+        return Err("this node has not finished joining".into());
+    }
+    Ok(name)
+}
