@@ -24,6 +24,7 @@ use crate::model::NodeId;
 use crate::peer::{LeaseAnswer, LeaseRequest, Transport};
 use crate::raft::MinosRaft;
 use crate::store::StateView;
+use crate::sync::Recover;
 
 /// What the lease keeper and the leader's grant need from their node.
 #[derive(Clone)]
@@ -70,7 +71,7 @@ struct LivenessInner {
 
 impl Liveness {
     fn with<T>(&self, f: impl FnOnce(&mut LivenessInner) -> T) -> T {
-        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut self.inner.lock().recover())
     }
 
     /// A new leader treats every node as heard at its election time, so it

@@ -69,6 +69,7 @@ pub(crate) mod service;
 pub mod sessions;
 pub mod state;
 pub(crate) mod store;
+pub(crate) mod sync;
 pub mod testkit;
 pub mod wire;
 

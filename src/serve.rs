@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sync::Recover;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -55,7 +56,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.counts.lock().recover();
         counts.total = counts.total.saturating_sub(1);
         if let Some(n) = counts.per_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -67,7 +68,7 @@ impl Drop for Slot {
 }
 
 fn take_slot(counts: &Arc<Mutex<Counts>>, ip: IpAddr, limits: &ConnLimits) -> Option<Slot> {
-    let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = counts.lock().recover();
     let for_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
     if c.total >= limits.max_connections || for_ip >= limits.max_connections_per_ip {
         return None;

@@ -28,13 +28,14 @@ use crate::lease::{Lease, LeaseEnv};
 use crate::model::{Applied, Command, Epoch, NodeId, Session, SessionId, SessionKind};
 use crate::peer::server::PeerHandler;
 use crate::peer::{
-    CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRequest,
-    LeaseAnswer, LeaseRequest, ReleaseRequest, Transport,
+    CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRefusal,
+    JoinRequest, LeaseAnswer, LeaseRequest, ReleaseRequest, Transport,
 };
 use crate::raft::{ForwardError, MinosRaft, Proposer, WritePath};
 use crate::runtime::Runtime;
 use crate::scheduler::SchedulerEnv;
 use crate::store::StateView;
+use crate::sync::Recover;
 use crate::wire::TypeConfig;
 
 /// A node's handles, as the service layer uses them.
@@ -172,12 +173,16 @@ impl Service {
     }
 
     /// Admits a joining node (on the leader, wherever that is).
-    pub(crate) async fn admit(&self, request: JoinRequest) -> Result<JoinAnswer, String> {
+    pub(crate) async fn admit(&self, request: JoinRequest) -> Result<JoinAnswer, JoinRefusal> {
         if self.leader() == Some(self.me) {
             return admit(self, &request).await;
         }
-        let (leader, addr) = self.leader_addr()?;
-        flatten(self.transport.leader_join(leader, &addr, &request).await)
+        let (leader, addr) = self.leader_addr().map_err(JoinRefusal::Busy)?;
+        match self.transport.leader_join(leader, &addr, &request).await {
+            Ok(answer) => answer,
+            Err(e) if e.not_delivered() => Err(JoinRefusal::Busy(e.to_string())),
+            Err(e) => Err(JoinRefusal::Refused(e.to_string())),
+        }
     }
 }
 
@@ -289,7 +294,7 @@ impl PeerHandler for Service {
         Ok(())
     }
 
-    async fn join(&self, request: JoinRequest) -> Result<JoinAnswer, String> {
+    async fn join(&self, request: JoinRequest) -> Result<JoinAnswer, JoinRefusal> {
         self.admit(request).await
     }
 
@@ -361,39 +366,9 @@ pub(crate) async fn create_session(
 
 /// Leader: adds a node as learner, waits until it caught up, then makes it a
 /// voter. Retries while another membership change is in progress.
-async fn admit(core: &Service, request: &JoinRequest) -> Result<JoinAnswer, String> {
+async fn admit(core: &Service, request: &JoinRequest) -> Result<JoinAnswer, JoinRefusal> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    if request.id == 0 {
-        return Err("node ids start at 1".into());
-    }
-    if crate::raft::voters(&core.raft).contains(&request.id)
-        && crate::raft::node_addr(&core.raft, request.id).as_deref() != Some(request.addr.as_str())
-    {
-        return Err(format!(
-            "node {} is already a voter at another address",
-            request.id
-        ));
-    }
-    // The new node must answer, with the cluster secret, at the address it
-    // gives, as the node it claims to be.
-    let answered = core
-        .transport
-        .whoami(request.id, &request.addr, Duration::from_secs(5))
-        .await;
-    match answered {
-        Ok(id) if id == request.id => {}
-        Ok(id) => {
-            return Err(format!(
-                "{} answers as node {id}, not node {}",
-                request.addr, request.id
-            ))
-        }
-        Err(e) => {
-            return Err(format!(
-                "the joining node does not answer at its address: {e}"
-            ))
-        }
-    }
+    check_joiner(core, request).await?;
     let node = BasicNode {
         addr: request.addr.clone(),
     };
@@ -408,27 +383,53 @@ async fn admit(core: &Service, request: &JoinRequest) -> Result<JoinAnswer, Stri
         };
         match result {
             Ok(()) => break,
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))
-                if Instant::now() < deadline =>
-            {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                if Instant::now() >= deadline {
+                    return Err(JoinRefusal::Busy(e.to_string()));
+                }
                 warn!(error = %e, "membership change busy; retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(JoinRefusal::Refused(e.to_string())),
         }
     }
-    let cluster = cluster_name(core)?;
+    let cluster = core.cluster.read().recover().clone();
+    if cluster.is_empty() {
+        return Err(JoinRefusal::Busy(
+            "this node has not finished joining".into(),
+        ));
+    }
     Ok(JoinAnswer { cluster })
 }
 
-fn cluster_name(core: &Service) -> Result<String, String> {
-    let name = core
-        .cluster
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    if name.is_empty() {
-        return Err("this node has not finished joining".into());
+/// A joining node must have a valid id, must not take over another voter's
+/// id, and must answer, with the cluster secret, at the address it gives,
+/// as the node it claims to be.
+async fn check_joiner(core: &Service, request: &JoinRequest) -> Result<(), JoinRefusal> {
+    if request.id == 0 {
+        return Err(JoinRefusal::Refused("node ids start at 1".into()));
     }
-    Ok(name)
+    let known_addr = crate::raft::node_addr(&core.raft, request.id);
+    if crate::raft::voters(&core.raft).contains(&request.id)
+        && known_addr.as_deref() != Some(request.addr.as_str())
+    {
+        return Err(JoinRefusal::Refused(format!(
+            "node {} is already a voter at another address",
+            request.id
+        )));
+    }
+    let answered = core
+        .transport
+        .whoami(request.id, &request.addr, Duration::from_secs(5))
+        .await;
+    match answered {
+        Ok(id) if id == request.id => Ok(()),
+        Ok(id) => Err(JoinRefusal::Refused(format!(
+            "{} answers as node {id}, not node {}",
+            request.addr, request.id
+        ))),
+        Err(e) => Err(JoinRefusal::Refused(format!(
+            "the joining node does not answer at its address: {e}"
+        ))),
+    }
 }

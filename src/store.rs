@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::model::{CommandResult, NodeId};
 use crate::state::ClusterState;
+use crate::sync::Recover;
 use crate::wire::TypeConfig;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -329,7 +330,7 @@ impl StateView {
 
     fn replace(&self, applied: Applied) {
         let index = applied.last_applied.map(|id| id.index).unwrap_or(0);
-        *self.data.write().unwrap_or_else(|p| p.into_inner()) = applied;
+        *self.data.write().recover() = applied;
         self.applied_tx.send_replace(index);
     }
 }
@@ -430,7 +431,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut responses = Vec::new();
         let last_index = {
-            let mut applied = self.view.data.write().unwrap_or_else(|p| p.into_inner());
+            let mut applied = self.view.data.write().recover();
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {

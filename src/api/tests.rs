@@ -67,7 +67,8 @@ fn decode_all_json(bytes: &[u8]) {
     let _ = serde_json::from_slice::<NodeId>(bytes);
     let _ = serde_json::from_slice::<Result<CallReply, CallError>>(bytes);
     let _ = serde_json::from_slice::<Result<HandoffReport, String>>(bytes);
-    let _ = serde_json::from_slice::<Result<crate::peer::JoinAnswer, String>>(bytes);
+    let _ =
+        serde_json::from_slice::<Result<crate::peer::JoinAnswer, crate::peer::JoinRefusal>>(bytes);
     let _ = serde_json::from_slice::<Result<u64, String>>(bytes);
 }
 

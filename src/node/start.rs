@@ -21,12 +21,13 @@ use super::{Membership, Node, NodeBuilder, StartError};
 use crate::auth::Security;
 use crate::lease::{Lease, LeaseEnv, Liveness};
 use crate::model::NodeId;
-use crate::peer::{JoinAnswer, JoinRequest, Network, Transport};
+use crate::peer::{JoinAnswer, JoinRefusal, JoinRequest, Network, Transport};
 use crate::raft::{raft_config, MinosRaft, Proposer, WritePath};
 use crate::runtime::{Runtime, TaskEnv};
 use crate::scheduler::SchedulerEnv;
 use crate::service::Service;
 use crate::store::{self, Identity};
+use crate::sync::Recover;
 
 /// The name a bootstrapped cluster's identity records: its peers list.
 pub(super) fn peers_cluster_name(peers: &BTreeMap<NodeId, String>) -> String {
@@ -351,7 +352,7 @@ async fn join_or_bootstrap(
         let answer = join_cluster(service, &via, me, advertise)
             .await
             .map_err(StartError::Join)?;
-        *service.cluster.write().unwrap_or_else(|p| p.into_inner()) = answer.cluster.clone();
+        *service.cluster.write().recover() = answer.cluster.clone();
         let identity = Identity {
             node_id: me,
             cluster: answer.cluster,
@@ -407,8 +408,8 @@ async fn join_cluster(
             .await;
         match answer {
             Ok(Ok(answer)) => return Ok(answer),
-            Ok(Err(e)) if Instant::now() < deadline && e.contains("in progress") => {}
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(JoinRefusal::Busy(_))) if Instant::now() < deadline => {}
+            Ok(Err(refusal)) => return Err(refusal.to_string()),
             Err(e) if Instant::now() < deadline && e.not_delivered() => {}
             Err(e) => return Err(e.to_string()),
         }

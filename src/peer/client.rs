@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::messages::{
-    CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRequest,
-    LeaseAnswer, LeaseRequest, ReleaseRequest,
+    CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRefusal,
+    JoinRequest, LeaseAnswer, LeaseRequest, ReleaseRequest,
 };
 use super::paths;
 use super::transport::{InternalError, Transport};
@@ -17,6 +17,8 @@ use crate::model::{Command, NodeId, SessionId};
 
 /// A peer's answer that may carry its own refusal.
 pub type Answer<T> = Result<Result<T, String>, InternalError>;
+/// A join's answer.
+pub type Joined = Result<Result<JoinAnswer, JoinRefusal>, InternalError>;
 
 impl Transport {
     /// Forwards a batch of commands to the leader (bincode both ways; the
@@ -81,7 +83,7 @@ impl Transport {
         via: &str,
         request: &JoinRequest,
         timeout: Duration,
-    ) -> Answer<JoinAnswer> {
+    ) -> Joined {
         self.post_json(0, via, paths::JOIN, request, timeout).await
     }
 
@@ -125,7 +127,7 @@ impl Transport {
         leader: NodeId,
         addr: &str,
         request: &JoinRequest,
-    ) -> Answer<JoinAnswer> {
+    ) -> Joined {
         self.post_json(leader, addr, paths::JOIN, request, LEADER_TIMEOUT)
             .await
     }

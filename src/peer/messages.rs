@@ -65,6 +65,17 @@ pub struct JoinRequest {
     pub addr: String,
 }
 
+/// Why a join was not done.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum JoinRefusal {
+    /// Not now (a membership change in progress, no leader yet): ask again.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// Never (bad id, an address that does not answer as the node).
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// What a joining node learns.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JoinAnswer {

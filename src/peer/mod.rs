@@ -13,8 +13,8 @@ pub(crate) mod server;
 mod transport;
 
 pub use messages::{
-    CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRequest,
-    LeaseAnswer, LeaseRequest, ReleaseRequest,
+    CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRefusal,
+    JoinRequest, LeaseAnswer, LeaseRequest, ReleaseRequest,
 };
 pub(crate) use raft_net::Network;
 pub use transport::{Faults, HeldWrite, InternalError, PeerClock, Transport};

@@ -25,8 +25,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::messages::{
-    CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRequest,
-    LeaseAnswer, LeaseRequest, ReleaseRequest,
+    CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRefusal,
+    JoinRequest, LeaseAnswer, LeaseRequest, ReleaseRequest,
 };
 use super::paths;
 use crate::auth::{Security, PEER_SECRET_HEADER};
@@ -84,7 +84,7 @@ pub(crate) trait PeerHandler: Send + Sync + 'static {
 }
 
 type Called = Result<CallReply, CallError>;
-type Joined = Result<JoinAnswer, String>;
+type Joined = Result<JoinAnswer, JoinRefusal>;
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = serde_json::json!({"error": {"code": code, "message": message.into()}});
@@ -302,7 +302,7 @@ async fn release<S: PeerHandler>(
 async fn join<S: PeerHandler>(
     State(handler): State<Arc<S>>,
     Json(request): Json<JoinRequest>,
-) -> Json<Result<JoinAnswer, String>> {
+) -> Json<Joined> {
     Json(handler.join(request).await)
 }
 

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::model::{Command, CommandResult, NodeId, SessionId};
+use crate::sync::Recover;
 
 /// Faults injected by tests: peers this node must not reach (in-process
 /// partitions), and a write held back so that its outcome is unknown to its
@@ -67,15 +68,12 @@ impl HeldWrite {
 impl Faults {
     /// True when traffic to `target` is cut.
     pub fn is_blocked(&self, target: NodeId) -> bool {
-        self.blocked
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&target)
+        self.blocked.read().recover().contains(&target)
     }
 
     /// Cuts (or restores) traffic to `target`.
     pub fn set_blocked(&self, target: NodeId, blocked: bool) {
-        let mut set = self.blocked.write().unwrap_or_else(|p| p.into_inner());
+        let mut set = self.blocked.write().recover();
         if blocked {
             set.insert(target);
         } else {
@@ -91,7 +89,7 @@ impl Faults {
     pub fn hold_next_update(&self, session: SessionId) -> HeldWrite {
         let (release_tx, release) = oneshot::channel();
         let (outcome, outcome_rx) = oneshot::channel();
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(HoldRequest {
+        *self.held.lock().recover() = Some(HoldRequest {
             session,
             release,
             outcome,
@@ -104,7 +102,7 @@ impl Faults {
 
     /// The pending hold, if `commands` update its session.
     pub(crate) fn take_hold(&self, commands: &[Command]) -> Option<HoldRequest> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.held.lock().recover();
         let matches = held.as_ref().is_some_and(|hold| {
             commands.iter().any(|c| {
                 matches!(c, Command::UpdateState { id, .. } | Command::UpdateStateKeyed { id, .. }
@@ -122,26 +120,17 @@ impl Faults {
     /// node: the call runs here, then the forwarding node sees the
     /// connection fail (as when this node dies after handling it).
     pub fn lose_next_call_reply(&self, session: SessionId) {
-        self.lost_replies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session);
+        self.lost_replies.lock().recover().insert(session);
     }
 
     /// True (once) when the answer of this call to `session` must be lost.
     pub(crate) fn take_lost_reply(&self, session: &SessionId) -> bool {
-        self.lost_replies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(session)
+        self.lost_replies.lock().recover().remove(session)
     }
 
     /// Restores traffic to every peer.
     pub fn clear(&self) {
-        self.blocked
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.blocked.write().recover().clear();
     }
 }
 
@@ -154,7 +143,7 @@ pub struct PeerClock {
 
 impl PeerClock {
     pub(super) fn record(&self, peer: NodeId, sent_at: Instant) {
-        let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut acked = self.acked.lock().recover();
         let slot = acked.entry(peer).or_insert(sent_at);
         if *slot < sent_at {
             *slot = sent_at;
@@ -165,7 +154,7 @@ impl PeerClock {
     /// as acked now) had acknowledged this node's AppendEntries.
     pub fn quorum_acked_at(&self, me: NodeId, voters: &BTreeSet<NodeId>) -> Option<Instant> {
         let now = Instant::now();
-        let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let acked = self.acked.lock().recover();
         let mut times: Vec<Instant> = voters
             .iter()
             .filter_map(|v| {

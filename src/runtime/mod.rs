@@ -46,6 +46,7 @@ use crate::peer::Transport;
 pub use crate::peer::{CallError, CallReply, ForwardedCall};
 use crate::raft::Proposer;
 use crate::store::StateView;
+use crate::sync::Recover;
 
 /// Calls waiting in one session's mailbox.
 const MAILBOX: usize = 256;
@@ -147,17 +148,12 @@ impl Runtime {
 
     /// Number of session tasks running here.
     pub fn running(&self) -> usize {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.tasks.lock().recover().len()
     }
 
     /// Ids of the sessions running here.
     pub fn running_ids(&self) -> Vec<SessionId> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.tasks.lock().recover().keys().cloned().collect()
     }
 
     /// Keeps the set of running tasks equal to what this node should run.
@@ -213,7 +209,7 @@ impl Runtime {
     /// or once the move away is committed (another owner under a later
     /// epoch), so a session that comes back runs at once.
     fn current_holds(&self, now: Instant, wake_at: &mut Option<Instant>) -> BTreeSet<SessionId> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.held.lock().recover();
         self.env.view.read(|a| {
             held.retain(|id, (epoch, until)| {
                 *until > now
@@ -234,8 +230,8 @@ impl Runtime {
     /// middle of a write): it answers no other call, and no successor
     /// starts before it is done.
     fn stop_unwanted(&self, wanted: &HashMap<SessionId, Epoch>) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        let mut finishing = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = self.tasks.lock().recover();
+        let mut finishing = self.finishing.lock().recover();
         let unwanted: Vec<SessionId> = tasks
             .iter()
             .filter(|(id, running)| {
@@ -260,9 +256,9 @@ impl Runtime {
     /// still finishing.
     fn start_wanted(&self, wanted: HashMap<SessionId, Epoch>) -> bool {
         let boot_epoch = self.boot_epoch.get().copied().unwrap_or(Epoch(u64::MAX));
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        let finishing = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ran = self.ran.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = self.tasks.lock().recover();
+        let finishing = self.finishing.lock().recover();
+        let mut ran = self.ran.lock().recover();
         // A past run matters only while the table still shows its epoch.
         self.env.view.read(|a| {
             ran.retain(|id, epoch| a.state.sessions.get(id).is_some_and(|s| s.epoch == *epoch))
@@ -329,7 +325,7 @@ impl Runtime {
         let drained: Vec<Running> = self
             .tasks
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .recover()
             .drain()
             .map(|(_, r)| r)
             .collect();
@@ -350,8 +346,8 @@ impl Runtime {
             }),
         };
         let stopped: Vec<Running> = {
-            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tasks = self.tasks.lock().recover();
+            let mut held = self.held.lock().recover();
             match sessions {
                 None => {
                     self.stopping.store(true, Ordering::SeqCst);
@@ -380,7 +376,7 @@ impl Runtime {
         key: Option<CallKey>,
     ) -> Result<CallReply, CallError> {
         let mailbox = {
-            let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            let tasks = self.tasks.lock().recover();
             tasks.get(id).map(|r| r.mailbox.clone())
         };
         let Some(mailbox) = mailbox else {
