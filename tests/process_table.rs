@@ -25,28 +25,13 @@ use minos::client::{Client, ClientError, NewSession};
 use minos::model::NodeId;
 use minos::testkit::await_until;
 use minos::testkit::process::{free_ports, ProcessCluster, ProcessOptions, Signal};
-use process_common::{all_sessions, metric, BIN};
+use process_common::{admin_http, all_sessions, metric, BIN};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 /// Bound on waits for things that normally take well under a second.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// An HTTP client sending the cluster's admin token on every request.
-fn http(cluster: &ProcessCluster) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let bearer = format!("Bearer {}", cluster.credentials().admin_token);
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        bearer.parse().expect("a token is a valid header value"),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("reqwest client")
-}
 
 async fn start_cluster(serve_args: &[&str]) -> Result<ProcessCluster, String> {
     let mut options = ProcessOptions::new(BIN);
@@ -198,7 +183,7 @@ async fn bad_input_is_refused_with_a_4xx_and_never_reaches_the_log() -> Result<(
     // check can fail); the CLI maps the same failures to exit codes 1/2.
     let started = Instant::now();
     let mut cluster = start_cluster(&["--max-state-bytes", "1024"]).await?;
-    let http = http(&cluster);
+    let http = admin_http(&cluster);
     let leader = cluster.await_leader(Instant::now() + DEADLINE).await?;
     let leader_addr = cluster.addr(leader);
     let ids = cluster.ids();
@@ -581,7 +566,7 @@ async fn foreign_data_or_disagreeing_peers_are_refused_and_restarts_do_not_fork(
     // directory byte-for-byte unchanged, after which the rightful node starts
     // on it with its whole table.
     let mut cluster = start_cluster(&[]).await?;
-    let http = http(&cluster);
+    let http = admin_http(&cluster);
     let started = Instant::now();
     for n in 0..6 {
         let id = format!("keep-{n}");
@@ -831,7 +816,7 @@ async fn without_a_quorum_writes_fail_fast_and_the_cluster_resumes_by_itself() -
     // the survivor's health says it has no usable leader; once the two are
     // restarted a create succeeds and every earlier session is still there.
     let mut cluster = start_cluster(&[]).await?;
-    let http = http(&cluster);
+    let http = admin_http(&cluster);
     let mut expected: BTreeMap<String, Value> = BTreeMap::new();
     for n in 0..3 {
         let id = format!("before-{n}");
@@ -1238,7 +1223,7 @@ async fn a_follower_that_missed_a_snapshot_worth_of_log_catches_up() -> Result<(
     const PER_WRITER: usize = 4000;
     const SNAPSHOT_EVERY: u64 = 5000; // `SnapshotPolicy::LogsSinceLast` in src/raft.rs
     let mut cluster = start_cluster(&[]).await?;
-    let http = http(&cluster);
+    let http = admin_http(&cluster);
     let leader = cluster.await_leader(Instant::now() + DEADLINE).await?;
     let follower = cluster
         .ids()

@@ -19,7 +19,7 @@ use openraft::Vote;
 use reqwest::Method;
 use tokio::time::Instant;
 
-use process_common::{metric, BIN};
+use process_common::{admin_http, metric, BIN};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -121,20 +121,6 @@ async fn footprint(cluster: &ProcessCluster, admin: &reqwest::Client) -> Result<
             .push(metric(admin, &addr, "minos_sessions_total").await? as u64);
     }
     Ok(print)
-}
-
-fn admin_http(cluster: &ProcessCluster) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let bearer = format!("Bearer {}", cluster.credentials().admin_token);
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        bearer.parse().expect("header value"),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("reqwest client")
 }
 
 /// Waits until every node reports the same footprint twice in a row (the

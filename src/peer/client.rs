@@ -78,12 +78,7 @@ impl Transport {
     }
 
     /// Asks any member to admit this node (`target` 0: not a member yet).
-    pub async fn join(
-        &self,
-        via: &str,
-        request: &JoinRequest,
-        timeout: Duration,
-    ) -> Joined {
+    pub async fn join(&self, via: &str, request: &JoinRequest, timeout: Duration) -> Joined {
         self.post_json(0, via, paths::JOIN, request, timeout).await
     }
 
@@ -122,12 +117,7 @@ impl Transport {
     }
 
     /// Forwards a join to the leader.
-    pub async fn leader_join(
-        &self,
-        leader: NodeId,
-        addr: &str,
-        request: &JoinRequest,
-    ) -> Joined {
+    pub async fn leader_join(&self, leader: NodeId, addr: &str, request: &JoinRequest) -> Joined {
         self.post_json(leader, addr, paths::JOIN, request, LEADER_TIMEOUT)
             .await
     }

@@ -1,7 +1,8 @@
 //! Small helpers for multi-process tests (shared by several test crates;
 //! include with `#[path = "common/process.rs"] mod process_common;`).
 //!
-//! Kept deliberately small and stable: reading one `/metrics` gauge, and
+//! Kept deliberately small and stable: an admin HTTP client, reading one
+//! `/metrics` gauge, and
 //! reading a node's whole session table page by page. (Restarting every node
 //! without waiting for health is `ProcessCluster::launch`.)
 #![allow(dead_code)]
@@ -10,6 +11,22 @@ use std::collections::BTreeMap;
 
 use minos::api::SessionView;
 use minos::client::Client;
+
+/// An HTTP client that sends the cluster's admin token on every request
+/// (for raw requests to routes the typed client does not cover).
+pub fn admin_http(cluster: &minos::testkit::process::ProcessCluster) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", cluster.credentials().admin_token);
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        bearer.parse().expect("a token is a valid header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .expect("reqwest client")
+}
 
 /// The `minos` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_minos");
