@@ -13,6 +13,6 @@
 FROM scratch
 COPY --chown=10001:10001 rootfs/ /
 USER 10001:10001
-EXPOSE 7100
+EXPOSE 7100 7190
 ENTRYPOINT ["/minos"]
 CMD ["--help"]

@@ -22,6 +22,9 @@ bin="$(mktemp -d)/minos"
 cp "$root/target/release/minos" "$bin"
 
 if [[ "$backend" == docker ]]; then
+  # Where scripts/docker-cluster.sh keeps the credentials (the chaos
+  # clients send its admin.token).
+  export MINOS_DOCKER_DIR="${MINOS_DOCKER_DIR:-$root/.minos-docker}"
   project="${MINOS_DOCKER_PROJECT:-minos}"
   if ! docker inspect "${project}_node1_1" >/dev/null 2>&1; then
     "$root/scripts/docker-cluster.sh" start

@@ -64,7 +64,12 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "MINOS_LISTEN")]
     listen: String,
-    /// Address the other nodes use (default: the listen address).
+    /// A separate address for the internal (peer) routes; the listen
+    /// address then serves only the public API (default: both on --listen).
+    #[arg(long, env = "MINOS_PEER_LISTEN")]
+    peer_listen: Option<String>,
+    /// Address the other nodes use (default: the peer listen address, else
+    /// the listen address). `--peers` must give this node this address.
     #[arg(long, env = "MINOS_ADVERTISE")]
     advertise: Option<String>,
     /// Directory for this node's data.
@@ -317,6 +322,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         });
     if let Some(advertise) = &args.advertise {
         builder = builder.advertise(advertise);
+    }
+    if let Some(peer_listen) = &args.peer_listen {
+        builder = builder.peer_listen(peer_listen);
     }
     builder = match (&args.peers, &args.join) {
         (Some(peers), _) => builder.peers(minos::node::parse_peers(peers).map_err(usage)?),

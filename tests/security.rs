@@ -370,3 +370,93 @@ async fn raft_messages_with_an_overflowing_term_or_from_a_non_member_change_noth
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_peer_listener_the_public_port_serves_no_peer_route_and_the_peer_port_no_public_one(
+) -> Result<(), String> {
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let credentials = minos::testkit::Credentials::generate()?;
+    let mut listeners = BTreeMap::new();
+    let mut peers = BTreeMap::new();
+    for id in 1..=3u64 {
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        peers.insert(
+            id,
+            peer.local_addr().map_err(|e| e.to_string())?.to_string(),
+        );
+        listeners.insert(id, (public, peer));
+    }
+    let mut nodes = Vec::new();
+    for (id, (public, peer)) in listeners {
+        let node = minos::NodeBuilder::new(id, dir.path().join(format!("node{id}")))
+            .listener(public)
+            .peer_listener(peer)
+            .peers(peers.clone())
+            .security(credentials.security())
+            .start()
+            .await
+            .map_err(|e| format!("node {id}: {e}"))?;
+        nodes.push(node);
+    }
+    let client = nodes[0].client();
+    minos::testkit::await_until("a healthy node 1", DEADLINE, || async {
+        client.health().await.ok()
+    })
+    .await?;
+    client
+        .create_session(&NewSession {
+            id: "split".into(),
+            kind: None,
+            state: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = nodes[2]
+        .client()
+        .call("split", &serde_json::json!({"op": "get"}), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(reply.reply, serde_json::json!({}));
+
+    let http = http();
+    let secret = [("x-minos-cluster-secret", credentials.secret.as_str())];
+    let public = format!("http://{}", nodes[0].addr());
+    let peer = format!("http://{}", peers[&1]);
+    let (status, _) = send(
+        &http,
+        "POST",
+        &format!("{public}/internal/whoami"),
+        &secret,
+        Vec::new(),
+    )
+    .await?;
+    assert_eq!(
+        status, 404,
+        "the public port serves no peer route, even with the secret"
+    );
+    let (status, body) = send(
+        &http,
+        "POST",
+        &format!("{peer}/internal/whoami"),
+        &secret,
+        Vec::new(),
+    )
+    .await?;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "1"),
+        "the peer port serves them"
+    );
+    let (status, _) = send(&http, "GET", &format!("{peer}/v1/health"), &[], Vec::new()).await?;
+    assert_eq!(status, 404, "the peer port serves no public route");
+    for node in nodes {
+        node.kill().await;
+    }
+    Ok(())
+}

@@ -68,6 +68,8 @@ pub struct NodeBuilder {
     id: NodeId,
     listen: Option<String>,
     listener: Option<TcpListener>,
+    peer_listen: Option<String>,
+    peer_listener: Option<TcpListener>,
     advertise: Option<String>,
     data_dir: PathBuf,
     membership: Option<Membership>,
@@ -86,6 +88,8 @@ impl NodeBuilder {
             id,
             listen: None,
             listener: None,
+            peer_listen: None,
+            peer_listener: None,
             advertise: None,
             data_dir: data_dir.into(),
             membership: None,
@@ -110,7 +114,23 @@ impl NodeBuilder {
         self
     }
 
-    /// Address other nodes use to reach this one (default: the bound address).
+    /// A separate address for the internal (peer) routes, as etcd's peer
+    /// port: the public listener then serves only the public API, and the
+    /// peer listener only the internal routes, so the public port can face
+    /// clients alone. Without it both are served on the public listener.
+    pub fn peer_listen(mut self, addr: impl Into<String>) -> Self {
+        self.peer_listen = Some(addr.into());
+        self
+    }
+
+    /// An already-bound peer listener (see [`NodeBuilder::peer_listen`]).
+    pub fn peer_listener(mut self, listener: TcpListener) -> Self {
+        self.peer_listener = Some(listener);
+        self
+    }
+
+    /// Address other nodes use to reach this one's peer routes (default:
+    /// the bound peer address, else the bound public address).
     pub fn advertise(mut self, addr: impl Into<String>) -> Self {
         self.advertise = Some(addr.into());
         self
@@ -195,7 +215,8 @@ pub struct Node {
     /// aborted on stop.
     batcher: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
-    server: JoinHandle<()>,
+    /// The HTTP servers (public, and peer when separate).
+    servers: Vec<JoinHandle<()>>,
 }
 
 /// Parses a peers list `1=host:port,2=host:port,...` (the `--peers` flag).
@@ -338,11 +359,13 @@ impl Node {
             }
         }
         // Connections close after the request in hand; do not wait for long.
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.server)
-            .await
-            .is_err()
-        {
-            self.server.abort();
+        for mut server in self.servers.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(2), &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
         }
         info!(node = self.service.me, "node stopped");
     }

@@ -65,23 +65,20 @@ impl Node {
     pub(super) async fn start(mut builder: NodeBuilder) -> Result<Node, StartError> {
         let (security, membership) = check_config(&builder)?;
         let given = builder.listener.take();
-        let (listener, local, advertise) = bind(given, &builder, &membership).await?;
+        let given_peer = builder.peer_listener.take();
+        let bound = bind(given, given_peer, &builder, &membership).await?;
+        let (local, advertise) = (bound.local, bound.advertise.clone());
         let stored = check_identity(&builder, &membership)?;
         let opened = open(&builder, &security).await?;
         let wired = wire(&builder, security, &membership, &stored, &opened);
-        let server = tokio::spawn(crate::serve::serve(
-            listener,
-            app(&wired.service),
-            builder.conn_limits,
-            wired.service.shutdown.clone(),
-        ));
+        let servers = serve(bound, &wired.service, &builder);
         let mut node = Node {
             service: wired.service.clone(),
             addr: local,
             shutdown_tx: wired.shutdown_tx,
             batcher: wired.batcher,
             tasks: Vec::new(),
-            server,
+            servers,
         };
         if let Err(e) =
             join_or_bootstrap(&node.service, &builder, &membership, stored, &advertise).await
@@ -129,32 +126,52 @@ fn check_config(builder: &NodeBuilder) -> Result<(Arc<Security>, Membership), St
     Ok((security, membership))
 }
 
-/// The listener, its address, and the address peers use (which the peers
-/// list must give this node).
+/// The bound listeners.
+struct Bound {
+    public: TcpListener,
+    /// A separate listener for the peer routes, if asked for.
+    peer: Option<TcpListener>,
+    local: SocketAddr,
+    /// The address peers use (which the peers list must give this node).
+    advertise: String,
+}
+
+async fn listen(
+    given: Option<TcpListener>,
+    addr: Option<&String>,
+) -> Result<Option<TcpListener>, StartError> {
+    match (given, addr) {
+        (Some(listener), _) => Ok(Some(listener)),
+        (None, Some(addr)) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|e| StartError::Listen(addr.clone(), e)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Binds the public listener (and the peer listener when asked for); the
+/// address peers use must be the one the peers list gives this node.
 async fn bind(
     given: Option<TcpListener>,
+    given_peer: Option<TcpListener>,
     builder: &NodeBuilder,
     membership: &Membership,
-) -> Result<(TcpListener, SocketAddr, String), StartError> {
-    let listener = match given {
-        Some(listener) => listener,
-        None => {
-            let addr = builder
-                .listen
-                .clone()
-                .ok_or_else(|| StartError::Config("no listen address".into()))?;
-            TcpListener::bind(&addr)
-                .await
-                .map_err(|e| StartError::Listen(addr, e))?
-        }
+) -> Result<Bound, StartError> {
+    let public = listen(given, builder.listen.as_ref())
+        .await?
+        .ok_or_else(|| StartError::Config("no listen address".into()))?;
+    let peer = listen(given_peer, builder.peer_listen.as_ref()).await?;
+    let addr_of = |l: &TcpListener| {
+        l.local_addr()
+            .map_err(|e| StartError::Listen("listener".into(), e))
     };
-    let local = listener
-        .local_addr()
-        .map_err(|e| StartError::Listen("listener".into(), e))?;
+    let local = addr_of(&public)?;
+    let peer_local = peer.as_ref().map(addr_of).transpose()?.unwrap_or(local);
     let advertise = builder
         .advertise
         .clone()
-        .unwrap_or_else(|| local.to_string());
+        .unwrap_or_else(|| peer_local.to_string());
     if let Membership::Peers(peers) = membership {
         if peers.get(&builder.id) != Some(&advertise) {
             return Err(StartError::Config(format!(
@@ -164,7 +181,31 @@ async fn bind(
             )));
         }
     }
-    Ok((listener, local, advertise))
+    Ok(Bound {
+        public,
+        peer,
+        local,
+        advertise,
+    })
+}
+
+/// Serves the public routes, and the peer routes on their own listener or
+/// beside the public ones.
+fn serve(bound: Bound, service: &Arc<Service>, builder: &NodeBuilder) -> Vec<JoinHandle<()>> {
+    let public = crate::api::router(service.clone());
+    let peer = crate::peer::server::router(service.clone());
+    let spawn = |listener, app| {
+        tokio::spawn(crate::serve::serve(
+            listener,
+            app,
+            builder.conn_limits,
+            service.shutdown.clone(),
+        ))
+    };
+    match bound.peer {
+        Some(peer_listener) => vec![spawn(bound.public, public), spawn(peer_listener, peer)],
+        None => vec![spawn(bound.public, public.merge(peer))],
+    }
 }
 
 /// Never opens data of another node or cluster: the identity lives in a
@@ -330,11 +371,6 @@ fn leader_envs(
         runtime: runtime.clone(),
     });
     (lease_env, scheduler)
-}
-
-/// The public routes and the peer routes of a node.
-fn app(service: &Arc<Service>) -> axum::Router {
-    crate::api::router(service.clone()).merge(crate::peer::server::router(service.clone()))
 }
 
 /// Joins through the given member (a node without identity), or
