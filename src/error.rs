@@ -3,7 +3,7 @@
 //! codes in `api/error.rs`, the only place that knows about HTTP.
 
 use crate::model::{NodeId, Rejection, SessionId};
-use crate::peer::CallError;
+use crate::peer::{CallError, LeaderError};
 use crate::raft::WriteError;
 
 /// Why a session operation failed. New variants may be added: match with a
@@ -69,6 +69,17 @@ impl From<WriteError> for Error {
             WriteError::Timeout(_) | WriteError::Failed(_) => Error::OutcomeUnknown(e.to_string()),
             WriteError::NoLeader => Error::NoQuorum(e.to_string()),
             WriteError::ShuttingDown => Error::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<LeaderError> for Error {
+    fn from(e: LeaderError) -> Self {
+        match e {
+            LeaderError::NoLeader => Error::NoQuorum(e.to_string()),
+            LeaderError::NotAMember(node) => Error::NoSuchNode(node),
+            LeaderError::NotAllowed(reason) => Error::NotAllowed(reason),
+            LeaderError::NotLeader(_) | LeaderError::Failed(_) => Error::Unavailable(e.to_string()),
         }
     }
 }

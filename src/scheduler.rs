@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::Timing;
 use crate::lease::Liveness;
-use crate::peer::{HandoffReport, ReleaseRequest, Transport};
+use crate::peer::{HandoffReport, LeaderError, ReleaseRequest, Transport};
 use crate::raft::{MinosRaft, Proposer};
 use crate::runtime::Runtime;
 use crate::store::StateView;
@@ -146,6 +146,11 @@ async fn run(env: Arc<SchedulerEnv>, term: u64) {
             );
         }
     }
+}
+
+/// A write of the leader that did not go through.
+fn failed(e: impl std::fmt::Display) -> LeaderError {
+    LeaderError::Failed(e.to_string())
 }
 
 /// A task handle that aborts its task when dropped.
@@ -353,10 +358,10 @@ pub async fn drain(
     env: &SchedulerEnv,
     node: NodeId,
     already_released: bool,
-) -> Result<HandoffReport, String> {
+) -> Result<HandoffReport, LeaderError> {
     let known = env.view.read(|a| a.state.nodes.contains_key(&node));
     if !known {
-        return Err(format!("node {node} is not a member"));
+        return Err(LeaderError::NotAMember(node));
     }
     if already_released || node == env.me {
         if node == env.me {
@@ -372,9 +377,7 @@ pub async fn drain(
             ])
             .await;
         for result in results {
-            result
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            result.map_err(failed)?.map_err(failed)?;
         }
         return Ok(HandoffReport {
             moved: count,
@@ -384,8 +387,8 @@ pub async fn drain(
     env.proposer
         .propose(Command::Drain { id: node })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(failed)?
+        .map_err(failed)?;
     if !release_on(env, node, None).await {
         let owned = env.view.read(|a| a.state.sessions_owned_by(node).count());
         return Ok(HandoffReport {
@@ -399,7 +402,7 @@ pub async fn drain(
 
 /// Leader: moves every session to its placement choice among the eligible
 /// nodes, with the same handoff as drain.
-pub async fn rebalance(env: &SchedulerEnv) -> Result<HandoffReport, String> {
+pub async fn rebalance(env: &SchedulerEnv) -> Result<HandoffReport, LeaderError> {
     let moves = env.view.read(|a| {
         placement::rebalance(&a.state)
             .into_iter()
@@ -431,7 +434,7 @@ pub async fn rebalance(env: &SchedulerEnv) -> Result<HandoffReport, String> {
     Ok(report)
 }
 
-async fn commit_moves(env: &SchedulerEnv, moves: Vec<Move>) -> Result<HandoffReport, String> {
+async fn commit_moves(env: &SchedulerEnv, moves: Vec<Move>) -> Result<HandoffReport, LeaderError> {
     if moves.is_empty() {
         return Ok(HandoffReport::default());
     }
@@ -441,7 +444,7 @@ async fn commit_moves(env: &SchedulerEnv, moves: Vec<Move>) -> Result<HandoffRep
             skipped: 0,
         }),
         Ok(Ok(_)) => Ok(HandoffReport::default()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(e) => Err(failed(e)),
     }
 }

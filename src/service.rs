@@ -29,7 +29,7 @@ use crate::model::{Applied, Command, Epoch, NodeId, Session, SessionId, SessionK
 use crate::peer::server::PeerHandler;
 use crate::peer::{
     CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRefusal,
-    JoinRequest, LeaseAnswer, LeaseRequest, ReleaseRequest, Transport,
+    JoinRequest, LeaderError, LeaseAnswer, LeaseRequest, ReleaseRequest, Transport,
 };
 use crate::raft::{ForwardError, MinosRaft, Proposer, WritePath};
 use crate::runtime::Runtime;
@@ -70,31 +70,32 @@ impl Service {
         crate::raft::leader(&self.raft)
     }
 
-    fn leader_addr(&self) -> Result<(NodeId, String), String> {
-        let leader = self
-            .leader()
-            .ok_or("no leader: the cluster has no quorum")?;
-        let addr = crate::raft::node_addr(&self.raft, leader).ok_or("leader address unknown")?;
+    fn leader_addr(&self) -> Result<(NodeId, String), LeaderError> {
+        let leader = self.leader().ok_or(LeaderError::NoLeader)?;
+        let addr = crate::raft::node_addr(&self.raft, leader)
+            .ok_or_else(|| LeaderError::Failed(format!("address of leader {leader} unknown")))?;
         Ok((leader, addr))
     }
 
     /// The leader's own read index: it confirms with a quorum that it still
     /// leads and reports its commit point.
-    async fn local_read_index(&self, deadline: Instant) -> Result<u64, String> {
+    async fn local_read_index(&self, deadline: Instant) -> Result<u64, LeaderError> {
         match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
             Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("leader could not confirm a quorum in time".into()),
+            Ok(Err(e)) => Err(LeaderError::NotLeader(e.to_string())),
+            Err(_) => Err(LeaderError::Failed(
+                "leader could not confirm a quorum in time".into(),
+            )),
         }
     }
 
     /// Index a linearizable read must wait for, from the leader.
-    pub(crate) async fn read_index(&self) -> Result<u64, String> {
+    pub(crate) async fn read_index(&self) -> Result<u64, LeaderError> {
         let deadline = Instant::now() + self.timing.write_timeout;
         loop {
             let Some(leader) = self.leader() else {
                 if Instant::now() >= deadline {
-                    return Err("no leader: the cluster has no quorum or is electing one".into());
+                    return Err(LeaderError::NoLeader);
                 }
                 tokio::time::sleep(POLL).await;
                 continue;
@@ -102,15 +103,16 @@ impl Service {
             if leader == self.me {
                 return self.local_read_index(deadline).await;
             }
-            let addr =
-                crate::raft::node_addr(&self.raft, leader).ok_or("leader address unknown")?;
+            let addr = crate::raft::node_addr(&self.raft, leader).ok_or_else(|| {
+                LeaderError::Failed(format!("address of leader {leader} unknown"))
+            })?;
             let budget = deadline.saturating_duration_since(Instant::now());
             match self.transport.read_index(leader, &addr, budget).await {
                 Ok(result) => return result,
                 Err(e) if e.not_delivered() && Instant::now() < deadline => {
                     tokio::time::sleep(POLL).await;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(LeaderError::Failed(e.to_string())),
             }
         }
     }
@@ -125,17 +127,19 @@ impl Service {
 
     /// A linearizable read barrier: after it, the local view includes every
     /// write acknowledged before it started.
-    pub(crate) async fn read_barrier(&self) -> Result<(), String> {
+    pub(crate) async fn read_barrier(&self) -> Result<(), LeaderError> {
         let index = self.read_index().await?;
         if self.await_applied(index, self.timing.write_timeout).await {
             Ok(())
         } else {
-            Err(format!("this node has not caught up to index {index}"))
+            Err(LeaderError::Failed(format!(
+                "this node has not caught up to index {index}"
+            )))
         }
     }
 
     /// Drains `request.node` (on the leader, wherever that is).
-    pub(crate) async fn drain(&self, request: DrainRequest) -> Result<HandoffReport, String> {
+    pub(crate) async fn drain(&self, request: DrainRequest) -> Result<HandoffReport, LeaderError> {
         if self.leader() == Some(self.me) {
             return crate::scheduler::drain(&self.scheduler, request.node, request.released).await;
         }
@@ -144,7 +148,7 @@ impl Service {
     }
 
     /// Rebalances (on the leader, wherever that is).
-    pub(crate) async fn rebalance(&self) -> Result<HandoffReport, String> {
+    pub(crate) async fn rebalance(&self) -> Result<HandoffReport, LeaderError> {
         if self.leader() == Some(self.me) {
             return crate::scheduler::rebalance(&self.scheduler).await;
         }
@@ -153,7 +157,7 @@ impl Service {
     }
 
     /// Removes a voter (on the leader, wherever that is).
-    pub(crate) async fn remove(&self, node: NodeId) -> Result<(), String> {
+    pub(crate) async fn remove(&self, node: NodeId) -> Result<(), LeaderError> {
         if self.leader() != Some(self.me) {
             let (leader, addr) = self.leader_addr()?;
             return flatten(self.transport.leader_remove(leader, &addr, node).await);
@@ -163,13 +167,15 @@ impl Service {
             .filter(|v| *v != node)
             .collect();
         if voters.is_empty() {
-            return Err("cannot remove the last voter".into());
+            return Err(LeaderError::NotAllowed(format!(
+                "node {node} is the last voter"
+            )));
         }
         self.raft
             .change_membership(voters, false)
             .await
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| LeaderError::Failed(e.to_string()))
     }
 
     /// Admits a joining node (on the leader, wherever that is).
@@ -177,7 +183,9 @@ impl Service {
         if self.leader() == Some(self.me) {
             return admit(self, &request).await;
         }
-        let (leader, addr) = self.leader_addr().map_err(JoinRefusal::Busy)?;
+        let (leader, addr) = self
+            .leader_addr()
+            .map_err(|e| JoinRefusal::Busy(e.to_string()))?;
         match self.transport.leader_join(leader, &addr, &request).await {
             Ok(answer) => answer,
             Err(e) if e.not_delivered() => Err(JoinRefusal::Busy(e.to_string())),
@@ -188,8 +196,8 @@ impl Service {
 
 /// A forwarded leader operation: the leader's own refusal, or why it could
 /// not be asked.
-fn flatten<T>(answer: crate::peer::Answer<T>) -> Result<T, String> {
-    answer.map_err(|e| e.to_string())?
+fn flatten<T>(answer: crate::peer::Answer<T>) -> Result<T, LeaderError> {
+    answer.map_err(|e| LeaderError::Failed(e.to_string()))?
 }
 
 impl PeerHandler for Service {
@@ -248,9 +256,12 @@ impl PeerHandler for Service {
         self.write_path.accept_forwarded(commands).await
     }
 
-    async fn read_index(&self) -> Result<u64, String> {
+    async fn read_index(&self) -> Result<u64, LeaderError> {
         if self.leader() != Some(self.me) {
-            return Err("not the leader".into());
+            return Err(LeaderError::NotLeader(format!(
+                "node {} does not lead",
+                self.me
+            )));
         }
         self.local_read_index(Instant::now() + self.timing.write_timeout)
             .await
@@ -269,17 +280,17 @@ impl PeerHandler for Service {
     /// releasing "all" holds the sessions this node owns now, with the same
     /// expiry as any hold, so a release whose moves never come cannot stop
     /// a node for good.
-    async fn release(&self, request: ReleaseRequest) -> Result<(), String> {
+    async fn release(&self, request: ReleaseRequest) -> Result<(), LeaderError> {
         let (leader, term) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
             (m.current_leader, m.current_term)
         };
         if request.term < term || leader.is_some_and(|l| l != request.from) {
-            return Err(format!(
+            return Err(LeaderError::NotLeader(format!(
                 "release refused: node {} at term {} is not this node's leader (leader {leader:?}, term {term})",
                 request.from, request.term
-            ));
+            )));
         }
         let sessions: Vec<SessionId> = match request.sessions {
             Some(ids) => ids,
@@ -302,15 +313,15 @@ impl PeerHandler for Service {
         self.me
     }
 
-    async fn leader_drain(&self, request: DrainRequest) -> Result<HandoffReport, String> {
+    async fn leader_drain(&self, request: DrainRequest) -> Result<HandoffReport, LeaderError> {
         self.drain(request).await
     }
 
-    async fn leader_rebalance(&self) -> Result<HandoffReport, String> {
+    async fn leader_rebalance(&self) -> Result<HandoffReport, LeaderError> {
         self.rebalance().await
     }
 
-    async fn leader_remove(&self, node: NodeId) -> Result<(), String> {
+    async fn leader_remove(&self, node: NodeId) -> Result<(), LeaderError> {
         self.remove(node).await
     }
 }
@@ -345,7 +356,9 @@ pub(crate) async fn create_session(
     // A duplicate is answered without writing a rejected entry: a session
     // seen locally is confirmed by a linearizable read first.
     if core.view.read(|a| a.state.sessions.contains_key(&id)) {
-        core.read_barrier().await.map_err(Error::NoQuorum)?;
+        core.read_barrier()
+            .await
+            .map_err(|e| Error::NoQuorum(e.to_string()))?;
         if core.view.read(|a| a.state.sessions.contains_key(&id)) {
             return Err(Error::Exists(id));
         }

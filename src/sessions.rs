@@ -103,7 +103,10 @@ impl<H: SessionHandler> Sessions<H> {
         let msg = serde_json::to_value(msg)
             .map_err(|e| Error::InvalidInput(format!("message does not serialize: {e}")))?;
         if !self.core.view.read(|a| a.state.sessions.contains_key(&id)) {
-            self.core.read_barrier().await.map_err(Error::NoQuorum)?;
+            self.core
+                .read_barrier()
+                .await
+                .map_err(|e| Error::NoQuorum(e.to_string()))?;
         }
         let key = CallKey::new(crate::model::new_call_key()).ok();
         let answer = self.core.runtime.call(&id, msg, timeout, key).await?;
@@ -122,7 +125,10 @@ impl<H: SessionHandler> Sessions<H> {
     /// The last committed state (linearizable read).
     pub async fn state(&self, id: &str) -> Result<H::State, Error> {
         let id = session_id(id)?;
-        self.core.read_barrier().await.map_err(Error::NoQuorum)?;
+        self.core
+            .read_barrier()
+            .await
+            .map_err(|e| Error::NoQuorum(e.to_string()))?;
         let state = self
             .core
             .view

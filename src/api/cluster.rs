@@ -77,12 +77,12 @@ pub(super) async fn drain_node(
             released: false,
         })
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(Error::from)?;
     Ok((StatusCode::ACCEPTED, Json(report)).into_response())
 }
 
 pub(super) async fn rebalance(State(core): State<AppState>) -> Result<Response, ApiError> {
-    let report = core.rebalance().await.map_err(ApiError::unavailable)?;
+    let report = core.rebalance().await.map_err(Error::from)?;
     Ok((StatusCode::ACCEPTED, Json(report)).into_response())
 }
 
@@ -95,10 +95,7 @@ pub(super) async fn remove_node(
     if !voters.contains(&id) {
         return Err(Rejection::NoSuchNode(id).into());
     }
-    if voters.len() == 1 {
-        return Err(Error::NotAllowed(format!("node {id} is the last voter")).into());
-    }
-    core.remove(id).await.map_err(ApiError::unavailable)?;
+    core.remove(id).await.map_err(Error::from)?;
     Ok(Json(serde_json::json!({"removed": id})))
 }
 

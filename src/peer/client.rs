@@ -9,14 +9,14 @@ use serde::de::DeserializeOwned;
 
 use super::messages::{
     CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRefusal,
-    JoinRequest, LeaseAnswer, LeaseRequest, ReleaseRequest,
+    JoinRequest, LeaderError, LeaseAnswer, LeaseRequest, ReleaseRequest,
 };
 use super::paths;
 use super::transport::{InternalError, Transport};
 use crate::model::{Command, NodeId, SessionId};
 
 /// A peer's answer that may carry its own refusal.
-pub type Answer<T> = Result<Result<T, String>, InternalError>;
+pub type Answer<T> = Result<Result<T, LeaderError>, InternalError>;
 /// A join's answer.
 pub type Joined = Result<Result<JoinAnswer, JoinRefusal>, InternalError>;
 

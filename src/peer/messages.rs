@@ -65,6 +65,29 @@ pub struct JoinRequest {
     pub addr: String,
 }
 
+/// Why a leader's operation (drain, rebalance, remove, read index,
+/// release) was not done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum LeaderError {
+    /// No leader is known (no quorum, or an election is running).
+    #[error("no leader: the cluster has no quorum or is electing one")]
+    NoLeader,
+    /// The node asked is not the leader (or, for a release, the asker is
+    /// not this node's leader).
+    #[error("not the leader: {0}")]
+    NotLeader(String),
+    /// The node named is not a member.
+    #[error("node {0} is not a member")]
+    NotAMember(NodeId),
+    /// Not possible in the cluster's present shape.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// The leader could not be asked, or the operation failed on its way
+    /// (a write timed out, a quorum did not confirm in time).
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Why a join was not done.
 #[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
 pub enum JoinRefusal {

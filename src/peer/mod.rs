@@ -14,7 +14,7 @@ mod transport;
 
 pub use messages::{
     CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRefusal,
-    JoinRequest, LeaseAnswer, LeaseRequest, ReleaseRequest,
+    JoinRequest, LeaderError, LeaseAnswer, LeaseRequest, ReleaseRequest,
 };
 pub(crate) use raft_net::Network;
 pub use transport::{Faults, HeldWrite, InternalError, PeerClock, Transport};

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use super::messages::{
     CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRefusal,
-    JoinRequest, LeaseAnswer, LeaseRequest, ReleaseRequest,
+    JoinRequest, LeaderError, LeaseAnswer, LeaseRequest, ReleaseRequest,
 };
 use super::paths;
 use crate::auth::{Security, PEER_SECRET_HEADER};
@@ -48,7 +48,7 @@ type Appended = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
 type Voted = Result<VoteResponse<NodeId>, RaftError<NodeId>>;
 type Snapshot = InstallSnapshotRequest<TypeConfig>;
 type Installed = Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>;
-type Handoff = Result<HandoffReport, String>;
+type Handoff = Result<HandoffReport, LeaderError>;
 
 /// What a node does with each internal request.
 pub(crate) trait PeerHandler: Send + Sync + 'static {
@@ -72,19 +72,20 @@ pub(crate) trait PeerHandler: Send + Sync + 'static {
     fn vote(&self, request: VoteRequest<NodeId>) -> impl Future<Output = Voted> + Send;
     fn install_snapshot(&self, request: Snapshot) -> impl Future<Output = Installed> + Send;
     fn propose(&self, commands: Vec<Command>) -> impl Future<Output = Self::ProposeAnswer> + Send;
-    fn read_index(&self) -> impl Future<Output = Result<u64, String>> + Send;
+    fn read_index(&self) -> impl Future<Output = Result<u64, LeaderError>> + Send;
     fn lease(&self, request: LeaseRequest) -> LeaseAnswer;
     fn call(&self, id: SessionId, call: ForwardedCall) -> impl Future<Output = Called> + Send;
-    fn release(&self, request: ReleaseRequest) -> impl Future<Output = Result<(), String>> + Send;
+    fn release(&self, request: ReleaseRequest) -> impl Future<Output = Done> + Send;
     fn join(&self, request: JoinRequest) -> impl Future<Output = Joined> + Send;
     fn whoami(&self) -> NodeId;
     fn leader_drain(&self, request: DrainRequest) -> impl Future<Output = Handoff> + Send;
     fn leader_rebalance(&self) -> impl Future<Output = Handoff> + Send;
-    fn leader_remove(&self, node: NodeId) -> impl Future<Output = Result<(), String>> + Send;
+    fn leader_remove(&self, node: NodeId) -> impl Future<Output = Done> + Send;
 }
 
 type Called = Result<CallReply, CallError>;
 type Joined = Result<JoinAnswer, JoinRefusal>;
+type Done = Result<(), LeaderError>;
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = serde_json::json!({"error": {"code": code, "message": message.into()}});
@@ -245,7 +246,9 @@ async fn propose<S: PeerHandler>(State(handler): State<Arc<S>>, body: Bytes) -> 
     }
 }
 
-async fn read_index<S: PeerHandler>(State(handler): State<Arc<S>>) -> Json<Result<u64, String>> {
+async fn read_index<S: PeerHandler>(
+    State(handler): State<Arc<S>>,
+) -> Json<Result<u64, LeaderError>> {
     Json(handler.read_index().await)
 }
 
@@ -295,7 +298,7 @@ async fn call<S: PeerHandler>(
 async fn release<S: PeerHandler>(
     State(handler): State<Arc<S>>,
     Json(request): Json<ReleaseRequest>,
-) -> Json<Result<(), String>> {
+) -> Json<Done> {
     Json(handler.release(request).await)
 }
 
@@ -313,20 +316,18 @@ async fn whoami<S: PeerHandler>(State(handler): State<Arc<S>>) -> Json<NodeId> {
 async fn leader_drain<S: PeerHandler>(
     State(handler): State<Arc<S>>,
     Json(request): Json<DrainRequest>,
-) -> Json<Result<HandoffReport, String>> {
+) -> Json<Handoff> {
     Json(handler.leader_drain(request).await)
 }
 
-async fn leader_rebalance<S: PeerHandler>(
-    State(handler): State<Arc<S>>,
-) -> Json<Result<HandoffReport, String>> {
+async fn leader_rebalance<S: PeerHandler>(State(handler): State<Arc<S>>) -> Json<Handoff> {
     Json(handler.leader_rebalance().await)
 }
 
 async fn leader_remove<S: PeerHandler>(
     State(handler): State<Arc<S>>,
     Json(node): Json<NodeId>,
-) -> Json<Result<(), String>> {
+) -> Json<Done> {
     Json(handler.leader_remove(node).await)
 }
 
