@@ -12,7 +12,9 @@
 //! a three-node cluster in this process, starts a game on it, crashes its
 //! owner and calls the game again on the new owner:
 //!
-//! ```
+// The example needs the `testkit` feature (on by default).
+#![cfg_attr(feature = "testkit", doc = "```")]
+#![cfg_attr(not(feature = "testkit"), doc = "```ignore")]
 //! use std::time::Duration;
 //! use minos::handlers::minotaur::{Minotaur, MinotaurMessage, MinotaurReply};
 //! use minos::testkit::Cluster;
@@ -44,11 +46,25 @@
 //!
 //! The same sessions are reachable over HTTP/JSON (`minos::api`), from the
 //! `minos` CLI, and through the typed [`Client`].
+//!
+//! # Features
+//!
+//! - `tools` (default): the `minos` binary and its tools, `minos::bench`
+//!   and `minos::chaos`, with the crates only they use (clap, plotters,
+//!   indicatif, todc-utils); implies `testkit`.
+//! - `testkit`: `minos::testkit`, in-process and process clusters for tests
+//!   (tempfile, libc).
+//!
+//! A service embedding minos depends on it with `default-features = false`
+//! (and `features = ["testkit"]` in its dev-dependencies to test with
+//! in-process clusters, as the example above does).
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod auth;
+#[cfg(feature = "tools")]
 pub mod bench;
+#[cfg(feature = "tools")]
 pub mod chaos;
 pub mod client;
 pub mod config;
@@ -58,6 +74,10 @@ pub mod handler;
 pub mod handlers;
 pub(crate) mod lease;
 pub mod model;
+// `NodeBuilder::faults` (the test fault hooks) is used only by `testkit`:
+// without it, it is unused by design. Builds with `testkit` (the default)
+// still report any other dead code in `node`.
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub mod node;
 pub mod peer;
 pub mod placement;
@@ -70,6 +90,7 @@ pub mod sessions;
 pub mod state;
 pub(crate) mod store;
 pub(crate) mod sync;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod wire;
 
