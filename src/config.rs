@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
+
 /// Timing of Raft, leases and failure detection.
 ///
 /// Safety rule (checked by [`Timing::validate`]):
@@ -103,9 +105,80 @@ impl Timing {
             lease_duration: lease,
             quorum_window: node_timeout.mul_f64(0.2),
             drift_margin: node_timeout.mul_f64(0.05),
-            lease_interval: (lease / 5).max(Duration::from_millis(10)),
+            lease_interval: lease_interval_for(lease),
             ..base
         }
+    }
+
+    /// The timing `minos serve` runs with for these timing flags, checked
+    /// for safety: the defaults (or [`Timing::with_node_timeout`] when a node
+    /// timeout is given), then each flag given. `minos serve` and
+    /// `minos bench failover` both derive their timing here, so a benchmark
+    /// measures the configuration its nodes run.
+    pub fn from_flags(flags: &TimingFlags) -> Result<Self, String> {
+        let ms = Duration::from_millis;
+        let mut timing = match flags.node_timeout_ms {
+            Some(node_timeout) => Self::with_node_timeout(ms(node_timeout)),
+            None => Self::default(),
+        };
+        if let Some(v) = flags.heartbeat_ms {
+            timing.heartbeat = ms(v);
+        }
+        if let Some(v) = flags.election_timeout_min_ms {
+            timing.election_timeout_min = ms(v);
+        }
+        if let Some(v) = flags.election_timeout_max_ms {
+            timing.election_timeout_max = ms(v);
+        }
+        if let Some(v) = flags.lease_ms {
+            timing.lease_duration = ms(v);
+            timing.lease_interval = lease_interval_for(ms(v));
+        }
+        timing.validate()?;
+        Ok(timing)
+    }
+}
+
+/// A lease is renewed five times per lease duration, at most every 10 ms.
+fn lease_interval_for(lease: Duration) -> Duration {
+    (lease / 5).max(Duration::from_millis(10))
+}
+
+/// The timing flags of `minos serve`, as given (`None`: not given). See
+/// [`Timing::from_flags`] for the timing they mean.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TimingFlags {
+    /// `--heartbeat-ms`.
+    pub heartbeat_ms: Option<u64>,
+    /// `--election-timeout-min-ms`.
+    pub election_timeout_min_ms: Option<u64>,
+    /// `--election-timeout-max-ms`.
+    pub election_timeout_max_ms: Option<u64>,
+    /// `--lease-ms`.
+    pub lease_ms: Option<u64>,
+    /// `--node-timeout-ms`.
+    pub node_timeout_ms: Option<u64>,
+}
+
+impl TimingFlags {
+    /// The `minos serve` arguments that give these flags (to start nodes
+    /// with them).
+    pub fn serve_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let flags = [
+            ("--heartbeat-ms", self.heartbeat_ms),
+            ("--election-timeout-min-ms", self.election_timeout_min_ms),
+            ("--election-timeout-max-ms", self.election_timeout_max_ms),
+            ("--lease-ms", self.lease_ms),
+            ("--node-timeout-ms", self.node_timeout_ms),
+        ];
+        for (flag, value) in flags {
+            if let Some(value) = value {
+                args.push(flag.to_string());
+                args.push(value.to_string());
+            }
+        }
+        args
     }
 }
 

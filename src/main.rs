@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use minos::auth::{ClusterSecret, Security, Tokens};
 use minos::client::{Client, ClientError, NewSession};
-use minos::config::{Limits, Timing};
+use minos::config::{Limits, Timing, TimingFlags};
 use minos::model::NodeId;
 use minos::node::NodeBuilder;
 
@@ -263,27 +263,17 @@ fn print_json(value: &impl serde::Serialize) {
     }
 }
 
-fn timing(args: &ServeArgs) -> Result<Timing, Failure> {
-    let ms = Duration::from_millis;
-    let mut timing = match args.node_timeout_ms {
-        Some(node_timeout) => Timing::with_node_timeout(ms(node_timeout)),
-        None => Timing::default(),
-    };
-    if let Some(v) = args.heartbeat_ms {
-        timing.heartbeat = ms(v);
+impl ServeArgs {
+    /// The timing flags as given; [`Timing::from_flags`] derives the timing.
+    fn timing_flags(&self) -> TimingFlags {
+        TimingFlags {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            lease_ms: self.lease_ms,
+            node_timeout_ms: self.node_timeout_ms,
+        }
     }
-    if let Some(v) = args.election_timeout_min_ms {
-        timing.election_timeout_min = ms(v);
-    }
-    if let Some(v) = args.election_timeout_max_ms {
-        timing.election_timeout_max = ms(v);
-    }
-    if let Some(v) = args.lease_ms {
-        timing.lease_duration = ms(v);
-        timing.lease_interval = (ms(v) / 5).max(ms(10));
-    }
-    timing.validate().map_err(usage)?;
-    Ok(timing)
 }
 
 fn security(args: &ServeArgs) -> Result<Security, Failure> {
@@ -303,7 +293,7 @@ fn security(args: &ServeArgs) -> Result<Security, Failure> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let timing = timing(&args)?;
+    let timing = Timing::from_flags(&args.timing_flags()).map_err(usage)?;
     let security = security(&args)?;
     // Files this process creates (sled's among them) are its own.
     // SAFETY: umask(2) only sets the process's file mode mask.

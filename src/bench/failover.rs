@@ -34,7 +34,7 @@ use super::report::{
 };
 use super::BenchError;
 use crate::client::{Client, ClientError, NewSession};
-use crate::config::Timing;
+use crate::config::{Timing, TimingFlags};
 use crate::model::{NodeId, NodeStatus, SessionId};
 use crate::placement;
 use crate::testkit::process::{ProcessCluster, ProcessOptions, Signal};
@@ -144,67 +144,6 @@ pub struct FailoverArgs {
     pub no_progress: bool,
 }
 
-/// The `minos serve` timing flags a run passes through.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct TimingKnobs {
-    /// `--heartbeat-ms`.
-    pub heartbeat_ms: Option<u64>,
-    /// `--election-timeout-min-ms`.
-    pub election_timeout_min_ms: Option<u64>,
-    /// `--election-timeout-max-ms`.
-    pub election_timeout_max_ms: Option<u64>,
-    /// `--lease-ms`.
-    pub lease_ms: Option<u64>,
-    /// `--node-timeout-ms`.
-    pub node_timeout_ms: Option<u64>,
-}
-
-impl TimingKnobs {
-    /// The timing `minos serve` derives from these flags (the same rules as
-    /// its flag parser), checked for safety.
-    pub fn timing(&self) -> Result<Timing, String> {
-        let ms = Duration::from_millis;
-        let mut timing = match self.node_timeout_ms {
-            Some(node_timeout) => Timing::with_node_timeout(ms(node_timeout)),
-            None => Timing::default(),
-        };
-        if let Some(v) = self.heartbeat_ms {
-            timing.heartbeat = ms(v);
-        }
-        if let Some(v) = self.election_timeout_min_ms {
-            timing.election_timeout_min = ms(v);
-        }
-        if let Some(v) = self.election_timeout_max_ms {
-            timing.election_timeout_max = ms(v);
-        }
-        if let Some(v) = self.lease_ms {
-            timing.lease_duration = ms(v);
-            timing.lease_interval = (ms(v) / 5).max(ms(10));
-        }
-        timing.validate()?;
-        Ok(timing)
-    }
-
-    /// The flags for `minos serve`.
-    pub fn serve_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        let flags = [
-            ("--heartbeat-ms", self.heartbeat_ms),
-            ("--election-timeout-min-ms", self.election_timeout_min_ms),
-            ("--election-timeout-max-ms", self.election_timeout_max_ms),
-            ("--lease-ms", self.lease_ms),
-            ("--node-timeout-ms", self.node_timeout_ms),
-        ];
-        for (flag, value) in flags {
-            if let Some(value) = value {
-                args.push(flag.to_string());
-                args.push(value.to_string());
-            }
-        }
-        args
-    }
-}
-
 /// A checked benchmark configuration.
 #[derive(Clone, Debug, Serialize)]
 pub struct FailoverConfig {
@@ -232,7 +171,7 @@ pub struct FailoverConfig {
     /// Keyed appends per trial (see [`FailoverArgs::keyed_writes`]).
     pub keyed_writes: usize,
     /// Timing flags for every run.
-    pub knobs: TimingKnobs,
+    pub knobs: TimingFlags,
     /// Node timeouts to sweep (empty: one run with `knobs`).
     pub sweep_node_timeout_ms: Vec<u64>,
     /// Where node data and logs are kept.
@@ -261,7 +200,7 @@ impl FailoverConfig {
             poll_interval: Duration::from_millis(5),
             fresh_sessions: 5,
             keyed_writes: 10,
-            knobs: TimingKnobs::default(),
+            knobs: TimingFlags::default(),
             sweep_node_timeout_ms: Vec::new(),
             keep_logs: None,
             progress: true,
@@ -269,13 +208,13 @@ impl FailoverConfig {
     }
 
     /// The knobs of each run: one per swept node timeout, or just `knobs`.
-    pub fn runs(&self) -> Vec<TimingKnobs> {
+    pub fn runs(&self) -> Vec<TimingFlags> {
         if self.sweep_node_timeout_ms.is_empty() {
             return vec![self.knobs.clone()];
         }
         self.sweep_node_timeout_ms
             .iter()
-            .map(|ms| TimingKnobs {
+            .map(|ms| TimingFlags {
                 node_timeout_ms: Some(*ms),
                 ..self.knobs.clone()
             })
@@ -303,7 +242,7 @@ impl FailoverConfig {
             return Err("--poll-ms must be at most 5".into());
         }
         for knobs in self.runs() {
-            knobs.timing().map_err(|e| format!("timing flags: {e}"))?;
+            Timing::from_flags(&knobs).map_err(|e| format!("timing flags: {e}"))?;
         }
         if !self.bin.is_file() {
             return Err(format!(
@@ -341,7 +280,7 @@ impl FailoverArgs {
             poll_interval: Duration::from_millis(self.poll_ms),
             fresh_sessions: self.fresh_sessions,
             keyed_writes: self.keyed_writes,
-            knobs: TimingKnobs {
+            knobs: TimingFlags {
                 heartbeat_ms: self.heartbeat_ms,
                 election_timeout_min_ms: self.election_timeout_min_ms,
                 election_timeout_max_ms: self.election_timeout_max_ms,
@@ -378,8 +317,7 @@ pub async fn run(config: &FailoverConfig) -> Result<Report, BenchError> {
     );
     let mut report = Report::new(config);
     for knobs in runs {
-        let timing = knobs
-            .timing()
+        let timing = Timing::from_flags(&knobs)
             .map_err(|e| BenchError::Usage(format!("timing flags: {e}")))?;
         let label = match knobs.node_timeout_ms {
             Some(ms) => format!("node timeout {ms} ms"),
@@ -528,7 +466,7 @@ fn client_error(e: ClientError) -> String {
 impl<'a> Bench<'a> {
     async fn start(
         config: &'a FailoverConfig,
-        knobs: &TimingKnobs,
+        knobs: &TimingFlags,
         progress: &ProgressBar,
     ) -> Result<Bench<'a>, BenchError> {
         let mut options = ProcessOptions::new(&config.bin);
@@ -1042,24 +980,24 @@ mod tests {
     // per node timeout: checked against config::Timing's own derivation.
     #[test]
     fn timing_flags_follow_minos_serve() {
-        let knobs = TimingKnobs {
+        let knobs = TimingFlags {
             node_timeout_ms: Some(400),
             heartbeat_ms: Some(40),
-            ..TimingKnobs::default()
+            ..TimingFlags::default()
         };
         assert_eq!(
             knobs.serve_args(),
             ["--heartbeat-ms", "40", "--node-timeout-ms", "400"]
         );
-        let timing = knobs.timing().expect("safe timing");
+        let timing = Timing::from_flags(&knobs).expect("safe timing");
         let derived = Timing::with_node_timeout(Duration::from_millis(400));
         assert_eq!(timing.lease_duration, derived.lease_duration);
         assert_eq!(timing.heartbeat, Duration::from_millis(40));
-        let unsafe_knobs = TimingKnobs {
+        let unsafe_knobs = TimingFlags {
             election_timeout_min_ms: Some(500),
-            ..TimingKnobs::default()
+            ..TimingFlags::default()
         };
-        assert!(unsafe_knobs.timing().is_err());
+        assert!(Timing::from_flags(&unsafe_knobs).is_err());
 
         let mut config = FailoverConfig::short(PathBuf::from("minos"), 10, 2, vec![Mode::Crash]);
         config.sweep_node_timeout_ms = vec![400, 1600];

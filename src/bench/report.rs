@@ -9,8 +9,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::failover::{FailoverConfig, Mode, TimingKnobs};
-use crate::config::Timing;
+use super::failover::{FailoverConfig, Mode};
+use crate::config::{Timing, TimingFlags};
 use crate::model::NodeId;
 
 /// One session in one trial.
@@ -252,7 +252,7 @@ pub struct RunReport {
     /// The node timeout of this run.
     pub node_timeout_ms: u64,
     /// The timing flags passed to `minos serve`.
-    pub knobs: TimingKnobs,
+    pub knobs: TimingFlags,
     /// The timing the nodes derived from them.
     pub timing: TimingRecord,
     /// One report per mode.
