@@ -55,18 +55,7 @@ pub fn cdf(report: &Report, path: &Path) -> Result<(), String> {
         .map_err(err)?;
     for (index, (label, values, total)) in curves.iter().enumerate() {
         let color = Palette99::pick(index).to_rgba();
-        let total = (*total).max(1) as f64;
-        // A step function: flat to each sample, then up by one sample.
-        let mut points = Vec::with_capacity(values.len() * 2 + 1);
-        let mut y = 0.0;
-        points.push((x_min, 0.0));
-        for value in values {
-            let x = value.clamp(x_min, x_max);
-            points.push((x, y));
-            y += 1.0 / total;
-            points.push((x, y));
-        }
-        points.push((x_max, y));
+        let points = steps(values, *total, x_min, x_max);
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(err)?
@@ -85,4 +74,21 @@ pub fn cdf(report: &Report, path: &Path) -> Result<(), String> {
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// The CDF of sorted `values` out of `total` sessions as a step function
+/// from `x_min` to `x_max`: flat to each sample, then up by one sample.
+fn steps(values: &[f64], total: usize, x_min: f64, x_max: f64) -> Vec<(f64, f64)> {
+    let total = total.max(1) as f64;
+    let mut points = Vec::with_capacity(values.len() * 2 + 1);
+    let mut y = 0.0;
+    points.push((x_min, 0.0));
+    for value in values {
+        let x = value.clamp(x_min, x_max);
+        points.push((x, y));
+        y += 1.0 / total;
+        points.push((x, y));
+    }
+    points.push((x_max, y));
+    points
 }
