@@ -236,6 +236,9 @@ pub fn check(ops: &[Op], finals: &BTreeMap<String, Result<Vec<String>, String>>)
     report
 }
 
+/// The rules over a session's final log: exactly once, no phantoms,
+/// acknowledged appends where their replies said, failed ones absent, and
+/// every read a prefix of it.
 fn check_final(report: &mut CheckReport, session: &str, ops: &[&Op], log: &[String]) {
     let mut positions: HashMap<&str, Vec<usize>> = HashMap::new();
     for (index, value) in log.iter().enumerate() {
@@ -247,6 +250,19 @@ fn check_final(report: &mut CheckReport, session: &str, ops: &[&Op], log: &[Stri
             sent.insert(value.as_str(), op);
         }
     }
+    check_duplicates_and_phantoms(report, session, &positions, &sent);
+    check_appends(report, session, ops, &positions, log);
+    check_read_prefixes(report, session, ops, log);
+}
+
+/// `duplicate` and `phantom`: each value of the final log (at `positions`)
+/// is there once and was `sent` by a client.
+fn check_duplicates_and_phantoms(
+    report: &mut CheckReport,
+    session: &str,
+    positions: &HashMap<&str, Vec<usize>>,
+    sent: &HashMap<&str, &Op>,
+) {
     let mut dup_values: Vec<(&str, &Vec<usize>)> = positions
         .iter()
         .filter(|(_, at)| at.len() > 1)
@@ -278,6 +294,18 @@ fn check_final(report: &mut CheckReport, session: &str, ops: &[&Op], log: &[Stri
             Vec::new(),
         );
     }
+}
+
+/// `lost_ack`, `ack_position` and `failed_applied`: each append's outcome
+/// against where its value is in the final log (counting unknown ones that
+/// were applied).
+fn check_appends(
+    report: &mut CheckReport,
+    session: &str,
+    ops: &[&Op],
+    positions: &HashMap<&str, Vec<usize>>,
+    log: &[String],
+) {
     for op in ops {
         let OpKind::Append(value) = &op.kind else {
             continue;
@@ -330,6 +358,10 @@ fn check_final(report: &mut CheckReport, session: &str, ops: &[&Op], log: &[Stri
             Outcome::Ok { .. } => {}
         }
     }
+}
+
+/// `read_not_prefix`: every log a read saw is a prefix of the final log.
+fn check_read_prefixes(report: &mut CheckReport, session: &str, ops: &[&Op], log: &[String]) {
     // Prefix hashes of the final log, to compare with read digests.
     let mut prefix = Vec::with_capacity(log.len() + 1);
     let mut hasher = LogHasher::default();

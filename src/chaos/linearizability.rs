@@ -330,107 +330,158 @@ pub fn check_session(session: &str, ops: &[&Op]) -> SessionCheck {
     if linearizable(&full) {
         return result;
     }
-    let started = std::time::Instant::now();
-    let checks = std::cell::Cell::new(0usize);
-    let fails = |until: u64, reads_from: u64, removed: &[bool]| {
-        checks.set(checks.get() + 1);
-        !linearizable(&window(&encoded, until, reads_from, removed))
+    let narrowing = Narrowing {
+        encoded: &encoded,
+        none,
+        checks: std::cell::Cell::new(0),
+        started: std::time::Instant::now(),
     };
+    let until = narrowing.shortest_prefix();
+    let reads_from = narrowing.latest_reads_from(until);
+    let (removed, truncated) = narrowing.shrink(until, reads_from);
+    result.failure =
+        Some(narrowing.violation(session, ops, until, &removed, truncated, result.ops_checked));
+    result
+}
 
-    // 1. The shortest failing prefix.
-    let mut ends: Vec<u64> = encoded.iter().filter_map(|op| op.end).collect();
-    ends.sort_unstable();
-    ends.dedup();
-    let until = match ends.last() {
-        Some(&last) if fails(last, 0, &none) => {
-            ends[first_failing(ends.len(), |k| fails(ends[k], 0, &none))]
-        }
-        _ => u64::MAX,
-    };
-    let prefix_ops = encoded.iter().filter(|op| op.start <= until).count();
+/// The search for a small failing window of a session whose history is
+/// not linearizable, in three steps; each check is counted.
+struct Narrowing<'a> {
+    encoded: &'a [Encoded],
+    /// Nothing removed.
+    none: Vec<bool>,
+    checks: std::cell::Cell<usize>,
+    started: std::time::Instant,
+}
 
-    // 2. The latest start of the reads that still fails.
-    let mut read_ends: Vec<u64> = std::iter::once(0)
-        .chain(encoded.iter().filter_map(|op| match (op.action, op.end) {
-            (Action::Read(_), Some(end)) if end <= until => Some(end),
-            _ => None,
-        }))
-        .collect();
-    read_ends.sort_unstable();
-    read_ends.dedup();
-    // Failing is monotone the other way here: find the first index that
-    // passes, counting from the end.
-    let n = read_ends.len();
-    let from_end = first_failing(n, |k| fails(until, read_ends[n - 1 - k], &none));
-    let reads_from = read_ends[n - 1 - from_end];
-
-    // 3. Drop blocks while it still fails.
-    let kept = window(&encoded, until, reads_from, &none);
-    let mut removed = vec![true; encoded.len()];
-    for interval in &kept {
-        removed[interval.at] = false;
+impl Narrowing<'_> {
+    /// True when the window (see [`window`]) has no linearization.
+    fn fails(&self, until: u64, reads_from: u64, removed: &[bool]) -> bool {
+        self.checks.set(self.checks.get() + 1);
+        !linearizable(&window(self.encoded, until, reads_from, removed))
     }
-    let mut candidates: Vec<usize> = kept.iter().map(|i| i.at).collect();
-    candidates.sort_by_key(|&at| (encoded[at].start, at));
-    let mut blocks = vec![candidates];
-    let mut truncated = false;
-    while let Some(block) = blocks.pop() {
-        if checks.get() >= MAX_SHRINK_CHECKS || started.elapsed() >= MAX_SHRINK_TIME {
-            truncated = true;
-            break;
+
+    /// Step 1, the shortest failing prefix: the end time it stops at.
+    fn shortest_prefix(&self) -> u64 {
+        let none = &self.none;
+        let mut ends: Vec<u64> = self.encoded.iter().filter_map(|op| op.end).collect();
+        ends.sort_unstable();
+        ends.dedup();
+        match ends.last() {
+            Some(&last) if self.fails(last, 0, none) => {
+                ends[first_failing(ends.len(), |k| self.fails(ends[k], 0, none))]
+            }
+            _ => u64::MAX,
         }
-        let mut trial = removed.clone();
-        for &at in &block {
-            trial[at] = true;
-        }
-        // A write some remaining read saw must stay (removing it would not
-        // be sound).
-        for &at in &block {
-            if let Action::Write(value) = encoded[at].action {
-                let seen = encoded
+    }
+
+    /// Step 2: the latest start of the reads that still fails.
+    fn latest_reads_from(&self, until: u64) -> u64 {
+        let mut read_ends: Vec<u64> = std::iter::once(0)
+            .chain(
+                self.encoded
                     .iter()
-                    .enumerate()
-                    .any(|(other, op)| !trial[other] && op.action == Action::Read(value));
-                if seen {
-                    trial[at] = false;
+                    .filter_map(|op| match (op.action, op.end) {
+                        (Action::Read(_), Some(end)) if end <= until => Some(end),
+                        _ => None,
+                    }),
+            )
+            .collect();
+        read_ends.sort_unstable();
+        read_ends.dedup();
+        // Failing is monotone the other way here: find the first index that
+        // passes, counting from the end.
+        let n = read_ends.len();
+        let from_end = first_failing(n, |k| self.fails(until, read_ends[n - 1 - k], &self.none));
+        read_ends[n - 1 - from_end]
+    }
+
+    /// Step 3: drop blocks while it still fails; returns what is removed,
+    /// and whether the budget stopped the narrowing.
+    fn shrink(&self, until: u64, reads_from: u64) -> (Vec<bool>, bool) {
+        let encoded = self.encoded;
+        let kept = window(encoded, until, reads_from, &self.none);
+        let mut removed = vec![true; encoded.len()];
+        for interval in &kept {
+            removed[interval.at] = false;
+        }
+        let mut candidates: Vec<usize> = kept.iter().map(|i| i.at).collect();
+        candidates.sort_by_key(|&at| (encoded[at].start, at));
+        let mut blocks = vec![candidates];
+        let mut truncated = false;
+        while let Some(block) = blocks.pop() {
+            if self.checks.get() >= MAX_SHRINK_CHECKS || self.started.elapsed() >= MAX_SHRINK_TIME {
+                truncated = true;
+                break;
+            }
+            let mut trial = removed.clone();
+            for &at in &block {
+                trial[at] = true;
+            }
+            // A write some remaining read saw must stay (removing it would not
+            // be sound).
+            for &at in &block {
+                if let Action::Write(value) = encoded[at].action {
+                    let seen = encoded
+                        .iter()
+                        .enumerate()
+                        .any(|(other, op)| !trial[other] && op.action == Action::Read(value));
+                    if seen {
+                        trial[at] = false;
+                    }
                 }
             }
+            let changed = trial != removed;
+            if changed && self.fails(until, 0, &trial) {
+                removed = trial;
+            } else if block.len() > 1 {
+                let (left, right) = block.split_at(block.len() / 2);
+                blocks.push(left.to_vec());
+                blocks.push(right.to_vec());
+            }
         }
-        let changed = trial != removed;
-        if changed && fails(until, 0, &trial) {
-            removed = trial;
-        } else if block.len() > 1 {
-            let (left, right) = block.split_at(block.len() / 2);
-            blocks.push(left.to_vec());
-            blocks.push(right.to_vec());
+        (removed, truncated)
+    }
+
+    /// The violation: the window left after narrowing, with the steps'
+    /// findings.
+    fn violation(
+        &self,
+        session: &str,
+        ops: &[&Op],
+        until: u64,
+        removed: &[bool],
+        truncated: bool,
+        ops_checked: usize,
+    ) -> RegisterViolation {
+        let encoded = self.encoded;
+        let prefix_ops = encoded.iter().filter(|op| op.start <= until).count();
+        let mut window_ops: Vec<Op> = window(encoded, until, 0, removed)
+            .iter()
+            .map(|i| ops[encoded[i.at].index].clone())
+            .collect();
+        window_ops.sort_by_key(|op| (op.start_us, op.end_us));
+        let first_ms = window_ops
+            .first()
+            .map_or(0.0, |op| op.start_us as f64 / 1e3);
+        let until_text = if until == u64::MAX {
+            "the end".to_string()
+        } else {
+            format!("{:.1} ms", until as f64 / 1e3)
+        };
+        RegisterViolation {
+            rule: Rule::NotLinearizable,
+            session: session.to_string(),
+            detail: format!(
+                "no linearization of its {} checked operations (todc-utils WGL). The shortest failing prefix ends at {until_text} ({prefix_ops} operations); the smallest failing window found has {} operations, from {first_ms:.1} ms to {until_text} ({} checks{}). Every operation left out is a read, or a write no remaining read saw, so this window alone is not linearizable:",
+                ops_checked,
+                window_ops.len(),
+                self.checks.get(),
+                if truncated { ", narrowing stopped at its budget" } else { "" }
+            ),
+            ops: window_ops,
         }
     }
-    let mut window_ops: Vec<Op> = window(&encoded, until, 0, &removed)
-        .iter()
-        .map(|i| ops[encoded[i.at].index].clone())
-        .collect();
-    window_ops.sort_by_key(|op| (op.start_us, op.end_us));
-    let first_ms = window_ops
-        .first()
-        .map_or(0.0, |op| op.start_us as f64 / 1e3);
-    let until_text = if until == u64::MAX {
-        "the end".to_string()
-    } else {
-        format!("{:.1} ms", until as f64 / 1e3)
-    };
-    result.failure = Some(RegisterViolation {
-        rule: Rule::NotLinearizable,
-        session: session.to_string(),
-        detail: format!(
-            "no linearization of its {} checked operations (todc-utils WGL). The shortest failing prefix ends at {until_text} ({prefix_ops} operations); the smallest failing window found has {} operations, from {first_ms:.1} ms to {until_text} ({} checks{}). Every operation left out is a read, or a write no remaining read saw, so this window alone is not linearizable:",
-            result.ops_checked,
-            window_ops.len(),
-            checks.get(),
-            if truncated { ", narrowing stopped at its budget" } else { "" }
-        ),
-        ops: window_ops,
-    });
-    result
 }
 
 /// Checks every register session in `ops` (other operations are skipped),

@@ -149,28 +149,50 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
         ));
     }
     if args.plan {
-        let episodes = schedule::generate(
-            seed,
-            &schedule::ScheduleOptions {
-                capabilities: faults,
-                nodes: 3,
-                lease: Duration::from_millis(500),
-                duration: Duration::from_secs(args.duration_s),
-            },
-        );
-        let mut at = Duration::ZERO;
-        for (index, episode) in episodes.iter().enumerate() {
-            at += episode.gap;
-            println!(
-                "#{index:<3} at {:>7.3}s  {}  held {} ms",
-                at.as_secs_f64(),
-                episode.fault,
-                episode.hold.as_millis()
-            );
-            at += episode.hold;
-        }
+        print_plan(seed, faults, Duration::from_secs(args.duration_s));
         return Ok(());
     }
+    let config = run_config(&args, seed, faults);
+    let report = run_backend(&args, &config).await?;
+    println!("{}", report.summary());
+    write_files(&args, &report)?;
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(ChaosError::Failed(format!(
+            "seed {seed}: {} violations, {} problems (rerun with --seed {seed})",
+            report.check.total(),
+            report.problems.len()
+        )))
+    }
+}
+
+/// `--plan`: prints the schedule of `seed` (three nodes, a 500 ms lease).
+fn print_plan(seed: u64, faults: Capabilities, duration: Duration) {
+    let episodes = schedule::generate(
+        seed,
+        &schedule::ScheduleOptions {
+            capabilities: faults,
+            nodes: 3,
+            lease: Duration::from_millis(500),
+            duration,
+        },
+    );
+    let mut at = Duration::ZERO;
+    for (index, episode) in episodes.iter().enumerate() {
+        at += episode.gap;
+        println!(
+            "#{index:<3} at {:>7.3}s  {}  held {} ms",
+            at.as_secs_f64(),
+            episode.fault,
+            episode.hold.as_millis()
+        );
+        at += episode.hold;
+    }
+}
+
+/// The run's settings from the flags.
+fn run_config(args: &ChaosArgs, seed: u64, faults: Capabilities) -> RunConfig {
     let mut config = RunConfig::new(seed);
     config.duration = Duration::from_secs(args.duration_s);
     config.clients = args.clients;
@@ -182,7 +204,12 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
     config.register_generation = Duration::from_secs(args.register_generation_s.max(1));
     config.max_register_ops_per_session = args.max_register_ops_per_session.max(1);
     config.faults = faults;
-    let report = match args.backend {
+    config
+}
+
+/// Starts or attaches to the `--backend` cluster and runs against it.
+async fn run_backend(args: &ChaosArgs, config: &RunConfig) -> Result<ChaosReport, ChaosError> {
+    match args.backend {
         BackendKind::Process => {
             let bin = match args.bin.clone() {
                 Some(bin) => bin,
@@ -192,7 +219,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
             let mut backend = process::ProcessBackend::start(bin, Vec::new(), args.dir.clone())
                 .await
                 .map_err(ChaosError::Failed)?;
-            run_with(&mut backend, &config).await
+            run_with(&mut backend, config).await
         }
         BackendKind::Docker => {
             let mut backend = docker::DockerBackend::attach(docker::DockerOptions {
@@ -202,20 +229,23 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
             })
             .await
             .map_err(ChaosError::Failed)?;
-            run_with(&mut backend, &config).await
+            run_with(&mut backend, config).await
         }
         BackendKind::Inprocess => {
             let mut backend =
                 inprocess::InProcessBackend::start(3, crate::config::Timing::default())
                     .await
                     .map_err(ChaosError::Failed)?;
-            let report = run_with(&mut backend, &config).await;
+            let report = run_with(&mut backend, config).await;
             backend.shutdown().await;
             report
         }
     }
-    .map_err(ChaosError::Failed)?;
-    println!("{}", report.summary());
+    .map_err(ChaosError::Failed)
+}
+
+/// Writes `--history` (JSON lines) and `--report` (JSON) when asked.
+fn write_files(args: &ChaosArgs, report: &ChaosReport) -> Result<(), ChaosError> {
     if let Some(path) = &args.history {
         let mut text = String::new();
         for op in &report.history {
@@ -224,22 +254,16 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
             text.push_str(&line);
             text.push('\n');
         }
-        std::fs::write(path, text)
-            .map_err(|e| ChaosError::Failed(format!("{}: {e}", path.display())))?;
+        write_file(path, text)?;
     }
     if let Some(path) = &args.report {
-        let text = serde_json::to_string_pretty(&report)
+        let text = serde_json::to_string_pretty(report)
             .map_err(|e| ChaosError::Failed(format!("cannot encode the report: {e}")))?;
-        std::fs::write(path, text)
-            .map_err(|e| ChaosError::Failed(format!("{}: {e}", path.display())))?;
+        write_file(path, text)?;
     }
-    if report.passed() {
-        Ok(())
-    } else {
-        Err(ChaosError::Failed(format!(
-            "seed {seed}: {} violations, {} problems (rerun with --seed {seed})",
-            report.check.total(),
-            report.problems.len()
-        )))
-    }
+    Ok(())
+}
+
+fn write_file(path: &std::path::Path, text: String) -> Result<(), ChaosError> {
+    std::fs::write(path, text).map_err(|e| ChaosError::Failed(format!("{}: {e}", path.display())))
 }

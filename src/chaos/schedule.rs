@@ -236,12 +236,41 @@ pub struct ScheduleOptions {
 /// Generates the schedule for `seed`: deterministic in `seed` and `options`.
 pub fn generate(seed: u64, options: &ScheduleOptions) -> Vec<Episode> {
     let mut rng = SplitMix64::fork(seed, 0x5CED);
-    let caps = options.capabilities;
     let nodes = options.nodes.max(1);
     let lease_ms = options.lease.as_millis() as u64;
-    let mut kinds: Vec<(u64, u8)> = Vec::new();
-    // The faults that strike while a write is in flight (kinds 6, 7, 8).
-    let mut mid_write: Vec<(u64, u8)> = Vec::new();
+    let (kinds, mid_write) = weights(options.capabilities, nodes);
+    let mut episodes = Vec::new();
+    if kinds.is_empty() {
+        return episodes;
+    }
+    let mut planned = Duration::ZERO;
+    // Bounded: at most one episode per 100 ms of planned time.
+    let max_episodes = (options.duration.as_millis() / 100).max(1) as usize;
+    while planned < options.duration && episodes.len() < max_episodes {
+        // Every third episode strikes mid-write, so each run has some.
+        let pool = if episodes.len() % 3 == 1 && !mid_write.is_empty() {
+            &mid_write
+        } else {
+            &kinds
+        };
+        let kind = pick(&mut rng, pool);
+        let (fault, hold_ms) = draw(kind, &mut rng, nodes, lease_ms);
+        let gap = Duration::from_millis(rng.between(200, 2000));
+        let hold = Duration::from_millis(hold_ms);
+        planned += gap + hold;
+        episodes.push(Episode { gap, fault, hold });
+    }
+    episodes
+}
+
+/// Fault kinds to draw from, each with its weight: `(weight, kind)`.
+type Pool = Vec<(u64, u8)>;
+
+/// The pools the capabilities allow: every kind, and the faults that strike
+/// while a write is in flight (kinds 6, 7, 8).
+fn weights(caps: Capabilities, nodes: u64) -> (Pool, Pool) {
+    let mut kinds: Pool = Vec::new();
+    let mut mid_write: Pool = Vec::new();
     if caps.kill {
         kinds.push((30, 0));
         if nodes >= 3 {
@@ -262,83 +291,73 @@ pub fn generate(seed: u64, options: &ScheduleOptions) -> Vec<Episode> {
         kinds.push((13, 5));
     }
     kinds.extend_from_slice(&mid_write);
-    let mut episodes = Vec::new();
-    if kinds.is_empty() {
-        return episodes;
-    }
-    let mut planned = Duration::ZERO;
-    // Bounded: at most one episode per 100 ms of planned time.
-    let max_episodes = (options.duration.as_millis() / 100).max(1) as usize;
-    while planned < options.duration && episodes.len() < max_episodes {
-        // Every third episode strikes mid-write, so each run has some.
-        let pool = if episodes.len() % 3 == 1 && !mid_write.is_empty() {
-            &mid_write
-        } else {
-            &kinds
-        };
-        let total: u64 = pool.iter().map(|(w, _)| w).sum();
-        let mut pick = rng.below(total);
-        let mut kind = pool[0].1;
-        for (weight, k) in pool {
-            if pick < *weight {
-                kind = *k;
-                break;
-            }
-            pick -= weight;
+    (kinds, mid_write)
+}
+
+/// A kind drawn from `pool` by weight.
+fn pick(rng: &mut SplitMix64, pool: &[(u64, u8)]) -> u8 {
+    let total: u64 = pool.iter().map(|(w, _)| w).sum();
+    let mut pick = rng.below(total);
+    let mut kind = pool[0].1;
+    for (weight, k) in pool {
+        if pick < *weight {
+            kind = *k;
+            break;
         }
-        let target = |rng: &mut SplitMix64| match rng.below(3) {
-            0 => Target::Leader,
-            1 => Target::Follower(rng.below(nodes.max(2) - 1) as u8),
-            _ => Target::Node(1 + rng.below(nodes)),
-        };
-        let (fault, hold_ms) = match kind {
-            0 => (Fault::Kill(target(&mut rng)), rng.between(100, 3000)),
-            1 => (
-                Fault::KillTwo(Target::Leader, Target::Follower(rng.below(2) as u8)),
-                rng.between(200, 2500),
-            ),
-            2 => (
-                Fault::Pause(target(&mut rng)),
-                rng.between(lease_ms + lease_ms / 5, lease_ms * 6),
-            ),
-            3 => (Fault::Isolate(target(&mut rng)), rng.between(300, 4000)),
-            4 => (
-                Fault::CutFromLeader(Target::Follower(rng.below(2) as u8)),
-                rng.between(300, 4000),
-            ),
-            6 => (
-                Fault::KillLeaderMidWrite {
-                    delay_ms: rng.between(0, MAX_WRITE_DELAY_MS) as u16,
-                },
-                rng.between(100, 3000),
-            ),
-            7 => (
-                Fault::PauseLeaderMidWrite {
-                    delay_ms: rng.between(0, MAX_WRITE_DELAY_MS) as u16,
-                },
-                rng.between(lease_ms + lease_ms / 5, lease_ms * 6),
-            ),
-            8 => (
-                Fault::KillOwnerAfterWrite {
-                    delay_ms: rng.between(0, MAX_WRITE_DELAY_MS) as u16,
-                },
-                rng.between(100, 3000),
-            ),
-            _ => {
-                let a = 1 + rng.below(nodes);
-                let b = 1 + (a + rng.below(nodes - 1)) % nodes;
-                (
-                    Fault::Cut(Target::Node(a), Target::Node(b)),
-                    rng.between(300, 4000),
-                )
-            }
-        };
-        let gap = Duration::from_millis(rng.between(200, 2000));
-        let hold = Duration::from_millis(hold_ms);
-        planned += gap + hold;
-        episodes.push(Episode { gap, fault, hold });
+        pick -= weight;
     }
-    episodes
+    kind
+}
+
+/// The fault of `kind` with its targets drawn, and how long it is held (ms).
+fn draw(kind: u8, rng: &mut SplitMix64, nodes: u64, lease_ms: u64) -> (Fault, u64) {
+    let target = |rng: &mut SplitMix64| match rng.below(3) {
+        0 => Target::Leader,
+        1 => Target::Follower(rng.below(nodes.max(2) - 1) as u8),
+        _ => Target::Node(1 + rng.below(nodes)),
+    };
+    match kind {
+        0 => (Fault::Kill(target(rng)), rng.between(100, 3000)),
+        1 => (
+            Fault::KillTwo(Target::Leader, Target::Follower(rng.below(2) as u8)),
+            rng.between(200, 2500),
+        ),
+        2 => (
+            Fault::Pause(target(rng)),
+            rng.between(lease_ms + lease_ms / 5, lease_ms * 6),
+        ),
+        3 => (Fault::Isolate(target(rng)), rng.between(300, 4000)),
+        4 => (
+            Fault::CutFromLeader(Target::Follower(rng.below(2) as u8)),
+            rng.between(300, 4000),
+        ),
+        6 => (
+            Fault::KillLeaderMidWrite {
+                delay_ms: rng.between(0, MAX_WRITE_DELAY_MS) as u16,
+            },
+            rng.between(100, 3000),
+        ),
+        7 => (
+            Fault::PauseLeaderMidWrite {
+                delay_ms: rng.between(0, MAX_WRITE_DELAY_MS) as u16,
+            },
+            rng.between(lease_ms + lease_ms / 5, lease_ms * 6),
+        ),
+        8 => (
+            Fault::KillOwnerAfterWrite {
+                delay_ms: rng.between(0, MAX_WRITE_DELAY_MS) as u16,
+            },
+            rng.between(100, 3000),
+        ),
+        _ => {
+            let a = 1 + rng.below(nodes);
+            let b = 1 + (a + rng.below(nodes - 1)) % nodes;
+            (
+                Fault::Cut(Target::Node(a), Target::Node(b)),
+                rng.between(300, 4000),
+            )
+        }
+    }
 }
 
 #[cfg(test)]
