@@ -399,6 +399,68 @@ fn cli_token(flag: Option<String>) -> Result<Option<String>, Failure> {
     Ok(None)
 }
 
+/// `minos session ...`.
+async fn session(client: &Client, command: SessionCommand) -> Result<(), Failure> {
+    match command {
+        SessionCommand::Start { id, kind, state } => {
+            let state = state.map(|s| parse_json("--state", &s)).transpose()?;
+            let session = client
+                .create_session(&NewSession {
+                    id,
+                    kind: Some(kind),
+                    state,
+                })
+                .await?;
+            print_json(&session);
+            Ok(())
+        }
+        SessionCommand::Get { id } => {
+            print_json(&client.get_session(&id).await?);
+            Ok(())
+        }
+        SessionCommand::List {
+            owner,
+            after,
+            limit,
+        } => {
+            print_json(
+                &client
+                    .list_sessions(owner, after.as_deref(), Some(limit))
+                    .await?,
+            );
+            Ok(())
+        }
+        SessionCommand::Call {
+            id,
+            msg,
+            timeout_ms,
+            key,
+            no_key,
+        } => {
+            let msg = parse_json("the message", &msg)?;
+            if let Some(key) = &key {
+                minos::model::CallKey::new(key.as_str())
+                    .map_err(|e| usage(format!("--key: {e}")))?;
+            }
+            let key = match (key, no_key) {
+                (_, true) => None,
+                (Some(key), false) => Some(key),
+                (None, false) => Some(minos::client::new_call_key()),
+            };
+            let timeout = Some(Duration::from_millis(timeout_ms));
+            let reply = client
+                .call_with_key(&id, &msg, timeout, key.as_deref())
+                .await?;
+            print_json(&reply);
+            Ok(())
+        }
+        SessionCommand::Stop { id } => {
+            print_json(&client.delete_session(&id).await?);
+            Ok(())
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     let mut client = Client::new(cli.addr.clone());
     if !matches!(cli.command, Command::Serve(_)) {
@@ -408,64 +470,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Session(command) => match command {
-            SessionCommand::Start { id, kind, state } => {
-                let state = state.map(|s| parse_json("--state", &s)).transpose()?;
-                let session = client
-                    .create_session(&NewSession {
-                        id,
-                        kind: Some(kind),
-                        state,
-                    })
-                    .await?;
-                print_json(&session);
-                Ok(())
-            }
-            SessionCommand::Get { id } => {
-                print_json(&client.get_session(&id).await?);
-                Ok(())
-            }
-            SessionCommand::List {
-                owner,
-                after,
-                limit,
-            } => {
-                print_json(
-                    &client
-                        .list_sessions(owner, after.as_deref(), Some(limit))
-                        .await?,
-                );
-                Ok(())
-            }
-            SessionCommand::Call {
-                id,
-                msg,
-                timeout_ms,
-                key,
-                no_key,
-            } => {
-                let msg = parse_json("the message", &msg)?;
-                if let Some(key) = &key {
-                    minos::model::CallKey::new(key.as_str())
-                        .map_err(|e| usage(format!("--key: {e}")))?;
-                }
-                let key = match (key, no_key) {
-                    (_, true) => None,
-                    (Some(key), false) => Some(key),
-                    (None, false) => Some(minos::client::new_call_key()),
-                };
-                let timeout = Some(Duration::from_millis(timeout_ms));
-                let reply = client
-                    .call_with_key(&id, &msg, timeout, key.as_deref())
-                    .await?;
-                print_json(&reply);
-                Ok(())
-            }
-            SessionCommand::Stop { id } => {
-                print_json(&client.delete_session(&id).await?);
-                Ok(())
-            }
-        },
+        Command::Session(command) => session(&client, command).await,
         Command::Cluster(ClusterCommand::Status { json }) => {
             let view = client.cluster().await?;
             if json {
