@@ -74,10 +74,6 @@ pub mod handler;
 pub mod handlers;
 pub(crate) mod lease;
 pub mod model;
-// `NodeBuilder::faults` (the test fault hooks) is used only by `testkit`:
-// without it, it is unused by design. Builds with `testkit` (the default)
-// still report any other dead code in `node`.
-#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub mod node;
 pub mod peer;
 pub mod placement;

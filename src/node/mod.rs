@@ -194,6 +194,7 @@ impl NodeBuilder {
     }
 
     /// Fault switches shared with a test harness.
+    #[cfg(feature = "testkit")]
     pub(crate) fn faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
         self
