@@ -129,6 +129,14 @@ struct ServeArgs {
     #[arg(long, env = "MINOS_CALL_KEYS_MAX_AGE_S", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
     call_keys_max_age_s: u64,
+    /// Open HTTP connections this node accepts (more are closed at once).
+    #[arg(long, env = "MINOS_MAX_CONNECTIONS", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Open HTTP connections per client IP address.
+    #[arg(long, env = "MINOS_MAX_CONNECTIONS_PER_IP", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections_per_ip: u32,
 }
 
 #[derive(Subcommand)]
@@ -309,6 +317,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
                 keep_for_secs: args.call_keys_max_age_s,
                 ..Default::default()
             },
+        })
+        .connection_limits(minos::node::ConnLimits {
+            max_connections: args.max_connections as usize,
+            max_connections_per_ip: args.max_connections_per_ip as usize,
+            ..Default::default()
         });
     if let Some(advertise) = &args.advertise {
         builder = builder.advertise(advertise);

@@ -35,8 +35,8 @@ pub struct ConnLimits {
 impl Default for ConnLimits {
     fn default() -> Self {
         Self {
-            max_connections: 4096,
-            max_connections_per_ip: 1024,
+            max_connections: 8192,
+            max_connections_per_ip: 4096,
             header_read_timeout: Duration::from_secs(10),
         }
     }
