@@ -88,14 +88,10 @@ struct ServeArgs {
     join: Option<String>,
     /// File with the cluster secret every peer request carries (one secret
     /// a line: the first is sent, all are accepted, for rotation).
-    #[arg(
-        long,
-        env = "MINOS_CLUSTER_SECRET_FILE",
-        required_unless_present = "insecure"
-    )]
+    #[arg(long, env = "MINOS_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<PathBuf>,
     /// File with the API tokens, one `ROLE TOKEN` a line (roles: admin, client).
-    #[arg(long, env = "MINOS_TOKEN_FILE", required_unless_present = "insecure")]
+    #[arg(long, env = "MINOS_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// No authentication at all, for experiments: anyone who reaches the
     /// port can change the cluster.

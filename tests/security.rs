@@ -460,3 +460,39 @@ async fn with_a_peer_listener_the_public_port_serves_no_peer_route_and_the_peer_
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn serve_without_credentials_refuses_to_start_with_one_line() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = minos::testkit::process::free_ports(1).map_err(|e| e.to_string())?[0];
+    let addr = format!("127.0.0.1:{port}");
+    let output = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--id",
+            "1",
+            "--listen",
+            &addr,
+            "--peers",
+            &format!("1={addr}"),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("MINOS_CLUSTER_SECRET_FILE")
+        .env_remove("MINOS_TOKEN_FILE")
+        .env_remove("MINOS_INSECURE")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(DEADLINE, output)
+        .await
+        .map_err(|_| "minos serve without credentials kept running".to_string())?
+        .map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+    assert!(
+        stderr.contains("--cluster-secret-file") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    Ok(())
+}
