@@ -26,7 +26,7 @@ pub enum ClientError {
         message: String,
     },
     /// The request did not get an answer (connection refused, timeout).
-    #[error("cannot reach {addr}: {source}")]
+    #[error("cannot reach {addr}: {}", causes(source))]
     Transport {
         /// Node address.
         addr: String,
@@ -43,7 +43,30 @@ pub enum ClientError {
     },
 }
 
+/// An error and its causes, innermost last ("error sending request: ...:
+/// Connection refused"), so the reason is not hidden behind reqwest's
+/// outer message.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
 impl ClientError {
+    /// True when the node could not be connected to at all (nothing
+    /// listens there, or it is unreachable).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, ClientError::Transport { source, .. } if source.is_connect())
+    }
+
     /// HTTP status of an API error.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -236,9 +236,14 @@ impl From<ClientError> for Failure {
             Some(status) if (400..500).contains(&status) => 2,
             _ => 1,
         };
+        let hint = if e.is_connect() {
+            " (is a node running there? scripts/cluster.sh start starts three; --addr or MINOS_ADDR picks the node)"
+        } else {
+            ""
+        };
         Failure {
             code,
-            message: e.to_string(),
+            message: format!("{e}{hint}"),
         }
     }
 }
@@ -350,16 +355,29 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
 }
 
 fn print_cluster_table(view: &minos::api::ClusterView) {
-    println!(
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    // A closed pipe (`minos cluster status | head`) ends the table quietly.
+    macro_rules! out {
+        ($($arg:tt)*) => {
+            if writeln!(stdout, $($arg)*).is_err() {
+                return;
+            }
+        };
+    }
+    out!(
         "leader: {}   term: {}   sessions: {}   (answered by node {})",
         view.leader.map_or("none".to_string(), |l| l.to_string()),
         view.term,
         view.sessions,
         view.answered_by
     );
-    println!(
+    out!(
         "{:>4}  {:<22} {:<9} {:>8}",
-        "ID", "ADDRESS", "STATUS", "SESSIONS"
+        "ID",
+        "ADDRESS",
+        "STATUS",
+        "SESSIONS"
     );
     for node in &view.nodes {
         let status = serde_json::to_value(node.status)
@@ -371,9 +389,12 @@ fn print_cluster_table(view: &minos::api::ClusterView) {
         } else {
             ""
         };
-        println!(
+        out!(
             "{:>4}  {:<22} {:<9} {:>8}{marker}",
-            node.id, node.addr, status, node.sessions
+            node.id,
+            node.addr,
+            status,
+            node.sessions
         );
     }
 }
