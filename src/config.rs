@@ -192,6 +192,14 @@ pub struct Limits {
     pub call_retention: crate::model::CallRetention,
 }
 
+impl Limits {
+    /// Largest request body that may carry a state: the state limit plus
+    /// 64 KiB for the rest of the request (public routes, forwarded calls).
+    pub fn request_body_bytes(&self) -> usize {
+        self.max_state_bytes + 64 * 1024
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

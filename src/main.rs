@@ -126,11 +126,11 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
     call_keys_max_age_s: u64,
     /// Open HTTP connections this node accepts (more are closed at once).
-    #[arg(long, env = "MINOS_MAX_CONNECTIONS", default_value_t = 8192,
+    #[arg(long, env = "MINOS_MAX_CONNECTIONS", default_value_t = minos::node::ConnLimits::default().max_connections as u32,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
     /// Open HTTP connections per client IP address.
-    #[arg(long, env = "MINOS_MAX_CONNECTIONS_PER_IP", default_value_t = 4096,
+    #[arg(long, env = "MINOS_MAX_CONNECTIONS_PER_IP", default_value_t = minos::node::ConnLimits::default().max_connections_per_ip as u32,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections_per_ip: u32,
 }

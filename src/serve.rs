@@ -20,6 +20,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+/// Longest a request may take before it is answered 408 (the call timeout
+/// ceiling plus slack); the presence stream is exempt, it never ends.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
+
 /// Connection limits of one listener.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {

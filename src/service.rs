@@ -212,11 +212,11 @@ impl PeerHandler for Service {
         // with a state of up to the limit. A limit below a real batch would
         // stall replication for good, so it is generous (only peers that
         // presented the cluster secret get this far).
-        ((self.limits.max_state_bytes + 64 * 1024) * 64).max(64 * 1024 * 1024)
+        (self.limits.request_body_bytes() * 64).max(64 * 1024 * 1024)
     }
 
     fn call_body_limit(&self) -> usize {
-        self.limits.max_state_bytes + 64 * 1024
+        self.limits.request_body_bytes()
     }
 
     fn known_members(&self) -> Option<BTreeSet<NodeId>> {

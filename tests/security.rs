@@ -123,23 +123,27 @@ async fn footprint(cluster: &ProcessCluster, admin: &reqwest::Client) -> Result<
     Ok(print)
 }
 
-/// Waits until every node reports the same footprint twice in a row (the
-/// cluster is idle), and returns it.
+/// Waits until the cluster is idle: every node has the same last log index
+/// and has applied all of it; returns the footprint then.
 async fn settled(cluster: &ProcessCluster, admin: &reqwest::Client) -> Result<Footprint, String> {
-    let deadline = Instant::now() + DEADLINE;
-    let mut last = footprint(cluster, admin).await?;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = footprint(cluster, admin).await?;
-        let uniform = now.last_logs.iter().all(|l| *l == now.last_logs[0]);
-        if now == last && uniform {
-            return Ok(now);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the cluster did not settle: {last:?} then {now:?}"));
-        }
-        last = now;
-    }
+    minos::testkit::await_until(
+        "every node to apply the same last log entry",
+        DEADLINE,
+        || async {
+            let print = footprint(cluster, admin).await.ok()?;
+            let mut applied = Vec::new();
+            for id in cluster.ids() {
+                applied.push(
+                    metric(admin, &cluster.addr(id), "minos_raft_applied_index")
+                        .await
+                        .ok()? as u64,
+                );
+            }
+            let uniform = print.last_logs.iter().all(|l| *l == print.last_logs[0]);
+            (uniform && applied == print.last_logs).then_some(print)
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

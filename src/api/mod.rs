@@ -15,7 +15,6 @@ mod tests;
 mod views;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -32,9 +31,6 @@ use crate::service::Service;
 
 type AppState = Arc<Service>;
 
-/// Longest a request may take before it is answered 408 (the call timeout
-/// ceiling plus slack). The presence stream is exempt: it never ends.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 /// Longest wait a caller may ask of a call (`timeout_ms`).
 pub const MAX_CALL_TIMEOUT_MS: u64 = 60_000;
 
@@ -42,7 +38,7 @@ pub const MAX_CALL_TIMEOUT_MS: u64 = 60_000;
 /// token with the role [`needed_role`] names), the internal routes (cluster
 /// secret, checked before a body is read), each with its own body limit.
 pub(crate) fn router(core: Arc<Service>) -> Router {
-    let public_limit = core.limits.max_state_bytes + 64 * 1024;
+    let public_limit = core.limits.request_body_bytes();
     let open = Router::new()
         .route("/v1/health", get(cluster::health))
         .route("/v1/health/ready", get(cluster::health))
@@ -67,7 +63,7 @@ pub(crate) fn router(core: Arc<Service>) -> Router {
     open.merge(public)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
+            crate::serve::REQUEST_TIMEOUT,
         ))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .with_state(core)

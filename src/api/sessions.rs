@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::error::{body_error, parse_json, session_id, ApiError};
+use super::error::{parse_json, session_id, ApiError};
 use super::views::{session_view, SessionPage, SessionView};
 use super::{require_json, MAX_CALL_TIMEOUT_MS};
 use crate::error::Error;
@@ -35,19 +35,8 @@ pub(super) async fn create_session(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
-    let bytes = body.map_err(body_error)?;
-    if bytes.len() > core.limits.max_state_bytes + 64 * 1024 {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "request body is {} bytes; the state limit is {}",
-                bytes.len(),
-                core.limits.max_state_bytes
-            ),
-        ));
-    }
-    let request: CreateRequest = parse_json(Ok(bytes))?;
+    // The route's body limit (the state limit + 64 KiB) answers 413 `too_large`.
+    let request: CreateRequest = parse_json(body)?;
     let id = session_id(&request.id)?;
     let kind_name = request
         .kind

@@ -74,7 +74,8 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Result<CallReply, CallError>, InternalError> {
         let path = format!("{}{id}", paths::CALL);
-        self.post_call(owner, addr, &path, call, timeout).await
+        self.json_with(&self.fresh, owner, addr, &path, call, timeout)
+            .await
     }
 
     /// Asks any member to admit this node (`target` 0: not a member yet).

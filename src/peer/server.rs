@@ -37,8 +37,6 @@ use crate::wire::{decode_bin, TypeConfig};
 /// the leader's operations); a forwarded call is bounded like a public
 /// call body, Raft traffic by [`PeerHandler::raft_body_limit`].
 const INTERNAL_JSON_LIMIT: usize = 64 * 1024;
-/// Longest an internal request may take (the presence stream is exempt).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 /// Terms above this are refused: openraft computes `term + 1` when it
 /// elects, and a term near `u64::MAX` would overflow it (and be saved).
 pub const MAX_TERM: u64 = u64::MAX / 2;
@@ -117,7 +115,7 @@ pub(crate) fn router<S: PeerHandler>(handler: Arc<S>) -> Router {
         .merge(calls)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
+            crate::serve::REQUEST_TIMEOUT,
         ));
     timed
         .route(paths::PRESENCE, get(presence::<S>))

@@ -263,7 +263,7 @@ impl Transport {
         let body = bincode::serialize(request)
             .map_err(|e| InternalError::Failed(addr.into(), e.to_string()))?;
         let bytes = self
-            .send(target, addr, path, timeout, |r| {
+            .send_with(&self.http, target, addr, path, timeout, |r| {
                 r.header("content-type", "application/octet-stream")
                     .body(body)
             })
@@ -285,20 +285,9 @@ impl Transport {
             .await
     }
 
-    /// POSTs JSON on a fresh connection (see [`Transport::fresh`]).
-    pub(super) async fn post_call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        target: NodeId,
-        addr: &str,
-        path: &str,
-        request: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, InternalError> {
-        self.json_with(&self.fresh, target, addr, path, request, timeout)
-            .await
-    }
-
-    async fn json_with<Req: Serialize, Resp: DeserializeOwned>(
+    /// POSTs JSON with `client` ([`Transport::http`], or [`Transport::fresh`]
+    /// for a forwarded call) and decodes a JSON answer.
+    pub(super) async fn json_with<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         client: &reqwest::Client,
         target: NodeId,
@@ -312,18 +301,6 @@ impl Transport {
             .await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| InternalError::Failed(addr.into(), format!("bad answer: {e}")))
-    }
-
-    async fn send(
-        &self,
-        target: NodeId,
-        addr: &str,
-        path: &str,
-        timeout: Duration,
-        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
-    ) -> Result<bytes::Bytes, InternalError> {
-        self.send_with(&self.http, target, addr, path, timeout, build)
-            .await
     }
 
     async fn send_with(

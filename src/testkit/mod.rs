@@ -79,10 +79,12 @@ impl Credentials {
     pub fn generate() -> Result<Self, String> {
         let fresh = || crate::auth::generate_secret().map_err(|e| e.to_string());
         let (secret, admin_token, client_token) = (fresh()?, fresh()?, fresh()?);
-        let token_file = format!("admin {admin_token}\nclient {client_token}\n");
+        use crate::auth::Role;
         let security = crate::auth::Security::Enforced {
             secret: crate::auth::ClusterSecret::parse(&secret).map_err(|e| e.to_string())?,
-            tokens: crate::auth::Tokens::parse(&token_file).map_err(|e| e.to_string())?,
+            tokens: crate::auth::Tokens::default()
+                .with(Role::Admin, &admin_token)
+                .with(Role::Client, &client_token),
         };
         Ok(Self {
             secret,
