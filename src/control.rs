@@ -147,21 +147,48 @@ pub(crate) fn verdict_commands(
 /// The sessions node `me` must run now, with their epochs: those it owns,
 /// unless it may run nothing (`runnable` false: no valid lease, or
 /// stopping), it is Down in the table, or the session is held back for a
-/// handoff.
+/// handoff. Costs the sessions `me` owns, not the table.
 pub(crate) fn wanted_sessions(
     state: &ClusterState,
     me: NodeId,
     runnable: bool,
-    held: &BTreeSet<SessionId>,
+    is_held: impl Fn(&SessionId) -> bool,
 ) -> HashMap<SessionId, Epoch> {
-    if !runnable || state.nodes.get(&me).map(|n| n.status) == Some(NodeStatus::Down) {
+    if !may_run(state, me, runnable) {
         return HashMap::new();
     }
     state
         .sessions_owned_by(me)
-        .filter(|s| !held.contains(&s.id))
+        .filter(|s| !is_held(&s.id))
         .map(|s| (s.id.clone(), s.epoch))
         .collect()
+}
+
+/// [`wanted_sessions`] for the sessions `ids` only (those that changed):
+/// for each, the epoch to run it under, or `None` when it must not run here.
+/// Agrees with [`wanted_sessions`] on every id (property-tested).
+pub(crate) fn wanted_among<'a>(
+    state: &ClusterState,
+    me: NodeId,
+    runnable: bool,
+    is_held: impl Fn(&SessionId) -> bool,
+    ids: impl IntoIterator<Item = &'a SessionId>,
+) -> HashMap<SessionId, Option<Epoch>> {
+    let allowed = may_run(state, me, runnable);
+    ids.into_iter()
+        .map(|id| {
+            let epoch = state
+                .sessions
+                .get(id)
+                .filter(|s| allowed && s.owner == Some(me) && !is_held(id))
+                .map(|s| s.epoch);
+            (id.clone(), epoch)
+        })
+        .collect()
+}
+
+fn may_run(state: &ClusterState, me: NodeId, runnable: bool) -> bool {
+    runnable && state.nodes.get(&me).map(|n| n.status) != Some(NodeStatus::Down)
 }
 
 #[cfg(test)]
@@ -275,12 +302,19 @@ mod tests {
             let me = 1;
             let state = table(n, if me_down { &[1] } else { &[] }, sessions);
             let held: BTreeSet<SessionId> = state.sessions.keys().step_by(held_every).cloned().collect();
-            let wanted = wanted_sessions(&state, me, runnable, &held);
+            let wanted = wanted_sessions(&state, me, runnable, |id| held.contains(id));
             for (id, session) in &state.sessions {
                 let expected = runnable && !me_down && session.owner == Some(me) && !held.contains(id);
                 prop_assert_eq!(wanted.get(id) == Some(&session.epoch), expected);
             }
             prop_assert!(wanted.len() <= state.sessions.len());
+            // The incremental form agrees on every id, unknown ones included.
+            let mut ids: Vec<SessionId> = state.sessions.keys().cloned().collect();
+            ids.push(SessionId::new("gone").expect("id"));
+            let among = wanted_among(&state, me, runnable, |id| held.contains(id), &ids);
+            for id in &ids {
+                prop_assert_eq!(among[id], wanted.get(id).copied(), "{}", id);
+            }
         }
     }
 

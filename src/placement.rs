@@ -52,15 +52,19 @@ pub fn repair_with(state: &ClusterState, nodes: &BTreeMap<NodeId, NodeInfo>) -> 
         .filter(|node| node.status == NodeStatus::Up)
         .map(|node| node.id)
         .collect();
-    state
-        .sessions
-        .values()
-        .filter(|session| match session.owner {
+    // Only the sessions of lost owners (and the unplaced ones, when a node
+    // can take them) are looked at: the cost is the repair, not the table.
+    let lost: Vec<Option<NodeId>> = state
+        .owners()
+        .filter(|owner| match owner {
             None => !eligible.is_empty(),
             Some(owner) => nodes
-                .get(&owner)
+                .get(owner)
                 .is_none_or(|node| node.status == NodeStatus::Down),
         })
+        .collect();
+    lost.into_iter()
+        .flat_map(|owner| state.sessions_of(owner))
         .map(|session| Move {
             id: session.id.clone(),
             from_epoch: session.epoch,

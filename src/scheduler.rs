@@ -85,6 +85,7 @@ async fn run(env: Arc<SchedulerEnv>, term: u64) {
     // Aborted when this task ends or is aborted (leadership lost).
     let mut watchers: BTreeMap<NodeId, AbortOnDrop> = BTreeMap::new();
     let mut repaired_at: Option<u64> = None;
+    let mut failures = FailureLog::default();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -126,25 +127,85 @@ async fn run(env: Arc<SchedulerEnv>, term: u64) {
             continue;
         }
         let started = Instant::now();
+        let summary: Vec<String> = commands.iter().map(summarize).collect();
         let results = env.proposer.propose_all(commands.clone()).await;
-        for (command, result) in commands.iter().zip(&results) {
-            match result {
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(?command, error = %e, "scheduler command not written");
-                    if let Command::NodeUp { id } = command {
-                        env.liveness.retry_up(*id);
-                    }
+        let mut all_written = true;
+        for ((command, result), text) in commands.iter().zip(&results).zip(&summary) {
+            if let Err(e) = result {
+                all_written = false;
+                failures.report(text, e);
+                if let Command::NodeUp { id } = command {
+                    env.liveness.retry_up(*id);
                 }
             }
         }
-        if nodes_changed {
+        if all_written {
+            failures.recovered();
+        }
+        if nodes_changed && all_written {
             info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                ?commands,
+                commands = ?summary,
                 "scheduler committed"
             );
         }
+    }
+}
+
+/// A command as one short log item: a Reassign is named by its size, not
+/// listed move by move (a mass failover moves many thousands).
+fn summarize(command: &Command) -> String {
+    match command {
+        Command::Reassign { moves } => format!("Reassign({} moves)", moves.len()),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Failed scheduler writes, logged once per kind of failure and then as a
+/// count every few seconds while they go on, instead of once per attempt
+/// (the scheduler retries every tick while a node is down).
+#[derive(Default)]
+struct FailureLog {
+    last: Option<String>,
+    repeats: u64,
+    summary_at: Option<Instant>,
+}
+
+/// How often a failure that goes on is summarised in the log.
+const FAILURE_SUMMARY_EVERY: Duration = Duration::from_secs(5);
+
+impl FailureLog {
+    fn report(&mut self, command: &str, error: &crate::raft::WriteError) {
+        let text = format!("{command}: {error}");
+        let now = Instant::now();
+        if self.last.as_deref() != Some(text.as_str()) {
+            warn!(command, error = %error, "scheduler command not written");
+            self.last = Some(text);
+            self.repeats = 0;
+            self.summary_at = Some(now + FAILURE_SUMMARY_EVERY);
+            return;
+        }
+        self.repeats += 1;
+        if self.summary_at.is_some_and(|at| now >= at) {
+            warn!(
+                command,
+                error = %error,
+                repeats = self.repeats,
+                "scheduler command still not written"
+            );
+            self.repeats = 0;
+            self.summary_at = Some(now + FAILURE_SUMMARY_EVERY);
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.last.take().is_some() {
+            info!(
+                repeats = self.repeats,
+                "scheduler commands are written again"
+            );
+        }
+        self.repeats = 0;
     }
 }
 

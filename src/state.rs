@@ -13,7 +13,7 @@
 //!   every applied update raises the version by one;
 //! - a rejected command changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -36,31 +36,144 @@ pub enum SessionStatus {
 }
 
 /// The whole replicated table.
+///
+/// `sessions` is read freely but changed only here, so the derived owner
+/// index always matches it (checked by the property tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Table")]
 pub struct ClusterState {
     /// Members by id.
     pub nodes: BTreeMap<NodeId, NodeInfo>,
-    /// Sessions by id.
+    /// Sessions by id (change them only through [`ClusterState::apply`]).
     pub sessions: BTreeMap<SessionId, Session>,
     /// Last epoch handed out. Epochs come from this table-wide counter so a
     /// session deleted and created again never reuses an epoch of its
     /// earlier life (a late write from that life stays fenced).
     pub last_epoch: Epoch,
+    /// Session ids by owner (`None`: unplaced), derived from `sessions`:
+    /// not serialized, rebuilt on load. It makes "sessions of node N",
+    /// counts per node and repair cost what they touch, not the table size.
+    #[serde(skip)]
+    owners: BTreeMap<Option<NodeId>, BTreeSet<SessionId>>,
+}
+
+/// The serialized form of [`ClusterState`] (without the derived index).
+#[derive(Deserialize)]
+struct Table {
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    sessions: BTreeMap<SessionId, Session>,
+    last_epoch: Epoch,
+}
+
+impl From<Table> for ClusterState {
+    fn from(table: Table) -> Self {
+        let mut owners: BTreeMap<Option<NodeId>, BTreeSet<SessionId>> = BTreeMap::new();
+        for session in table.sessions.values() {
+            owners
+                .entry(session.owner)
+                .or_default()
+                .insert(session.id.clone());
+        }
+        Self {
+            nodes: table.nodes,
+            sessions: table.sessions,
+            last_epoch: table.last_epoch,
+            owners,
+        }
+    }
+}
+
+/// What applying entries changed, for readers that follow the table
+/// incrementally (the runtime starts and stops only the tasks of changed
+/// sessions instead of scanning the table).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Sessions created, deleted, moved or written.
+    pub sessions: BTreeSet<SessionId>,
+    /// A node was added, removed or changed status.
+    pub nodes: bool,
+    /// The whole table was replaced (a snapshot was installed): look at all of it.
+    pub all: bool,
+}
+
+impl Changes {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && !self.nodes && !self.all
+    }
+
+    /// Adds `other` to these changes.
+    pub fn merge(&mut self, other: Changes) {
+        if self.sessions.is_empty() {
+            self.sessions = other.sessions;
+        } else {
+            self.sessions.extend(other.sessions);
+        }
+        self.nodes |= other.nodes;
+        self.all |= other.all;
+    }
 }
 
 impl ClusterState {
     /// Applies one log entry; one result per command, in order.
     pub fn apply(&mut self, proposal: &Proposal) -> Vec<CommandResult> {
+        self.apply_tracked(proposal, &mut Changes::default())
+    }
+
+    /// [`ClusterState::apply`], recording in `changes` what it changed.
+    pub fn apply_tracked(
+        &mut self,
+        proposal: &Proposal,
+        changes: &mut Changes,
+    ) -> Vec<CommandResult> {
         match proposal {
             Proposal::V1 { at, commands } => commands
                 .iter()
-                .map(|command| self.apply_command(command, *at))
+                .map(|command| self.apply_command_tracked(command, *at, changes))
                 .collect(),
         }
     }
 
     /// Applies one command at the proposer's time `at`.
     pub fn apply_command(&mut self, command: &Command, at: DateTime<Utc>) -> CommandResult {
+        self.apply_command_tracked(command, at, &mut Changes::default())
+    }
+
+    /// [`ClusterState::apply_command`], recording in `changes` what it changed.
+    pub fn apply_command_tracked(
+        &mut self,
+        command: &Command,
+        at: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> CommandResult {
+        let result = self.apply_one(command, at, changes);
+        if result.is_ok() {
+            match command {
+                Command::AddNode { .. }
+                | Command::RemoveNode { .. }
+                | Command::NodeDown { .. }
+                | Command::NodeUp { .. }
+                | Command::Drain { .. } => changes.nodes = true,
+                Command::CreateSession { id, .. }
+                | Command::UpdateState { id, .. }
+                | Command::UpdateStateKeyed { id, .. }
+                | Command::Settle { id, .. }
+                | Command::DeleteSession { id } => {
+                    changes.sessions.insert(id.clone());
+                }
+                // Reassign and RemoveNode record the sessions they moved.
+                Command::Reassign { .. } => {}
+            }
+        }
+        result
+    }
+
+    fn apply_one(
+        &mut self,
+        command: &Command,
+        at: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> CommandResult {
         match command {
             Command::AddNode { id, addr } => {
                 // Re-registering keeps the status: it must not cancel a drain
@@ -76,7 +189,7 @@ impl ClusterState {
                     });
                 Ok(Applied::Done)
             }
-            Command::RemoveNode { id } => self.remove_node(*id, at),
+            Command::RemoveNode { id } => self.remove_node(*id, at, changes),
             Command::NodeDown { id } => self.set_status(*id, NodeStatus::Down, at),
             Command::NodeUp { id } => self.set_status(*id, NodeStatus::Up, at),
             Command::Drain { id } => self.set_status(*id, NodeStatus::Draining, at),
@@ -105,9 +218,12 @@ impl ClusterState {
                 session.version += 1;
                 Ok(Applied::Session(Box::new(session.clone())))
             }
-            Command::Reassign { moves } => Ok(Applied::Moved(self.reassign(moves, at))),
+            Command::Reassign { moves } => Ok(Applied::Moved(self.reassign(moves, at, changes))),
             Command::DeleteSession { id } => match self.sessions.remove(id) {
-                Some(_) => Ok(Applied::Done),
+                Some(session) => {
+                    self.unindex(session.owner, id);
+                    Ok(Applied::Done)
+                }
                 None => Err(Rejection::NoSuchSession(id.clone())),
             },
         }
@@ -143,19 +259,42 @@ impl ClusterState {
     }
 
     /// Removes a member; its sessions become unplaced under a new epoch.
-    fn remove_node(&mut self, id: NodeId, at: DateTime<Utc>) -> CommandResult {
+    fn remove_node(
+        &mut self,
+        id: NodeId,
+        at: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> CommandResult {
         if self.nodes.remove(&id).is_none() {
             return Err(Rejection::NoSuchNode(id));
         }
-        for session in self.sessions.values_mut() {
-            if session.owner == Some(id) {
+        let owned = self.owners.remove(&Some(id)).unwrap_or_default();
+        for session_id in &owned {
+            if let Some(session) = self.sessions.get_mut(session_id) {
                 self.last_epoch = self.last_epoch.next();
                 session.owner = None;
                 session.epoch = self.last_epoch;
                 session.updated_at = at;
             }
         }
+        if !owned.is_empty() {
+            changes.sessions.extend(owned.iter().cloned());
+            self.owners.entry(None).or_default().extend(owned);
+        }
         Ok(Applied::Done)
+    }
+
+    fn index(&mut self, owner: Option<NodeId>, id: &SessionId) {
+        self.owners.entry(owner).or_default().insert(id.clone());
+    }
+
+    fn unindex(&mut self, owner: Option<NodeId>, id: &SessionId) {
+        if let Some(ids) = self.owners.get_mut(&owner) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.owners.remove(&owner);
+            }
+        }
     }
 
     fn create_session(
@@ -184,6 +323,7 @@ impl ClusterState {
             calls: Vec::new(),
         };
         self.sessions.insert(id.clone(), session.clone());
+        self.index(owner, id);
         Ok(Applied::Session(Box::new(session)))
     }
 
@@ -193,6 +333,7 @@ impl ClusterState {
         &mut self,
         moves: &[Move],
         at: DateTime<Utc>,
+        changes: &mut Changes,
     ) -> Vec<(SessionId, Option<NodeId>, Epoch)> {
         let mut moved = Vec::with_capacity(moves.len());
         for step in moves {
@@ -204,10 +345,16 @@ impl ClusterState {
                 continue;
             }
             self.last_epoch = self.last_epoch.next();
+            let from = session.owner;
             session.owner = step.to;
             session.epoch = self.last_epoch;
             session.updated_at = at;
             moved.push((session.id.clone(), session.owner, session.epoch));
+            if from != step.to {
+                self.unindex(from, &step.id);
+                self.index(step.to, &step.id);
+            }
+            changes.sessions.insert(step.id.clone());
         }
         moved
     }
@@ -261,32 +408,52 @@ impl ClusterState {
 
     /// Derived status of a session.
     pub fn session_status(&self, session: &Session) -> SessionStatus {
-        match session.owner.and_then(|owner| self.nodes.get(&owner)) {
-            None => {
-                if session.owner.is_some() {
-                    SessionStatus::Moving
-                } else {
-                    SessionStatus::Unplaced
-                }
-            }
-            Some(node) if node.status == NodeStatus::Up => SessionStatus::Placed,
+        self.status_under(session.owner)
+    }
+
+    /// Status of the sessions owned by `owner` (`None`: unplaced).
+    pub fn status_under(&self, owner: Option<NodeId>) -> SessionStatus {
+        match owner.map(|id| self.nodes.get(&id)) {
+            None => SessionStatus::Unplaced,
+            Some(Some(node)) if node.status == NodeStatus::Up => SessionStatus::Placed,
             Some(_) => SessionStatus::Moving,
         }
     }
 
-    /// Number of sessions owned by each node (nodes without sessions included).
+    /// Number of sessions owned by each node (nodes without sessions
+    /// included, and owners that are no longer members).
     pub fn sessions_per_node(&self) -> BTreeMap<NodeId, usize> {
         let mut counts: BTreeMap<NodeId, usize> = self.nodes.keys().map(|id| (*id, 0)).collect();
-        for owner in self.sessions.values().filter_map(|s| s.owner) {
-            *counts.entry(owner).or_default() += 1;
+        for (owner, ids) in &self.owners {
+            if let Some(owner) = owner {
+                counts.insert(*owner, ids.len());
+            }
         }
         counts
     }
 
+    /// Sessions owned by `owner` (`None`: the unplaced ones), in id order;
+    /// costs what it returns.
+    pub fn sessions_of(&self, owner: Option<NodeId>) -> impl Iterator<Item = &Session> {
+        self.owners
+            .get(&owner)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.sessions.get(id))
+    }
+
     /// Sessions owned by `node`.
     pub fn sessions_owned_by(&self, node: NodeId) -> impl Iterator<Item = &Session> {
-        self.sessions
-            .values()
-            .filter(move |s| s.owner == Some(node))
+        self.sessions_of(Some(node))
+    }
+
+    /// Number of sessions owned by `owner` (`None`: unplaced).
+    pub fn count_of(&self, owner: Option<NodeId>) -> usize {
+        self.owners.get(&owner).map_or(0, BTreeSet::len)
+    }
+
+    /// Owners that hold sessions (`None`: unplaced ones exist).
+    pub fn owners(&self) -> impl Iterator<Item = Option<NodeId>> + '_ {
+        self.owners.keys().copied()
     }
 }

@@ -15,7 +15,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::model::{CommandResult, NodeId};
-use crate::state::ClusterState;
+use crate::state::{Changes, ClusterState};
 use crate::sync::Recover;
 use crate::wire::TypeConfig;
 
@@ -305,7 +305,13 @@ struct StoredSnapshot {
 pub struct StateView {
     data: Arc<RwLock<Applied>>,
     applied_tx: Arc<watch::Sender<u64>>,
+    /// What was applied since the runtime last looked (its one reader).
+    changes: Arc<Mutex<Changes>>,
 }
+
+/// Changed sessions remembered for the runtime before it is told to look at
+/// the whole table instead (bounds the memory of a reader that fell behind).
+const MAX_TRACKED_CHANGES: usize = 65_536;
 
 impl StateView {
     /// Runs `read` on the current applied state (never hold it across awaits).
@@ -328,9 +334,31 @@ impl StateView {
         *self.applied_tx.borrow()
     }
 
+    /// Takes what was applied since the last call (the runtime's, which
+    /// follows the table incrementally; there is one such reader per node).
+    pub fn take_changes(&self) -> Changes {
+        std::mem::take(&mut *self.changes.lock().recover())
+    }
+
+    fn record(&self, changes: Changes) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut kept = self.changes.lock().recover();
+        kept.merge(changes);
+        if kept.sessions.len() > MAX_TRACKED_CHANGES {
+            kept.sessions.clear();
+            kept.all = true;
+        }
+    }
+
     fn replace(&self, applied: Applied) {
         let index = applied.last_applied.map(|id| id.index).unwrap_or(0);
         *self.data.write().recover() = applied;
+        self.record(Changes {
+            all: true,
+            ..Changes::default()
+        });
         self.applied_tx.send_replace(index);
     }
 }
@@ -359,6 +387,7 @@ impl StateMachineStore {
             view: StateView {
                 data: Arc::new(RwLock::new(applied)),
                 applied_tx: Arc::new(applied_tx),
+                changes: Arc::new(Mutex::new(Changes::default())),
             },
             db,
             snapshots,
@@ -430,6 +459,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut responses = Vec::new();
+        let mut changes = Changes::default();
         let last_index = {
             let mut applied = self.view.data.write().recover();
             for entry in entries {
@@ -437,7 +467,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => responses.push(Vec::new()),
                     EntryPayload::Normal(proposal) => {
-                        responses.push(applied.state.apply(&proposal))
+                        responses.push(applied.state.apply_tracked(&proposal, &mut changes))
                     }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -447,6 +477,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             applied.last_applied.map(|id| id.index).unwrap_or(0)
         };
+        // Recorded before the index moves: a reader woken by it finds them.
+        self.view.record(changes);
         self.view.applied_tx.send_replace(last_index);
         Ok(responses)
     }

@@ -11,7 +11,7 @@ use minos::model::{
     Proposal, RecordedCall, Rejection, SessionId, SessionKind, StateJson,
 };
 use minos::placement::{evacuate, place, rebalance, repair};
-use minos::state::ClusterState;
+use minos::state::{Changes, ClusterState};
 
 /// Node ids the generated commands use; node 5 is only ever a move target, and
 /// never a member.
@@ -710,6 +710,42 @@ fn check_planners(state: &ClusterState, at: DateTime<Utc>) -> Result<(), TestCas
     Ok(())
 }
 
+/// (6) What `apply_tracked` reports covers every change: each session
+/// created, deleted or changed is named, and a change to any node is flagged.
+/// (Readers that follow the table incrementally depend on it.)
+fn check_changes(
+    before: &ClusterState,
+    after: &ClusterState,
+    changes: &Changes,
+) -> Result<(), TestCaseError> {
+    let ids: BTreeSet<&SessionId> = before
+        .sessions
+        .keys()
+        .chain(after.sessions.keys())
+        .collect();
+    for id in ids {
+        if before.sessions.get(id) != after.sessions.get(id) {
+            prop_assert!(changes.sessions.contains(id), "{id} changed unreported");
+        }
+    }
+    if before.nodes != after.nodes {
+        prop_assert!(changes.nodes, "a node changed unreported");
+    }
+    for owner in after.owners() {
+        let listed: Vec<&SessionId> = after.sessions_of(owner).map(|s| &s.id).collect();
+        let scanned: Vec<&SessionId> = after
+            .sessions
+            .values()
+            .filter(|s| s.owner == owner)
+            .map(|s| &s.id)
+            .collect();
+        prop_assert_eq!(listed, scanned, "owner index of {:?} is off", owner);
+    }
+    let counted: usize = after.owners().map(|owner| after.count_of(owner)).sum();
+    prop_assert_eq!(counted, after.sessions.len(), "owner index misses sessions");
+    Ok(())
+}
+
 fn replay(log: &[Proposal]) -> (ClusterState, Vec<Vec<CommandResult>>) {
     let mut state = ClusterState::default();
     let results = log.iter().map(|proposal| state.apply(proposal)).collect();
@@ -739,13 +775,18 @@ fn run_log(ops: &[Vec<Op>]) -> Result<(), TestCaseError> {
         let mut stepped_results = Vec::with_capacity(commands.len());
         for command in &commands {
             let before = stepped.clone();
-            let mut results = stepped.apply(&Proposal::V1 {
-                at,
-                commands: vec![command.clone()],
-            });
+            let mut changes = Changes::default();
+            let mut results = stepped.apply_tracked(
+                &Proposal::V1 {
+                    at,
+                    commands: vec![command.clone()],
+                },
+                &mut changes,
+            );
             prop_assert_eq!(results.len(), 1);
             let result = results.remove(0);
             check_command(&before, &stepped, command, &result, at, max_seen)?;
+            check_changes(&before, &stepped, &changes)?;
             if let Some(top) = stepped.sessions.values().map(|s| s.epoch).max() {
                 max_seen = max_seen.max(top);
             }

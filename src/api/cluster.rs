@@ -27,13 +27,14 @@ pub(super) async fn cluster_status(State(core): State<AppState>) -> Json<Cluster
     };
     let view = core.view.read(|a| {
         let counts = a.state.sessions_per_node();
+        // Counted per owner, not per session: the cost is the number of nodes.
         let mut by_status = BTreeMap::new();
-        for session in a.state.sessions.values() {
-            let status = serde_json::to_value(a.state.session_status(session))
+        for owner in a.state.owners() {
+            let name = serde_json::to_value(a.state.status_under(owner))
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default();
-            *by_status.entry(status).or_insert(0) += 1;
+            *by_status.entry(name).or_insert(0) += a.state.count_of(owner);
         }
         ClusterView {
             leader,

@@ -45,6 +45,7 @@ use crate::model::{CallKey, CallRetention, Epoch, NodeId, SessionId};
 use crate::peer::Transport;
 pub use crate::peer::{CallError, CallReply, ForwardedCall};
 use crate::raft::Proposer;
+use crate::state::ClusterState;
 use crate::store::StateView;
 use crate::sync::Recover;
 
@@ -72,7 +73,10 @@ struct Call {
 struct Running {
     id: SessionId,
     epoch: Epoch,
-    mailbox: mpsc::Sender<Call>,
+    /// Boxed calls: a tokio channel allocates its first block of 32 slots
+    /// up front, so a slot of one pointer keeps an idle session's mailbox
+    /// at about 300 bytes instead of 2 KiB.
+    mailbox: mpsc::Sender<Box<Call>>,
     task: JoinHandle<()>,
     /// Set when the task must answer no more calls (it was replaced or
     /// released); it finishes the commit in hand, then exits.
@@ -107,10 +111,10 @@ pub(crate) struct Runtime {
     registry: crate::handler::Registry,
     transport: Transport,
     tasks: Mutex<HashMap<SessionId, Running>>,
-    /// Released sessions: the epoch they were released at, and until when
-    /// they are held back at the latest. A hold ends early once the move
-    /// away is committed, so a session that comes back soon runs at once.
-    held: Mutex<HashMap<SessionId, (Epoch, Instant)>>,
+    /// Released sessions, held back until their move away is committed.
+    held: Mutex<Holds>,
+    /// What the reconciler remembers between passes.
+    pass: Mutex<Pass>,
     stopping: AtomicBool,
     /// Tasks told to stop that may still be finishing a commit: no
     /// successor starts for the session until they are done.
@@ -138,7 +142,8 @@ impl Runtime {
             registry,
             transport,
             tasks: Mutex::new(HashMap::new()),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Holds::default()),
+            pass: Mutex::new(Pass::default()),
             stopping: AtomicBool::new(false),
             finishing: Mutex::new(HashMap::new()),
             ran: Mutex::new(HashMap::new()),
@@ -157,11 +162,17 @@ impl Runtime {
     }
 
     /// Keeps the set of running tasks equal to what this node should run.
+    /// A pass looks at the whole table only when something about this node
+    /// changed (its lease, its status, a task ending by itself); otherwise
+    /// only at the sessions the applied entries changed, so an idle node
+    /// with many sessions does no work per renewal or per entry.
     pub(crate) async fn reconcile_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut applied = self.env.view.subscribe();
         let mut lease = self.env.lease.clone();
+        let mut kicked = true;
         loop {
-            let wake_at = self.reconcile();
+            let wake_at = self.reconcile(kicked);
+            kicked = false;
             let sleep = async {
                 match wake_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -171,7 +182,7 @@ impl Runtime {
             tokio::select! {
                 _ = applied.changed() => {}
                 _ = lease.changed() => {}
-                _ = self.env.kick.notified() => {}
+                _ = self.env.kick.notified() => kicked = true,
                 _ = sleep => {}
                 _ = shutdown.changed() => break,
             }
@@ -179,66 +190,94 @@ impl Runtime {
         self.stop_all().await;
     }
 
-    /// One reconciliation pass; returns when the next one is due at the latest.
-    fn reconcile(&self) -> Option<Instant> {
+    /// One reconciliation pass (of everything when `kicked`: a task ended by
+    /// itself); returns when the next one is due at the latest.
+    fn reconcile(&self, kicked: bool) -> Option<Instant> {
         let now = Instant::now();
         let lease = *self.env.lease.borrow();
         let applied_index = self.env.view.applied_index();
         let mut wake_at = lease.valid_until.filter(|until| *until > now);
         let runnable = lease.is_valid(now, applied_index) && !self.stopping.load(Ordering::SeqCst);
-        let held = self.current_holds(now, &mut wake_at);
         if runnable {
             self.boot_epoch
                 .get_or_init(|| self.env.view.read(|a| a.state.last_epoch));
         }
-        let wanted = self
-            .env
-            .view
-            .read(|a| crate::control::wanted_sessions(&a.state, self.env.me, runnable, &held));
-        self.stop_unwanted(&wanted);
-        if self.start_wanted(wanted) {
+        let changes = self.env.view.take_changes();
+        let me_down = self.env.view.read(|a| {
+            a.state.nodes.get(&self.env.me).map(|n| n.status)
+                == Some(crate::model::NodeStatus::Down)
+        });
+        let mut pass = self.pass.lock().recover();
+        let full = kicked || changes.all || pass.last != Some((runnable, me_down));
+        pass.last = Some((runnable, me_down));
+        let mut held = self.held.lock().recover();
+        let scope: Option<BTreeSet<SessionId>> = if full {
+            pass.pending.clear();
+            self.env
+                .view
+                .read(|a| held.refresh_all(&a.state, self.env.me, now));
+            None
+        } else {
+            let mut ids = std::mem::take(&mut pass.pending);
+            ids.extend(changes.sessions);
+            self.env.view.read(|a| {
+                ids.extend(held.expire(now));
+                held.refresh(&a.state, self.env.me, now, &ids);
+            });
+            Some(ids)
+        };
+        if let Some(until) = held.next_expiry {
+            wake_at = Some(wake_at.map_or(until, |w| w.min(until)));
+        }
+        let wanted: HashMap<SessionId, Option<Epoch>> = self.env.view.read(|a| {
+            let is_held = |id: &SessionId| held.by_id.contains_key(id);
+            match &scope {
+                None => crate::control::wanted_sessions(&a.state, self.env.me, runnable, is_held)
+                    .into_iter()
+                    .map(|(id, epoch)| (id, Some(epoch)))
+                    .collect(),
+                Some(ids) => {
+                    crate::control::wanted_among(&a.state, self.env.me, runnable, is_held, ids)
+                }
+            }
+        });
+        drop(held);
+        self.stop_unwanted(&wanted, scope.is_none());
+        let waiting = self.start_wanted(wanted, scope.as_ref());
+        if !waiting.is_empty() {
             // Stopped tasks still finishing kick the reconciler when they
-            // end, but look again soon.
+            // end, but look at their sessions again soon.
+            pass.pending.extend(waiting);
             let soon = now + RETRY_PAUSE;
             wake_at = Some(wake_at.map_or(soon, |w| w.min(soon)));
         }
         wake_at
     }
 
-    /// The sessions held back for a handoff now. A hold ends at its expiry,
-    /// or once the move away is committed (another owner under a later
-    /// epoch), so a session that comes back runs at once.
-    fn current_holds(&self, now: Instant, wake_at: &mut Option<Instant>) -> BTreeSet<SessionId> {
-        let mut held = self.held.lock().recover();
-        self.env.view.read(|a| {
-            held.retain(|id, (epoch, until)| {
-                *until > now
-                    && a.state
-                        .sessions
-                        .get(id)
-                        .is_some_and(|s| s.owner == Some(self.env.me) || s.epoch == *epoch)
-            })
-        });
-        for (_, until) in held.values() {
-            *wake_at = Some(wake_at.map_or(*until, |w| w.min(*until)));
-        }
-        held.keys().cloned().collect()
-    }
-
-    /// Stops the tasks not wanted under their epoch (or ended by themselves).
-    /// A task stopped here may still be committing (a lease lapse in the
+    /// Stops the tasks not wanted under their epoch (or ended by
+    /// themselves): all tasks on a full pass, else those `wanted` names. A
+    /// task stopped here may still be committing (a lease lapse in the
     /// middle of a write): it answers no other call, and no successor
     /// starts before it is done.
-    fn stop_unwanted(&self, wanted: &HashMap<SessionId, Epoch>) {
+    fn stop_unwanted(&self, wanted: &HashMap<SessionId, Option<Epoch>>, full: bool) {
         let mut tasks = self.tasks.lock().recover();
         let mut finishing = self.finishing.lock().recover();
-        let unwanted: Vec<SessionId> = tasks
-            .iter()
-            .filter(|(id, running)| {
-                wanted.get(*id) != Some(&running.epoch) || running.task.is_finished()
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+        let unwanted_epoch = |id: &SessionId, running: &Running| {
+            wanted.get(id).copied().flatten() != Some(running.epoch) || running.task.is_finished()
+        };
+        let unwanted: Vec<SessionId> = if full {
+            tasks
+                .iter()
+                .filter(|(id, running)| unwanted_epoch(id, running))
+                .map(|(id, _)| id.clone())
+                .collect()
+        } else {
+            wanted
+                .keys()
+                .filter(|id| tasks.get(*id).is_some_and(|r| unwanted_epoch(id, r)))
+                .cloned()
+                .collect()
+        };
         for id in unwanted {
             if let Some(running) = tasks.remove(&id) {
                 debug!(node = self.env.me, session = %id, "stopping session task");
@@ -252,19 +291,41 @@ impl Runtime {
     /// Starts a task for each wanted session that has none and whose
     /// earlier task has finished. A task starts settled only under an epoch
     /// handed to this process after it could first run sessions, under
-    /// which no task ran here (invariant 10). True while stopped tasks are
-    /// still finishing.
-    fn start_wanted(&self, wanted: HashMap<SessionId, Epoch>) -> bool {
+    /// which no task ran here (invariant 10). Returns the wanted sessions
+    /// whose earlier task is still finishing.
+    fn start_wanted(
+        &self,
+        wanted: HashMap<SessionId, Option<Epoch>>,
+        scope: Option<&BTreeSet<SessionId>>,
+    ) -> Vec<SessionId> {
         let boot_epoch = self.boot_epoch.get().copied().unwrap_or(Epoch(u64::MAX));
         let mut tasks = self.tasks.lock().recover();
         let finishing = self.finishing.lock().recover();
         let mut ran = self.ran.lock().recover();
         // A past run matters only while the table still shows its epoch.
         self.env.view.read(|a| {
-            ran.retain(|id, epoch| a.state.sessions.get(id).is_some_and(|s| s.epoch == *epoch))
+            let current = |id: &SessionId, epoch: &Epoch| {
+                a.state.sessions.get(id).is_some_and(|s| s.epoch == *epoch)
+            };
+            match scope {
+                None => ran.retain(|id, epoch| current(id, epoch)),
+                Some(ids) => {
+                    for id in ids {
+                        if ran.get(id).is_some_and(|epoch| !current(id, epoch)) {
+                            ran.remove(id);
+                        }
+                    }
+                }
+            }
         });
+        let mut waiting = Vec::new();
         for (id, epoch) in wanted {
-            if tasks.contains_key(&id) || finishing.contains_key(&id) {
+            let Some(epoch) = epoch else { continue };
+            if tasks.contains_key(&id) {
+                continue;
+            }
+            if finishing.contains_key(&id) {
+                waiting.push(id);
                 continue;
             }
             let settled = epoch > boot_epoch && ran.get(&id) != Some(&epoch);
@@ -273,7 +334,7 @@ impl Runtime {
                 tasks.insert(id, running);
             }
         }
-        !finishing.is_empty()
+        waiting
     }
 
     /// Starts a task for `id` under `epoch` from the applied state. Unless
@@ -357,7 +418,7 @@ impl Runtime {
                     .iter()
                     .filter_map(|id| {
                         if let Some(epoch) = epochs.get(id) {
-                            held.insert(id.clone(), (*epoch, until));
+                            held.hold(id.clone(), *epoch, until);
                         }
                         tasks.remove(id)
                     })
@@ -383,11 +444,108 @@ impl Runtime {
             return Err(CallError::NotHere);
         };
         let (reply, answer) = oneshot::channel();
-        if mailbox.send(Call { msg, key, reply }).await.is_err() {
+        if mailbox
+            .send(Box::new(Call { msg, key, reply }))
+            .await
+            .is_err()
+        {
             return Err(CallError::NotHere);
         }
         // A dropped reply means the task stopped before taking the call.
         answer.await.unwrap_or(Err(CallError::NotHere))
+    }
+}
+
+/// What the reconciler remembers between passes.
+#[derive(Default)]
+struct Pass {
+    /// Whether this node could run sessions, and whether it was Down in the
+    /// table, at the last pass (`None` before the first): a change of
+    /// either means a full pass.
+    last: Option<(bool, bool)>,
+    /// Sessions to look at again: wanted, but their earlier task was still
+    /// finishing.
+    pending: BTreeSet<SessionId>,
+}
+
+/// Released sessions: the epoch each was released at, and until when it is
+/// held back at the latest. A hold ends early once the move away is
+/// committed (another owner under a later epoch), so a session that comes
+/// back soon runs at once.
+#[derive(Default)]
+struct Holds {
+    by_id: HashMap<SessionId, (Epoch, Instant)>,
+    /// The earliest expiry among the holds.
+    next_expiry: Option<Instant>,
+}
+
+impl Holds {
+    fn hold(&mut self, id: SessionId, epoch: Epoch, until: Instant) {
+        self.by_id.insert(id, (epoch, until));
+        self.next_expiry = Some(self.next_expiry.map_or(until, |at| at.min(until)));
+    }
+
+    /// A hold stays while it has not expired and the table still shows the
+    /// session here or at the released epoch.
+    fn still_held(
+        state: &ClusterState,
+        me: NodeId,
+        now: Instant,
+        id: &SessionId,
+        hold: &(Epoch, Instant),
+    ) -> bool {
+        hold.1 > now
+            && state
+                .sessions
+                .get(id)
+                .is_some_and(|s| s.owner == Some(me) || s.epoch == hold.0)
+    }
+
+    fn refresh_all(&mut self, state: &ClusterState, me: NodeId, now: Instant) {
+        self.by_id
+            .retain(|id, hold| Self::still_held(state, me, now, id, hold));
+        self.next_expiry = self.by_id.values().map(|(_, until)| *until).min();
+    }
+
+    /// Ends the holds of `ids` that no longer apply.
+    fn refresh(
+        &mut self,
+        state: &ClusterState,
+        me: NodeId,
+        now: Instant,
+        ids: &BTreeSet<SessionId>,
+    ) {
+        if self.by_id.is_empty() {
+            return;
+        }
+        for id in ids {
+            let ended = self
+                .by_id
+                .get(id)
+                .is_some_and(|hold| !Self::still_held(state, me, now, id, hold));
+            if ended {
+                self.by_id.remove(id);
+            }
+        }
+    }
+
+    /// Ends the holds that expired by `now` (looked at only once the
+    /// earliest expiry has passed); returns their sessions.
+    fn expire(&mut self, now: Instant) -> Vec<SessionId> {
+        if self.next_expiry.is_none_or(|at| at > now) {
+            return Vec::new();
+        }
+        let expired: Vec<SessionId> = self
+            .by_id
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.by_id.remove(id);
+        }
+        self.next_expiry = self.by_id.values().map(|(_, until)| *until).min();
+        expired
     }
 }
 

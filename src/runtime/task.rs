@@ -51,7 +51,7 @@ impl SessionTask {
         }
     }
 
-    pub(super) async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
+    pub(super) async fn run(mut self, mut calls: mpsc::Receiver<Box<Call>>) {
         debug!(node = self.env.me, session = %self.id, epoch = %self.epoch, "session task started");
         if !self.settled {
             // Calls wait in the mailbox meanwhile; if this fails they are
