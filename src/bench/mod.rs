@@ -4,6 +4,7 @@
 pub mod failover;
 pub mod plot;
 pub mod report;
+pub mod throughput;
 
 pub use failover::{FailoverArgs, FailoverConfig, Mode};
 pub use report::Report;
@@ -15,6 +16,11 @@ pub enum BenchCommand {
     /// mode (graceful, crash, leader-crash, freeze), the time from the signal
     /// to the first answer of each affected session on its new owner.
     Failover(FailoverArgs),
+    /// Throughput, idle cost, memory per session, placement balance,
+    /// restart and mass failover of a real cluster, side by side with a
+    /// three-member etcd cluster started in the same run (same load
+    /// generator); prints both and their ratio.
+    Throughput(throughput::ThroughputArgs),
 }
 
 /// A benchmark failed.
@@ -47,6 +53,19 @@ pub async fn run(command: BenchCommand) -> Result<(), BenchError> {
             let config = args.into_config()?;
             let report = failover::run(&config).await?;
             publish(&report, json.as_deref(), plot.as_deref())
+        }
+        BenchCommand::Throughput(args) => {
+            let report = throughput::run(&args).await?;
+            print!("{}", report.tables());
+            if let Some(path) = &args.json {
+                report.write_json(path).map_err(BenchError::Failed)?;
+                eprintln!("results written to {}", path.display());
+            }
+            if let Some(path) = &args.plot {
+                report.write_plot(path).map_err(BenchError::Failed)?;
+                eprintln!("bar chart written to {}", path.display());
+            }
+            Ok(())
         }
     }
 }
