@@ -25,7 +25,7 @@ use crate::config::{Limits, Timing};
 use crate::error::Error;
 use crate::handler::{Registry, SessionContext};
 use crate::lease::{Lease, LeaseEnv};
-use crate::model::{Applied, Command, Epoch, NodeId, Session, SessionId, SessionKind};
+use crate::model::{Applied, Command, Epoch, NodeId, NodeStatus, Session, SessionId, SessionKind};
 use crate::peer::server::PeerHandler;
 use crate::peer::{
     CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRefusal,
@@ -145,6 +145,34 @@ impl Service {
         }
         let (leader, addr) = self.leader_addr()?;
         flatten(self.transport.leader_drain(leader, &addr, &request).await)
+    }
+
+    /// Makes a Draining node Up again (on the leader, wherever that is): it
+    /// takes new sessions again; `cluster rebalance` moves sessions back.
+    /// A Down node is refused (it becomes Up when it is heard again), an Up
+    /// node is left as it is.
+    pub(crate) async fn undrain(&self, node: NodeId) -> Result<(), LeaderError> {
+        if self.leader() != Some(self.me) {
+            let (leader, addr) = self.leader_addr()?;
+            return flatten(self.transport.leader_undrain(leader, &addr, node).await);
+        }
+        let status = self
+            .view
+            .read(|a| a.state.nodes.get(&node).map(|n| n.status));
+        match status {
+            None => Err(LeaderError::NotAMember(node)),
+            Some(NodeStatus::Up) => Ok(()),
+            Some(NodeStatus::Down) => Err(LeaderError::NotAllowed(format!(
+                "node {node} is down; it becomes up by itself when it is heard again"
+            ))),
+            Some(NodeStatus::Draining) => {
+                match self.proposer.propose(Command::NodeUp { id: node }).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(LeaderError::Failed(e.to_string())),
+                    Err(e) => Err(LeaderError::Failed(e.to_string())),
+                }
+            }
+        }
     }
 
     /// Rebalances (on the leader, wherever that is).
@@ -315,6 +343,10 @@ impl PeerHandler for Service {
 
     async fn leader_drain(&self, request: DrainRequest) -> Result<HandoffReport, LeaderError> {
         self.drain(request).await
+    }
+
+    async fn leader_undrain(&self, node: NodeId) -> Result<(), LeaderError> {
+        self.undrain(node).await
     }
 
     async fn leader_rebalance(&self) -> Result<HandoffReport, LeaderError> {

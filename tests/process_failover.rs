@@ -71,7 +71,7 @@ fn others(node: NodeId) -> Vec<NodeId> {
     NODES.iter().copied().filter(|n| *n != node).collect()
 }
 
-fn status_of(view: &ClusterView, node: NodeId) -> Option<NodeStatus> {
+fn status_of(view: &ClusterView, node: NodeId) -> Option<minos::api::NodeViewStatus> {
     view.nodes.iter().find(|n| n.id == node).map(|n| n.status)
 }
 
@@ -98,7 +98,7 @@ async fn await_statuses(
                 view.leader.is_some()
                     && want
                         .iter()
-                        .all(|(node, status)| status_of(view, *node) == Some(*status))
+                        .all(|(node, status)| status_of(view, *node) == Some((*status).into()))
             });
             if settled {
                 return Ok(views.swap_remove(0));

@@ -1,4 +1,4 @@
-//! Cluster routes (status, drain, rebalance, remove), the health probes
+//! Cluster routes (status, drain, undrain, rebalance, remove), the health probes
 //! and the metrics.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use axum::Json;
 use openraft::ServerState;
 
 use super::error::ApiError;
-use super::views::{ClusterView, NodeView};
+use super::views::{ClusterView, NodeView, NodeViewStatus};
 use crate::error::Error;
 use crate::model::{NodeId, Rejection};
 use crate::peer::DrainRequest;
@@ -19,12 +19,32 @@ use crate::service::Service;
 
 type AppState = Arc<Service>;
 
+/// True when this node knows its table is current: as leader, a quorum
+/// acknowledged it within the quorum window (a leader cut off from its
+/// quorum still names itself leader: openraft does not step down; same rule
+/// as the lease grant); elsewhere a valid lease is the proof, since only a
+/// leader that heard a quorum recently grants one.
+fn has_quorum(core: &Service, state: ServerState, lease_valid: bool) -> bool {
+    if state == ServerState::Leader {
+        crate::lease::fresh_quorum(&core.lease_env)
+    } else {
+        lease_valid
+    }
+}
+
+fn lease_valid(core: &Service) -> bool {
+    core.lease
+        .borrow()
+        .is_valid(tokio::time::Instant::now(), core.view.applied_index())
+}
+
 pub(super) async fn cluster_status(State(core): State<AppState>) -> Json<ClusterView> {
-    let (leader, term) = {
+    let (leader, term, state) = {
         let metrics = core.raft.metrics();
         let m = metrics.borrow();
-        (m.current_leader, m.current_term)
+        (m.current_leader, m.current_term, m.state)
     };
+    let quorum = leader.is_some() && has_quorum(&core, state, lease_valid(&core));
     let view = core.view.read(|a| {
         let counts = a.state.sessions_per_node();
         // Counted per owner, not per session: the cost is the number of nodes.
@@ -40,6 +60,7 @@ pub(super) async fn cluster_status(State(core): State<AppState>) -> Json<Cluster
             leader,
             term,
             answered_by: core.me,
+            quorum,
             nodes: a
                 .state
                 .nodes
@@ -47,7 +68,13 @@ pub(super) async fn cluster_status(State(core): State<AppState>) -> Json<Cluster
                 .map(|n| NodeView {
                     id: n.id,
                     addr: n.addr.clone(),
-                    status: n.status,
+                    // Without a quorum the table may be stale: a node shown
+                    // Up may be dead. This node only knows itself.
+                    status: if quorum || n.id == core.me {
+                        n.status.into()
+                    } else {
+                        NodeViewStatus::Unknown
+                    },
                     sessions: counts.get(&n.id).copied().unwrap_or(0),
                 })
                 .collect(),
@@ -80,6 +107,20 @@ pub(super) async fn drain_node(
         .await
         .map_err(Error::from)?;
     Ok((StatusCode::ACCEPTED, Json(report)).into_response())
+}
+
+/// `POST /v1/nodes/{id}/undrain`: a Draining node takes new sessions again.
+pub(super) async fn undrain_node(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = node_id(&id)?;
+    let known = core.view.read(|a| a.state.nodes.contains_key(&id));
+    if !known {
+        return Err(Rejection::NoSuchNode(id).into());
+    }
+    core.undrain(id).await.map_err(Error::from)?;
+    Ok(Json(serde_json::json!({"node": id, "status": "up"})))
 }
 
 pub(super) async fn rebalance(State(core): State<AppState>) -> Result<Response, ApiError> {
@@ -122,15 +163,7 @@ pub(super) async fn health(State(core): State<AppState>) -> Response {
     let lease_valid = lease.is_valid(tokio::time::Instant::now(), applied);
     let voters = crate::raft::voters(&core.raft);
     let leader_is_member = leader.is_some_and(|l| voters.contains(&l));
-    // A leader cut off from its quorum still names itself leader (openraft
-    // does not step down); it can neither write nor read. Same rule as the
-    // lease grant. Elsewhere a valid lease is the proof: only a leader that
-    // heard a quorum recently grants one.
-    let quorum = if state == ServerState::Leader {
-        crate::lease::fresh_quorum(&core.lease_env)
-    } else {
-        lease_valid
-    };
+    let quorum = has_quorum(&core, state, lease_valid);
     let body = serde_json::json!({
         "node": core.me,
         "leader": leader,
@@ -177,10 +210,7 @@ fn gauges(core: &Service) -> [(&'static str, &'static str, f64); 10] {
             a.state.eligible_nodes().len(),
         )
     });
-    let lease_valid = core
-        .lease
-        .borrow()
-        .is_valid(tokio::time::Instant::now(), core.view.applied_index());
+    let lease_valid = lease_valid(core);
     let flag = |b: bool| f64::from(u8::from(b));
     [
         ("minos_raft_term", "Current Raft term.", term as f64),

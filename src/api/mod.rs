@@ -25,7 +25,7 @@ use axum::Router;
 
 pub use self::error::ApiError;
 pub use self::sessions::IDEMPOTENCY_KEY;
-pub use self::views::{ClusterView, NodeView, SessionPage, SessionView};
+pub use self::views::{ClusterView, NodeView, NodeViewStatus, SessionPage, SessionView};
 use crate::auth::Role;
 use crate::service::Service;
 
@@ -56,6 +56,7 @@ pub(crate) fn router(core: Arc<Service>) -> Router {
         .route("/v1/cluster", get(cluster::cluster_status))
         .route("/v1/cluster/rebalance", post(cluster::rebalance))
         .route("/v1/nodes/:id/drain", post(cluster::drain_node))
+        .route("/v1/nodes/:id/undrain", post(cluster::undrain_node))
         .route("/v1/nodes/:id", axum::routing::delete(cluster::remove_node))
         .route("/metrics", get(cluster::metrics))
         .route_layer(middleware::from_fn_with_state(core.clone(), authorize))
@@ -76,6 +77,10 @@ pub fn needed_role(method: &Method, route: &str) -> Option<Role> {
         (_, "/v1/health" | "/v1/health/ready" | "/v1/health/live") => None,
         ("GET", "/v1/sessions" | "/v1/sessions/:id" | "/v1/cluster")
         | ("POST", "/v1/sessions" | "/v1/sessions/:id/call") => Some(Role::Client),
+        // Cluster operations, listed to say so (anything unlisted is admin too).
+        ("POST", "/v1/nodes/:id/drain" | "/v1/nodes/:id/undrain" | "/v1/cluster/rebalance")
+        | ("DELETE", "/v1/nodes/:id" | "/v1/sessions/:id")
+        | ("GET", "/metrics") => Some(Role::Admin),
         _ => Some(Role::Admin),
     }
 }

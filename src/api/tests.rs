@@ -123,6 +123,10 @@ fn public_routes_need_a_role_and_unknown_ones_need_admin() {
         needed_role(&Method::POST, "/v1/nodes/:id/drain"),
         Some(Role::Admin)
     );
+    assert_eq!(
+        needed_role(&Method::POST, "/v1/nodes/:id/undrain"),
+        Some(Role::Admin)
+    );
     assert_eq!(needed_role(&Method::GET, "/metrics"), Some(Role::Admin));
     assert_eq!(
         needed_role(&Method::GET, "/v1/some/new/route"),

@@ -56,6 +56,51 @@ pub struct SessionPage {
     pub next: Option<String>,
 }
 
+/// A node's status as `/v1/cluster` shows it: the table's status, or
+/// `unknown` where the answering node cannot confirm it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeViewStatus {
+    /// Up in the table, confirmed.
+    Up,
+    /// Draining in the table, confirmed.
+    Draining,
+    /// Down in the table, confirmed.
+    Down,
+    /// The answering node has no quorum (no leader, or a leader no quorum
+    /// acknowledged recently): its table may be stale, so it shows every
+    /// node but itself as unknown.
+    Unknown,
+}
+
+impl From<NodeStatus> for NodeViewStatus {
+    fn from(status: NodeStatus) -> Self {
+        match status {
+            NodeStatus::Up => Self::Up,
+            NodeStatus::Draining => Self::Draining,
+            NodeStatus::Down => Self::Down,
+        }
+    }
+}
+
+impl PartialEq<NodeStatus> for NodeViewStatus {
+    fn eq(&self, other: &NodeStatus) -> bool {
+        *self == Self::from(*other)
+    }
+}
+
+impl NodeViewStatus {
+    /// The word the API and the CLI show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Draining => "draining",
+            Self::Down => "down",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// A node as `/v1/cluster` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeView {
@@ -63,8 +108,8 @@ pub struct NodeView {
     pub id: NodeId,
     /// HTTP address.
     pub addr: String,
-    /// `up`, `draining` or `down`.
-    pub status: NodeStatus,
+    /// `up`, `draining`, `down`, or `unknown` without a quorum.
+    pub status: NodeViewStatus,
     /// Sessions it owns.
     pub sessions: usize,
 }
@@ -78,6 +123,12 @@ pub struct ClusterView {
     pub term: u64,
     /// Node that answered.
     pub answered_by: NodeId,
+    /// True when the answering node knows its table is current: it leads
+    /// and a quorum acknowledged it within the quorum window, or it holds a
+    /// valid lease (granted only by such a leader). Without it the other
+    /// nodes show as `unknown`.
+    #[serde(default)]
+    pub quorum: bool,
     /// Members.
     pub nodes: Vec<NodeView>,
     /// Total sessions.

@@ -105,6 +105,12 @@ impl Transport {
             .await
     }
 
+    /// Has the leader make a Draining node Up again.
+    pub async fn leader_undrain(&self, leader: NodeId, addr: &str, node: NodeId) -> Answer<()> {
+        self.post_json(leader, addr, paths::LEADER_UNDRAIN, &node, LEADER_TIMEOUT)
+            .await
+    }
+
     /// Has the leader rebalance.
     pub async fn leader_rebalance(&self, leader: NodeId, addr: &str) -> Answer<HandoffReport> {
         self.post_json(leader, addr, paths::LEADER_REBALANCE, &(), LEADER_TIMEOUT)

@@ -34,6 +34,7 @@ pub(crate) mod paths {
     pub const JOIN: &str = "/internal/join";
     pub const WHOAMI: &str = "/internal/whoami";
     pub const LEADER_DRAIN: &str = "/internal/leader/drain";
+    pub const LEADER_UNDRAIN: &str = "/internal/leader/undrain";
     pub const LEADER_REBALANCE: &str = "/internal/leader/rebalance";
     pub const LEADER_REMOVE: &str = "/internal/leader/remove";
 }

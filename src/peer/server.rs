@@ -77,6 +77,7 @@ pub(crate) trait PeerHandler: Send + Sync + 'static {
     fn join(&self, request: JoinRequest) -> impl Future<Output = Joined> + Send;
     fn whoami(&self) -> NodeId;
     fn leader_drain(&self, request: DrainRequest) -> impl Future<Output = Handoff> + Send;
+    fn leader_undrain(&self, node: NodeId) -> impl Future<Output = Done> + Send;
     fn leader_rebalance(&self) -> impl Future<Output = Handoff> + Send;
     fn leader_remove(&self, node: NodeId) -> impl Future<Output = Done> + Send;
 }
@@ -108,6 +109,7 @@ pub(crate) fn router<S: PeerHandler>(handler: Arc<S>) -> Router {
         .route(paths::JOIN, post(join::<S>))
         .route(paths::WHOAMI, post(whoami::<S>))
         .route(paths::LEADER_DRAIN, post(leader_drain::<S>))
+        .route(paths::LEADER_UNDRAIN, post(leader_undrain::<S>))
         .route(paths::LEADER_REBALANCE, post(leader_rebalance::<S>))
         .route(paths::LEADER_REMOVE, post(leader_remove::<S>))
         .layer(DefaultBodyLimit::max(INTERNAL_JSON_LIMIT))
@@ -316,6 +318,13 @@ async fn leader_drain<S: PeerHandler>(
     Json(request): Json<DrainRequest>,
 ) -> Json<Handoff> {
     Json(handler.leader_drain(request).await)
+}
+
+async fn leader_undrain<S: PeerHandler>(
+    State(handler): State<Arc<S>>,
+    Json(node): Json<NodeId>,
+) -> Json<Done> {
+    Json(handler.leader_undrain(node).await)
 }
 
 async fn leader_rebalance<S: PeerHandler>(State(handler): State<Arc<S>>) -> Json<Handoff> {
