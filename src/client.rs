@@ -43,12 +43,28 @@ pub enum ClientError {
     },
 }
 
-/// An error and its causes, innermost last ("error sending request: ...:
-/// Connection refused"), so the reason is not hidden behind reqwest's
-/// outer message.
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+/// Why a request got no answer: the operating system's reason when there
+/// is one ("connection refused", not reqwest's "error sending request for
+/// url (...): client error (Connect): tcp connect error: ..."), else the
+/// error and its causes, innermost last.
+fn causes(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer in time (timed out)".into();
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(inner) = cause {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+                std::io::ErrorKind::TimedOut => "timed out".into(),
+                _ => io.to_string(),
+            };
+        }
+        cause = inner.source();
+    }
     let mut text = e.to_string();
-    let mut cause = e.source();
+    let mut cause = std::error::Error::source(e);
     while let Some(inner) = cause {
         let more = inner.to_string();
         if !text.contains(&more) {
@@ -318,6 +334,16 @@ impl Client {
     pub async fn drain(&self, node: NodeId) -> Result<HandoffReport, ClientError> {
         self.send(self.http.post(self.url(&format!("/v1/nodes/{node}/drain"))))
             .await
+    }
+
+    /// Makes a Draining node Up again: it takes new sessions again
+    /// (`rebalance` moves sessions back to it).
+    pub async fn undrain(&self, node: NodeId) -> Result<serde_json::Value, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/nodes/{node}/undrain"))),
+        )
+        .await
     }
 
     /// Moves sessions back to their placement choice.

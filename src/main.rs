@@ -6,39 +6,99 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use minos::auth::{ClusterSecret, Security, Tokens};
 use minos::client::{Client, ClientError, NewSession};
 use minos::config::{Limits, Timing, TimingFlags};
 use minos::model::NodeId;
 use minos::node::NodeBuilder;
 
+/// `minos --version`: the crate version and the git commit it was built
+/// from (`unknown` outside a git checkout; see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MINOS_GIT_COMMIT"),
+    ")"
+);
+
+/// The environment variables that are not a flag's (those show with their
+/// flag).
+const ENVIRONMENT: &str = "\
+Environment:
+  MINOS_ADDR, MINOS_TOKEN  --addr and --token of the commands that talk to a node
+  MINOS_TOKEN_FILE         a file holding the API token (when --token is not given)
+  MINOS_CLUSTER_DIR        where scripts/cluster.sh keeps its cluster; the CLI reads
+                           admin.token there (default: ./.minos-cluster)
+  MINOS_LOG                log filter, tracing's EnvFilter syntax
+                           (default: info,openraft=warn; e.g. MINOS_LOG=debug)
+  MINOS_*                  every flag of `minos serve` (see minos serve --help)";
+
 #[derive(Parser)]
 #[command(
     name = "minos",
-    version,
-    about = "A consensus-backed session scheduler"
+    version = VERSION,
+    about = "A consensus-backed session scheduler",
+    after_help = ENVIRONMENT
 )]
 struct Cli {
-    /// Node to talk to (any node accepts any request).
-    #[arg(
-        long,
-        global = true,
-        env = "MINOS_ADDR",
-        default_value = "127.0.0.1:7101"
-    )]
-    addr: String,
-    /// API token (default: MINOS_TOKEN_FILE, else admin.token in
-    /// MINOS_CLUSTER_DIR or ./.minos-cluster, as scripts/cluster.sh writes it).
-    #[arg(long, global = true, env = "MINOS_TOKEN", hide_env_values = true)]
-    token: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How a command reaches a node (only on the commands that talk to one).
+#[derive(Args, Clone, Debug)]
+struct Conn {
+    /// Node to talk to, as HOST:PORT (any node accepts any request).
+    #[arg(
+        long,
+        env = "MINOS_ADDR",
+        default_value = "127.0.0.1:7101",
+        value_name = "HOST:PORT",
+        value_parser = parse_addr
+    )]
+    addr: String,
+    /// API token (default: the file MINOS_TOKEN_FILE names, else
+    /// admin.token in MINOS_CLUSTER_DIR or ./.minos-cluster, where
+    /// scripts/cluster.sh writes it).
+    #[arg(long, env = "MINOS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the answer as JSON (`cluster status` prints a table without
+    /// it; the other commands print JSON either way).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--addr`: `host:port` with a numeric port (a bare `7101` would be taken
+/// as a host name and fail far from here).
+fn parse_addr(text: &str) -> Result<String, String> {
+    let expected = "expected HOST:PORT with a numeric port, e.g. 127.0.0.1:7101";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(expected.into());
+    };
+    if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
+        return Err(expected.into());
+    }
+    Ok(text.to_string())
+}
+
+/// `minos serve --log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line (tracing-subscriber's JSON formatter).
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
+    #[command(
+        after_help = "Environment: every flag above also as its MINOS_* variable; \
+MINOS_LOG sets the log filter (default info,openraft=warn)."
+    )]
     Serve(ServeArgs),
     /// Start, inspect, call and stop sessions.
     #[command(subcommand)]
@@ -51,9 +111,39 @@ enum Command {
     Node(NodeCommand),
     /// Benchmarks.
     #[command(subcommand)]
-    Bench(minos::bench::BenchCommand),
+    Bench(BenchCli),
     /// Fault injection with a history checker (no lost write, never two owners).
     Chaos(minos::chaos::ChaosArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell),
+    /// e.g. `minos completions bash > ~/.local/share/bash-completion/completions/minos`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCli {
+    /// Redraw a failover plot from the JSON of an earlier run (no benchmark
+    /// is run).
+    Plot {
+        /// JSON written by `minos bench failover --json`.
+        #[arg(long)]
+        json: PathBuf,
+        /// The SVG to write.
+        #[arg(long)]
+        svg: PathBuf,
+    },
+    #[command(flatten)]
+    Run(Box<minos::bench::BenchCommand>),
+}
+
+/// Help text of a timing flag: what it is and its default.
+fn timing_help(what: &str, default: Duration, with_node_timeout: &str) -> String {
+    format!(
+        "{what} [default: {} ms{with_node_timeout}]",
+        default.as_millis()
+    )
 }
 
 #[derive(Args)]
@@ -97,22 +187,30 @@ struct ServeArgs {
     /// port can change the cluster.
     #[arg(long, env = "MINOS_INSECURE", conflicts_with_all = ["cluster_secret_file", "token_file"])]
     insecure: bool,
-    /// Raft heartbeat interval.
-    #[arg(long, env = "MINOS_HEARTBEAT_MS")]
+    // Timing: the help text (with the default) is built from
+    // `Timing::default()`, so it cannot drift from what serve runs with.
+    #[arg(long, env = "MINOS_HEARTBEAT_MS", value_name = "MS",
+          help = timing_help("Raft heartbeat interval", Timing::default().heartbeat, ""))]
     heartbeat_ms: Option<u64>,
-    /// Election timeout, lower bound.
-    #[arg(long, env = "MINOS_ELECTION_TIMEOUT_MIN_MS")]
+    #[arg(long, env = "MINOS_ELECTION_TIMEOUT_MIN_MS", value_name = "MS",
+          help = timing_help("Election timeout, lower bound", Timing::default().election_timeout_min, ""))]
     election_timeout_min_ms: Option<u64>,
-    /// Election timeout, upper bound.
-    #[arg(long, env = "MINOS_ELECTION_TIMEOUT_MAX_MS")]
+    #[arg(long, env = "MINOS_ELECTION_TIMEOUT_MAX_MS", value_name = "MS",
+          help = timing_help("Election timeout, upper bound", Timing::default().election_timeout_max, ""))]
     election_timeout_max_ms: Option<u64>,
-    /// Node timeout (lease, quorum window and drift margin follow from it
-    /// unless given).
-    #[arg(long, env = "MINOS_NODE_TIMEOUT_MS")]
+    #[arg(long, env = "MINOS_NODE_TIMEOUT_MS", value_name = "MS",
+          help = timing_help(
+              "Node timeout: silence after which the leader declares a node Down; the lease (60 %), \
+               quorum window (20 %) and drift margin (5 %) follow from it unless given",
+              Timing::default().node_timeout, ""))]
     node_timeout_ms: Option<u64>,
-    /// Lease duration.
-    #[arg(long, env = "MINOS_LEASE_MS")]
+    #[arg(long, env = "MINOS_LEASE_MS", value_name = "MS",
+          help = timing_help("Lease duration", Timing::default().lease_duration,
+                             "; 60 % of --node-timeout-ms when that is given"))]
     lease_ms: Option<u64>,
+    /// Log line format on stderr.
+    #[arg(long, env = "MINOS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Largest session state in bytes.
     #[arg(long, env = "MINOS_MAX_STATE_BYTES", default_value_t = 1024 * 1024)]
     max_state_bytes: usize,
@@ -139,6 +237,8 @@ struct ServeArgs {
 enum SessionCommand {
     /// Create a session (it starts on the node placement picks).
     Start {
+        #[command(flatten)]
+        conn: Conn,
         /// Session id.
         id: String,
         /// Handler kind.
@@ -150,11 +250,15 @@ enum SessionCommand {
     },
     /// Show a session.
     Get {
+        #[command(flatten)]
+        conn: Conn,
         /// Session id.
         id: String,
     },
     /// List sessions.
     List {
+        #[command(flatten)]
+        conn: Conn,
         /// Only sessions owned by this node.
         #[arg(long)]
         owner: Option<NodeId>,
@@ -167,6 +271,8 @@ enum SessionCommand {
     },
     /// Send a message to a live session and print its reply.
     Call {
+        #[command(flatten)]
+        conn: Conn,
         /// Session id.
         id: String,
         /// The message, as JSON.
@@ -186,6 +292,8 @@ enum SessionCommand {
     },
     /// Delete a session.
     Stop {
+        #[command(flatten)]
+        conn: Conn,
         /// Session id.
         id: String,
     },
@@ -193,25 +301,40 @@ enum SessionCommand {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Leader, term and nodes.
+    /// Leader, term and nodes (a table; --json for JSON). Without a quorum
+    /// the answering node cannot confirm the others: they show as unknown.
     Status {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Move sessions back to their placement choice (after a node returned).
-    Rebalance,
+    Rebalance {
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand)]
 enum NodeCommand {
     /// Move a node's sessions away now; it takes no new ones.
     Drain {
+        #[command(flatten)]
+        conn: Conn,
+        /// Node id.
+        id: NodeId,
+    },
+    /// Undo a drain: a Draining node takes new sessions again (`cluster
+    /// rebalance` then moves its share back).
+    Undrain {
+        #[command(flatten)]
+        conn: Conn,
         /// Node id.
         id: NodeId,
     },
     /// Remove a node from the cluster.
     Remove {
+        #[command(flatten)]
+        conn: Conn,
         /// Node id.
         id: NodeId,
     },
@@ -372,6 +495,12 @@ fn print_cluster_table(view: &minos::api::ClusterView) {
         view.sessions,
         view.answered_by
     );
+    if !view.quorum {
+        out!(
+            "no quorum: node {} cannot confirm the other nodes (shown as unknown)",
+            view.answered_by
+        );
+    }
     out!(
         "{:>4}  {:<22} {:<9} {:>8}",
         "ID",
@@ -380,10 +509,7 @@ fn print_cluster_table(view: &minos::api::ClusterView) {
         "SESSIONS"
     );
     for node in &view.nodes {
-        let status = serde_json::to_value(node.status)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
+        let status = node.status.as_str();
         let marker = if view.leader == Some(node.id) {
             " *"
         } else {
@@ -429,10 +555,25 @@ fn cli_token(flag: Option<String>) -> Result<Option<String>, Failure> {
     Ok(None)
 }
 
+/// The client of a command's `--addr` and token.
+fn client(conn: &Conn) -> Result<Client, Failure> {
+    let mut client = Client::new(conn.addr.clone());
+    if let Some(token) = cli_token(conn.token.clone())? {
+        client = client.with_token(token);
+    }
+    Ok(client)
+}
+
 /// `minos session ...`.
-async fn session(client: &Client, command: SessionCommand) -> Result<(), Failure> {
+async fn session(command: SessionCommand) -> Result<(), Failure> {
     match command {
-        SessionCommand::Start { id, kind, state } => {
+        SessionCommand::Start {
+            conn,
+            id,
+            kind,
+            state,
+        } => {
+            let client = client(&conn)?;
             let state = state.map(|s| parse_json("--state", &s)).transpose()?;
             let session = client
                 .create_session(&NewSession {
@@ -444,23 +585,25 @@ async fn session(client: &Client, command: SessionCommand) -> Result<(), Failure
             print_json(&session);
             Ok(())
         }
-        SessionCommand::Get { id } => {
-            print_json(&client.get_session(&id).await?);
+        SessionCommand::Get { conn, id } => {
+            print_json(&client(&conn)?.get_session(&id).await?);
             Ok(())
         }
         SessionCommand::List {
+            conn,
             owner,
             after,
             limit,
         } => {
             print_json(
-                &client
+                &client(&conn)?
                     .list_sessions(owner, after.as_deref(), Some(limit))
                     .await?,
             );
             Ok(())
         }
         SessionCommand::Call {
+            conn,
             id,
             msg,
             timeout_ms,
@@ -478,54 +621,67 @@ async fn session(client: &Client, command: SessionCommand) -> Result<(), Failure
                 (None, false) => Some(minos::client::new_call_key()),
             };
             let timeout = Some(Duration::from_millis(timeout_ms));
-            let reply = client
+            let reply = client(&conn)?
                 .call_with_key(&id, &msg, timeout, key.as_deref())
                 .await?;
             print_json(&reply);
             Ok(())
         }
-        SessionCommand::Stop { id } => {
-            print_json(&client.delete_session(&id).await?);
+        SessionCommand::Stop { conn, id } => {
+            print_json(&client(&conn)?.delete_session(&id).await?);
             Ok(())
         }
     }
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let mut client = Client::new(cli.addr.clone());
-    if !matches!(cli.command, Command::Serve(_)) {
-        if let Some(token) = cli_token(cli.token.clone())? {
-            client = client.with_token(token);
-        }
-    }
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Session(command) => session(&client, command).await,
-        Command::Cluster(ClusterCommand::Status { json }) => {
-            let view = client.cluster().await?;
-            if json {
+        Command::Session(command) => session(command).await,
+        Command::Cluster(ClusterCommand::Status { conn }) => {
+            let view = client(&conn)?.cluster().await?;
+            if conn.json {
                 print_json(&view);
             } else {
                 print_cluster_table(&view);
             }
             Ok(())
         }
-        Command::Cluster(ClusterCommand::Rebalance) => {
-            print_json(&client.rebalance().await?);
+        Command::Cluster(ClusterCommand::Rebalance { conn }) => {
+            print_json(&client(&conn)?.rebalance().await?);
             Ok(())
         }
-        Command::Node(NodeCommand::Drain { id }) => {
-            print_json(&client.drain(id).await?);
+        Command::Node(NodeCommand::Drain { conn, id }) => {
+            print_json(&client(&conn)?.drain(id).await?);
             Ok(())
         }
-        Command::Node(NodeCommand::Remove { id }) => {
-            print_json(&client.remove_node(id).await?);
+        Command::Node(NodeCommand::Undrain { conn, id }) => {
+            print_json(&client(&conn)?.undrain(id).await?);
             Ok(())
         }
-        Command::Bench(command) => minos::bench::run(command).await.map_err(|e| Failure {
-            code: e.exit_code(),
-            message: e.to_string(),
-        }),
+        Command::Node(NodeCommand::Remove { conn, id }) => {
+            print_json(&client(&conn)?.remove_node(id).await?);
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            // Into a buffer first: a closed pipe is not an error of ours.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "minos", &mut script);
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&script);
+            Ok(())
+        }
+        Command::Bench(BenchCli::Plot { json, svg }) => {
+            minos::bench::plot::replot(&json, &svg).map_err(usage)?;
+            eprintln!("latency CDF written to {}", svg.display());
+            Ok(())
+        }
+        Command::Bench(BenchCli::Run(command)) => {
+            minos::bench::run(*command).await.map_err(|e| Failure {
+                code: e.exit_code(),
+                message: e.to_string(),
+            })
+        }
         Command::Chaos(args) => minos::chaos::run(args).await.map_err(|e| Failure {
             code: e.exit_code(),
             message: e.to_string(),
@@ -533,15 +689,42 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// Parses the command line. A bad value (`--addr 7101`) is one line of
+/// clap's error and exit code 2; help, version and usage errors are
+/// clap's own.
+fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or("invalid value");
+            eprintln!("minos: {}", line.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+        Err(e) => e.exit(),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("MINOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt()
+    let json_logs =
+        matches!(&cli.command, Command::Serve(args) if args.log_format == LogFormat::Json);
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if json_logs {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

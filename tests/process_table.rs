@@ -358,55 +358,55 @@ async fn bad_input_is_refused_with_a_4xx_and_never_reaches_the_log() -> Result<(
     let addr1 = cluster.addr(1);
     let token = cluster.credentials().admin_token.clone();
     let out = cli(&[
-        "--token", &token, "--addr", &addr1, "session", "start", "bad id",
+        "session", "start", "bad id", "--token", &token, "--addr", &addr1,
     ])
     .await?;
     assert_cli_failure("session start 'bad id'", &out, 2, "invalid");
     let out = cli(&[
-        "--token", &token, "--addr", &addr1, "session", "get", "missing",
+        "session", "get", "missing", "--token", &token, "--addr", &addr1,
     ])
     .await?;
     assert_cli_failure("session get missing", &out, 2, "not");
     let out = cli(&[
-        "--token",
-        &token,
-        "--addr",
-        &addr1,
         "session",
         "start",
         "cli-bad-state",
         "--state",
         "{oops",
-    ])
-    .await?;
-    assert_cli_failure("--state '{oops'", &out, 2, "--state");
-    let out = cli(&[
         "--token",
         &token,
         "--addr",
         &addr1,
+    ])
+    .await?;
+    assert_cli_failure("--state '{oops'", &out, 2, "--state");
+    let out = cli(&[
         "session",
         "start",
         "cli-big",
         "--state",
         &format!(r#"{{"v":"{}"}}"#, "y".repeat(2000)),
+        "--token",
+        &token,
+        "--addr",
+        &addr1,
     ])
     .await?;
     assert_cli_failure("--state over the limit", &out, 2, "413");
     let out = cli(&[
-        "--token", &token, "--addr", &addr1, "session", "call", "present", "{oops",
+        "session", "call", "present", "{oops", "--token", &token, "--addr", &addr1,
     ])
     .await?;
     assert_cli_failure("call with bad JSON", &out, 2, "JSON");
     let closed = free_ports(1).map_err(|e| e.to_string())?[0];
     let out = cli(&[
+        "session",
+        "get",
+        "present",
         "--token",
         &token,
         "--addr",
         &format!("127.0.0.1:{closed}"),
-        "session",
-        "get",
-        "present",
     ])
     .await?;
     assert_cli_failure("closed port", &out, 1, "cannot reach");
@@ -426,15 +426,15 @@ async fn bad_input_is_refused_with_a_4xx_and_never_reaches_the_log() -> Result<(
 
     eprintln!("--- controls: valid requests at the limits are accepted and do reach the log");
     let out = cli(&[
-        "--token",
-        &token,
-        "--addr",
-        &addr1,
         "session",
         "start",
         "cli-ok",
         "--state",
         r#"{"a":1}"#,
+        "--token",
+        &token,
+        "--addr",
+        &addr1,
     ])
     .await?;
     assert_eq!(out.code, Some(0), "valid CLI create: {}", out.stderr);

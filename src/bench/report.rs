@@ -293,6 +293,8 @@ pub fn load_average() -> Option<String> {
 pub struct Report {
     /// The minos version that ran the benchmark.
     pub minos_version: &'static str,
+    /// The git commit it was built from (`unknown` outside a checkout).
+    pub minos_commit: &'static str,
     /// When the run started (RFC 3339, UTC).
     pub date: String,
     /// The machine.
@@ -308,6 +310,7 @@ impl Report {
     pub fn new(config: &FailoverConfig) -> Self {
         Self {
             minos_version: env!("CARGO_PKG_VERSION"),
+            minos_commit: env!("MINOS_GIT_COMMIT"),
             date: chrono::Utc::now().to_rfc3339(),
             machine: Machine {
                 cores: std::thread::available_parallelism()
@@ -491,29 +494,6 @@ impl Report {
     /// Draws one latency CDF per mode (and per node timeout in a sweep).
     pub fn write_plot(&self, path: &Path) -> Result<(), String> {
         super::plot::cdf(self, path)
-    }
-
-    /// The curves of the plot: label and sorted latencies, plus the sample
-    /// count (lost sessions keep a curve below 1).
-    pub(crate) fn curves(&self) -> Vec<(String, Vec<f64>, usize)> {
-        let sweep = self.runs.len() > 1;
-        let mut curves = Vec::new();
-        for run in &self.runs {
-            for mode in &run.modes {
-                let mut back: Vec<f64> = mode.samples.iter().filter_map(|s| s.latency_ms).collect();
-                back.sort_by(f64::total_cmp);
-                let lost = mode.samples.len() - back.len();
-                let mut label = mode.mode.name().to_string();
-                if sweep {
-                    label.push_str(&format!(", node timeout {} ms", run.node_timeout_ms));
-                }
-                if lost > 0 {
-                    label.push_str(&format!(" ({lost} lost)"));
-                }
-                curves.push((label, back, mode.samples.len()));
-            }
-        }
-        curves
     }
 }
 
