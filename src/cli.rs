@@ -1,0 +1,370 @@
+//! The `minos` binary's command line: every command, flag and help text
+//! (clap derive), and its parsing. `main.rs` carries the commands out.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use minos::config::{Timing, TimingFlags};
+use minos::model::NodeId;
+
+/// `minos --version`: the crate version and the git commit it was built
+/// from (`unknown` outside a git checkout; see build.rs).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MINOS_GIT_COMMIT"),
+    ")"
+);
+
+/// The environment variables that are not a flag's (those show with their
+/// flag).
+pub(crate) const ENVIRONMENT: &str = "\
+Environment:
+  MINOS_ADDR, MINOS_TOKEN  --addr and --token of the commands that talk to a node
+  MINOS_TOKEN_FILE         a file holding the API token (when --token is not given)
+  MINOS_CLUSTER_DIR        where scripts/cluster.sh keeps its cluster; the CLI reads
+                           admin.token there (default: ./.minos-cluster)
+  MINOS_LOG                log filter, tracing's EnvFilter syntax
+                           (default: info,openraft=warn; e.g. MINOS_LOG=debug)
+  MINOS_*                  every flag of `minos serve` (see minos serve --help)";
+
+#[derive(Parser)]
+#[command(
+    name = "minos",
+    version = VERSION,
+    about = "A consensus-backed session scheduler",
+    after_help = ENVIRONMENT
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// How a command reaches a node (only on the commands that talk to one).
+#[derive(Args, Clone, Debug)]
+pub(crate) struct Conn {
+    /// Node to talk to, as HOST:PORT (any node accepts any request).
+    #[arg(
+        long,
+        env = "MINOS_ADDR",
+        default_value = "127.0.0.1:7101",
+        value_name = "HOST:PORT",
+        value_parser = parse_addr
+    )]
+    pub(crate) addr: String,
+    /// API token (default: the file MINOS_TOKEN_FILE names, else
+    /// admin.token in MINOS_CLUSTER_DIR or ./.minos-cluster, where
+    /// scripts/cluster.sh writes it).
+    #[arg(long, env = "MINOS_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Print the answer as JSON (`cluster status` prints a table without
+    /// it; the other commands print JSON either way).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `--addr`: `host:port` with a numeric port (a bare `7101` would be taken
+/// as a host name and fail far from here).
+pub(crate) fn parse_addr(text: &str) -> Result<String, String> {
+    let expected = "expected HOST:PORT with a numeric port, e.g. 127.0.0.1:7101";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(expected.into());
+    };
+    if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
+        return Err(expected.into());
+    }
+    Ok(text.to_string())
+}
+
+/// `minos serve --log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line (tracing-subscriber's JSON formatter).
+    Json,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run a node.
+    #[command(
+        after_help = "Environment: every flag above also as its MINOS_* variable; \
+MINOS_LOG sets the log filter (default info,openraft=warn)."
+    )]
+    Serve(ServeArgs),
+    /// Start, inspect, call and stop sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Cluster-wide status and operations.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Node operations.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCli),
+    /// Fault injection with a history checker (no lost write, never two owners).
+    Chaos(minos::chaos::ChaosArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell),
+    /// e.g. `minos completions bash > ~/.local/share/bash-completion/completions/minos`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCli {
+    /// Redraw a failover plot from the JSON of an earlier run (no benchmark
+    /// is run).
+    Plot {
+        /// JSON written by `minos bench failover --json`.
+        #[arg(long)]
+        json: PathBuf,
+        /// The SVG to write.
+        #[arg(long)]
+        svg: PathBuf,
+    },
+    #[command(flatten)]
+    Run(Box<minos::bench::BenchCommand>),
+}
+
+/// Help text of a timing flag: what it is and its default.
+pub(crate) fn timing_help(what: &str, default: Duration, with_node_timeout: &str) -> String {
+    format!(
+        "{what} [default: {} ms{with_node_timeout}]",
+        default.as_millis()
+    )
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// This node's id (a positive integer).
+    #[arg(long, env = "MINOS_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) id: NodeId,
+    /// Address to listen on.
+    #[arg(long, env = "MINOS_LISTEN")]
+    pub(crate) listen: String,
+    /// A separate address for the internal (peer) routes; the listen
+    /// address then serves only the public API (default: both on --listen).
+    #[arg(long, env = "MINOS_PEER_LISTEN")]
+    pub(crate) peer_listen: Option<String>,
+    /// Address the other nodes use (default: the peer listen address, else
+    /// the listen address). `--peers` must give this node this address.
+    #[arg(long, env = "MINOS_ADVERTISE")]
+    pub(crate) advertise: Option<String>,
+    /// Directory for this node's data.
+    #[arg(long, env = "MINOS_DATA_DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// All voters: `1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103`.
+    #[arg(
+        long,
+        env = "MINOS_PEERS",
+        conflicts_with = "join",
+        required_unless_present = "join"
+    )]
+    pub(crate) peers: Option<String>,
+    /// Join a running cluster through this member's address.
+    #[arg(long, env = "MINOS_JOIN")]
+    pub(crate) join: Option<String>,
+    /// File with the cluster secret every peer request carries (one secret
+    /// a line: the first is sent, all are accepted, for rotation).
+    #[arg(long, env = "MINOS_CLUSTER_SECRET_FILE")]
+    pub(crate) cluster_secret_file: Option<PathBuf>,
+    /// File with the API tokens, one `ROLE TOKEN` a line (roles: admin, client).
+    #[arg(long, env = "MINOS_TOKEN_FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// No authentication at all, for experiments: anyone who reaches the
+    /// port can change the cluster.
+    #[arg(long, env = "MINOS_INSECURE", conflicts_with_all = ["cluster_secret_file", "token_file"])]
+    pub(crate) insecure: bool,
+    // Timing: the help text (with the default) is built from
+    // `Timing::default()`, so it cannot drift from what serve runs with.
+    #[arg(long, env = "MINOS_HEARTBEAT_MS", value_name = "MS",
+          help = timing_help("Raft heartbeat interval", Timing::default().heartbeat, ""))]
+    pub(crate) heartbeat_ms: Option<u64>,
+    #[arg(long, env = "MINOS_ELECTION_TIMEOUT_MIN_MS", value_name = "MS",
+          help = timing_help("Election timeout, lower bound", Timing::default().election_timeout_min, ""))]
+    pub(crate) election_timeout_min_ms: Option<u64>,
+    #[arg(long, env = "MINOS_ELECTION_TIMEOUT_MAX_MS", value_name = "MS",
+          help = timing_help("Election timeout, upper bound", Timing::default().election_timeout_max, ""))]
+    pub(crate) election_timeout_max_ms: Option<u64>,
+    #[arg(long, env = "MINOS_NODE_TIMEOUT_MS", value_name = "MS",
+          help = timing_help(
+              "Node timeout: silence after which the leader declares a node Down; the lease (60 %), \
+               quorum window (20 %) and drift margin (5 %) follow from it unless given",
+              Timing::default().node_timeout, ""))]
+    pub(crate) node_timeout_ms: Option<u64>,
+    #[arg(long, env = "MINOS_LEASE_MS", value_name = "MS",
+          help = timing_help("Lease duration", Timing::default().lease_duration,
+                             "; 60 % of --node-timeout-ms when that is given"))]
+    pub(crate) lease_ms: Option<u64>,
+    /// Log line format on stderr.
+    #[arg(long, env = "MINOS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+    /// Largest session state in bytes.
+    #[arg(long, env = "MINOS_MAX_STATE_BYTES", default_value_t = 1024 * 1024)]
+    pub(crate) max_state_bytes: usize,
+    /// Keyed calls each session remembers (a retry of a remembered key
+    /// applies nothing and gets the recorded reply).
+    #[arg(long, env = "MINOS_CALL_KEYS_KEPT", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) call_keys_kept: u32,
+    /// How long a session remembers a keyed call, in seconds.
+    #[arg(long, env = "MINOS_CALL_KEYS_MAX_AGE_S", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+    pub(crate) call_keys_max_age_s: u64,
+    /// Open HTTP connections this node accepts (more are closed at once).
+    #[arg(long, env = "MINOS_MAX_CONNECTIONS", default_value_t = minos::node::ConnLimits::default().max_connections as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) max_connections: u32,
+    /// Open HTTP connections per client IP address.
+    #[arg(long, env = "MINOS_MAX_CONNECTIONS_PER_IP", default_value_t = minos::node::ConnLimits::default().max_connections_per_ip as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) max_connections_per_ip: u32,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SessionCommand {
+    /// Create a session (it starts on the node placement picks).
+    Start {
+        #[command(flatten)]
+        conn: Conn,
+        /// Session id.
+        id: String,
+        /// Handler kind.
+        #[arg(long, default_value = "kv")]
+        kind: String,
+        /// First state, as JSON.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show a session.
+    Get {
+        #[command(flatten)]
+        conn: Conn,
+        /// Session id.
+        id: String,
+    },
+    /// List sessions.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only sessions owned by this node.
+        #[arg(long)]
+        owner: Option<NodeId>,
+        /// Start after this id.
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send a message to a live session and print its reply.
+    Call {
+        #[command(flatten)]
+        conn: Conn,
+        /// Session id.
+        id: String,
+        /// The message, as JSON.
+        msg: String,
+        /// How long to wait while the session moves.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Idempotency key (default: a fresh one per call, so a call whose
+        /// owner fails mid-call is retried and applied exactly once; send
+        /// the same key again to repeat a call safely).
+        #[arg(long, conflicts_with = "no_key")]
+        key: Option<String>,
+        /// Send no key: a call cut off by a failure answers 503
+        /// `outcome_unknown` and may or may not have run.
+        #[arg(long)]
+        no_key: bool,
+    },
+    /// Delete a session.
+    Stop {
+        #[command(flatten)]
+        conn: Conn,
+        /// Session id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Leader, term and nodes (a table; --json for JSON). Without a quorum
+    /// the answering node cannot confirm the others: they show as unknown.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Move sessions back to their placement choice (after a node returned).
+    Rebalance {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Move a node's sessions away now; it takes no new ones.
+    Drain {
+        #[command(flatten)]
+        conn: Conn,
+        /// Node id.
+        id: NodeId,
+    },
+    /// Undo a drain: a Draining node takes new sessions again (`cluster
+    /// rebalance` then moves its share back).
+    Undrain {
+        #[command(flatten)]
+        conn: Conn,
+        /// Node id.
+        id: NodeId,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        #[command(flatten)]
+        conn: Conn,
+        /// Node id.
+        id: NodeId,
+    },
+}
+
+impl ServeArgs {
+    /// The timing flags as given; [`Timing::from_flags`] derives the timing.
+    pub(crate) fn timing_flags(&self) -> TimingFlags {
+        TimingFlags {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            lease_ms: self.lease_ms,
+            node_timeout_ms: self.node_timeout_ms,
+        }
+    }
+}
+
+/// Parses the command line. A bad value (`--addr 7101`) is one line of
+/// clap's error and exit code 2; help, version and usage errors are
+/// clap's own.
+pub(crate) fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or("invalid value");
+            eprintln!("minos: {}", line.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+        Err(e) => e.exit(),
+    }
+}
