@@ -122,7 +122,7 @@ struct Live<H: SessionHandler> {
 
 fn to_state_json<T: Serialize>(state: &T) -> Result<StateJson, HandlerError> {
     serde_json::to_string(state)
-        .map(StateJson)
+        .map(|text| StateJson(text.into()))
         .map_err(|e| HandlerError::new(format!("state does not serialize: {e}")))
 }
 

@@ -163,21 +163,34 @@ pub struct NodeInfo {
 }
 
 /// Session state as canonical JSON text. Kept as text inside the log so the
-/// binary Raft encoding never has to understand JSON.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// binary Raft encoding never has to understand JSON. Shared, not copied: the
+/// table, the owner's task and every answer that carries the state hold one
+/// allocation (a clone is a reference count).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct StateJson(pub String);
+pub struct StateJson(pub std::sync::Arc<str>);
+
+impl Default for StateJson {
+    fn default() -> Self {
+        StateJson("".into())
+    }
+}
 
 impl StateJson {
     /// Serializes a value as state.
     pub fn from_value(value: &serde_json::Value) -> Self {
-        StateJson(value.to_string())
+        StateJson(value.to_string().into())
     }
 
     /// Parses the state back into a JSON value.
     pub fn to_value(&self) -> serde_json::Value {
         // The text was produced by serde_json (validated at the edge).
         serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
     /// Size in bytes of the JSON text.

@@ -233,7 +233,7 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
             Command::CreateSession {
                 id,
                 kind: SessionKind::new("kv").unwrap(),
-                state: StateJson(format!("{{\"created\":{value}}}")),
+                state: StateJson(format!("{{\"created\":{value}}}").into()),
                 owner,
             }
         }
@@ -255,7 +255,7 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
                 id: session_id(*session),
                 epoch,
                 version,
-                state: StateJson(format!("{{\"updated\":{value}}}")),
+                state: StateJson(format!("{{\"updated\":{value}}}").into()),
             }
         }
         Op::Keyed {
@@ -267,7 +267,7 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
             id: session_id(*session),
             epoch: epoch_of(*session, epoch),
             version: built_on(*session, *stale),
-            state: StateJson(format!("{{\"keyed\":{key}}}")),
+            state: StateJson(format!("{{\"keyed\":{key}}}").into()),
             call: RecordedCall {
                 key: CallKey::new(format!("k{key}")).unwrap(),
                 reply: format!("{{\"key\":{key}}}"),
@@ -1084,7 +1084,7 @@ proptest! {
                     id: id.clone(),
                     epoch: if *old { old_epoch } else { session.epoch },
                     version: session.version.saturating_sub(*behind),
-                    state: StateJson(format!("{{\"last\":{key},\"v\":{}}}", session.version)),
+                    state: StateJson(format!("{{\"last\":{key},\"v\":{}}}", session.version).into()),
                     call: RecordedCall {
                         key: CallKey::new(format!("k{key}")).unwrap(),
                         reply: format!("{{\"key\":{key}}}"),

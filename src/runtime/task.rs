@@ -23,7 +23,12 @@ pub(super) struct SessionTask {
     pub(super) id: SessionId,
     pub(super) epoch: Epoch,
     pub(super) handler: Arc<dyn DynHandler>,
-    pub(super) live: Box<dyn LiveSession>,
+    /// The handler's live state while calls are waiting; put away when the
+    /// mailbox is empty and made again from `committed` (which the table
+    /// shares) on the next call, so an idle session holds its state once.
+    pub(super) live: Option<Box<dyn LiveSession>>,
+    /// The live state's next deadline, kept while it is put away.
+    pub(super) deadline: Option<chrono::DateTime<Utc>>,
     pub(super) committed: StateJson,
     /// Version of `committed` in the table: the next update builds on it.
     pub(super) version: u64,
@@ -56,7 +61,7 @@ impl SessionTask {
         if !self.settled {
             // Calls wait in the mailbox meanwhile; if this fails they are
             // dropped unanswered (never run) and their routers retry.
-            if self.settle().await.is_err() {
+            if Box::pin(self.settle()).await.is_err() {
                 debug!(node = self.env.me, session = %self.id, "session task could not settle; stopped");
                 self.env.kick.notify_one();
                 return;
@@ -65,7 +70,13 @@ impl SessionTask {
         }
         let mut lease = self.env.lease.clone();
         loop {
-            let deadline = self.live.next_deadline();
+            if let Some(live) = &self.live {
+                self.deadline = live.next_deadline();
+                if calls.is_empty() {
+                    self.live = None;
+                }
+            }
+            let deadline = self.deadline;
             let lease_ok = self.env.lease_valid();
             // Timers fire only under a valid lease; without one, wait for the
             // next renewal instead (the reconciler may stop this task first).
@@ -94,11 +105,14 @@ impl SessionTask {
                         let _ = call.reply.send(Err(CallError::NotHere));
                         continue;
                     }
-                    if let Commit::Stop(_) = self.fire_due_deadline().await {
+                    // Boxed: the idle task then holds no room for a call's
+                    // future (1.7 KB unboxed).
+                    if let Commit::Stop(_) = Box::pin(self.fire_due_deadline()).await {
                         let _ = call.reply.send(Err(CallError::NotHere));
                         break;
                     }
-                    let (answer, stop) = self.handle(call.msg, call.key).await;
+                    let call = *call;
+                    let (answer, stop) = Box::pin(self.handle(call.msg, call.key)).await;
                     let _ = call.reply.send(answer);
                     if stop {
                         break;
@@ -106,7 +120,7 @@ impl SessionTask {
                 }
                 fire = timer => {
                     if fire {
-                        if let Commit::Stop(_) = self.fire_due_deadline().await {
+                        if let Commit::Stop(_) = Box::pin(self.fire_due_deadline()).await {
                             break;
                         }
                     }
@@ -160,9 +174,12 @@ impl SessionTask {
 
     async fn fire_due_deadline(&mut self) -> Commit {
         let ctx = self.context();
-        match self.live.next_deadline() {
+        match self.deadline {
             Some(at) if at <= ctx.now => {
-                self.live.on_deadline(&ctx);
+                let Some(live) = self.live_state() else {
+                    return Commit::Stop(CallError::NotHere);
+                };
+                live.on_deadline(&ctx);
                 self.commit(None).await
             }
             _ => Commit::Done,
@@ -192,12 +209,21 @@ impl SessionTask {
         }
         let query = self.handler.is_query(&msg);
         let ctx = self.context();
-        match self.live.handle(&ctx, msg) {
+        let Some(live) = self.live_state() else {
+            return (Err(CallError::NotHere), true);
+        };
+        match live.handle(&ctx, msg) {
             Err(HandlerError(message)) => {
                 self.restore();
                 (Err(CallError::Rejected(message)), false)
             }
-            Ok(_) if query && self.live.state() != self.committed => {
+            Ok(_)
+                if query
+                    && self
+                        .live
+                        .as_ref()
+                        .is_some_and(|l| l.state() != self.committed) =>
+            {
                 // Retrying a query must be safe: one that writes is refused.
                 self.restore();
                 (
@@ -231,7 +257,9 @@ impl SessionTask {
     /// if it did not it is written again (it can no longer land late).
     /// A keyed call is recorded with the state in the same entry.
     async fn commit(&mut self, call: Option<RecordedCall>) -> Commit {
-        let state = self.live.state();
+        let Some(state) = self.live.as_ref().map(|live| live.state()) else {
+            return Commit::Done;
+        };
         if state == self.committed {
             return Commit::Done;
         }
@@ -310,10 +338,28 @@ impl SessionTask {
         }
     }
 
+    /// Makes the live state again from the committed one.
     fn restore(&mut self) {
-        match self.handler.start(&self.committed) {
-            Ok(live) => self.live = live,
-            Err(e) => warn!(session = %self.id, error = %e, "could not restore committed state"),
+        self.live = None;
+        self.deadline = None;
+        if let Some(live) = self.live_state() {
+            self.deadline = live.next_deadline();
         }
+    }
+
+    /// The live state, made from `committed` if it was put away (`None`
+    /// only if the committed state no longer loads, which a state the
+    /// handler produced always does).
+    fn live_state(&mut self) -> Option<&mut Box<dyn LiveSession>> {
+        if self.live.is_none() {
+            match self.handler.start(&self.committed) {
+                Ok(live) => self.live = Some(live),
+                Err(e) => {
+                    warn!(session = %self.id, error = %e, "could not load the committed state");
+                    return None;
+                }
+            }
+        }
+        self.live.as_mut()
     }
 }

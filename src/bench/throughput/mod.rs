@@ -1,7 +1,7 @@
 //! `minos bench throughput`: write and read throughput, idle cost, memory
 //! per session, placement balance, restart time and mass failover of a real
 //! three-node cluster, side by side with a three-member etcd cluster started
-//! in the same run and driven by the same load generator ([`load`]).
+//! in the same run and driven by the same load generator (the `load` module).
 //!
 //! Phases: (1) the matrix of creates, state-changing calls and linearizable
 //! reads at each client count, to the leader and to all nodes, on both
@@ -214,6 +214,21 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> 
     if !args.no_failover && sessions > 0 {
         report.failover = Some(mass_failover(&mut cluster, leader).await.map_err(failed)?);
         report.restart = Some(restart(&mut cluster).await.map_err(failed)?);
+        // Memory of processes that loaded the table from disk, without the
+        // garbage a bulk load leaves in the allocator.
+        let ids = cluster.ids();
+        await_running(&cluster, &ids, sessions)
+            .await
+            .map_err(failed)?;
+        let restarted = System {
+            backend: systems[systems.len() - 1].backend.clone(),
+            endpoints: Vec::new(),
+            leader: 0,
+            pids: ids.iter().filter_map(|id| cluster.pid(*id)).collect(),
+        };
+        let mut row = memory_row(&restarted, sessions);
+        row.when = "restarted";
+        report.memory.push(row);
     }
     drop(etcd);
     Ok(report)
@@ -394,6 +409,7 @@ fn memory_row(system: &System, sessions: usize) -> MemoryRow {
     MemoryRow {
         backend: system.backend.name().into(),
         sessions,
+        when: if sessions == 0 { "empty" } else { "loaded" },
         rss_bytes: rss,
     }
 }
@@ -428,6 +444,27 @@ async fn gauge_sum(cluster: &ProcessCluster, ids: &[NodeId], name: &str) -> f64 
         }
     }
     sum
+}
+
+/// Waits (up to 60 s) until the nodes `ids` run `total` session tasks.
+async fn await_running(
+    cluster: &ProcessCluster,
+    ids: &[NodeId],
+    total: usize,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = gauge_sum(cluster, ids, "minos_sessions_running").await;
+        if running as usize >= total {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {running} of {total} sessions running within 60 s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Phase 6: SIGKILL of the non-leader node owning the most sessions.
@@ -486,18 +523,8 @@ async fn mass_failover(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let running = loop {
-        let running = gauge_sum(cluster, &survivors, "minos_sessions_running").await;
-        if running as usize >= total {
-            break signalled.elapsed();
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "only {running} of {total} sessions running within 60 s"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    await_running(cluster, &survivors, total).await?;
+    let running = signalled.elapsed();
     let mut failed_calls = 0;
     for id in &sample {
         let answer = observer

@@ -69,6 +69,9 @@ pub struct IdleRow {
 pub struct MemoryRow {
     pub(super) backend: String,
     pub(super) sessions: usize,
+    /// `empty`, `loaded` (after the bulk load), or `restarted` (every
+    /// process restarted with the table on disk).
+    pub(super) when: &'static str,
     pub(super) rss_bytes: Vec<u64>,
 }
 
@@ -254,8 +257,9 @@ impl ThroughputReport {
                 .collect();
             let _ = write!(
                 out,
-                "rss {} with {} sessions: {} MiB",
+                "rss {} {} with {} sessions: {} MiB",
                 row.backend,
+                row.when,
                 row.sessions,
                 rss.join(" / ")
             );
