@@ -78,7 +78,8 @@ pub(crate) fn parse_addr(text: &str) -> Result<String, String> {
 }
 
 /// `minos serve --log-format`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum LogFormat {
     /// Human-readable lines.
     #[default]
@@ -115,6 +116,19 @@ MINOS_LOG sets the log filter (default info,openraft=warn)."
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Check a `minos serve --config` file (with the MINOS_* environment
+    /// applied, credentials files read) and print the configuration it gives.
+    Check {
+        /// The TOML file (deploy/minos.toml lists every key).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,8 +155,16 @@ pub(crate) fn timing_help(what: &str, default: Duration, with_node_timeout: &str
     )
 }
 
-#[derive(Args)]
+/// Also the keys of `--config` files (src/config_file.rs): serialized for
+/// `minos config check`.
+#[derive(Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) struct ServeArgs {
+    /// TOML file with any of these flags as keys (`node-timeout-ms = 800`);
+    /// flags and MINOS_* variables override it.
+    #[arg(long, env = "MINOS_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub(crate) config: Option<PathBuf>,
     /// This node's id (a positive integer).
     #[arg(long, env = "MINOS_ID", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) id: NodeId,
@@ -315,8 +337,9 @@ pub(crate) enum NodeCommand {
     Drain {
         #[command(flatten)]
         conn: Conn,
-        /// Node id.
-        id: NodeId,
+        /// Node id (default: the node --addr names, as a Kubernetes
+        /// preStop hook drains its own pod).
+        id: Option<NodeId>,
     },
     /// Undo a drain: a Draining node takes new sessions again (`cluster
     /// rebalance` then moves its share back).
@@ -348,23 +371,27 @@ impl ServeArgs {
     }
 }
 
-/// Parses the command line. A bad value (`--addr 7101`) is one line of
-/// clap's error and exit code 2; help, version and usage errors are
-/// clap's own.
+/// Parses the command line, with the keys of `serve --config FILE` added
+/// as flags (src/config_file.rs). A bad value (`--addr 7101`) is one line
+/// of clap's error and exit code 2, and so is a bad config file; help,
+/// version and usage errors are clap's own.
 pub(crate) fn parse() -> Cli {
-    match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
-            ) =>
-        {
-            let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("invalid value");
-            eprintln!("minos: {}", line.trim_start_matches("error: "));
+    let e = match minos::config_file::parse(std::env::args_os()) {
+        Ok(cli) => return cli,
+        Err(minos::config_file::ConfigFileError::Cli(e)) => e,
+        Err(file) => {
+            eprintln!("minos: {file}");
             std::process::exit(2);
         }
-        Err(e) => e.exit(),
+    };
+    if matches!(
+        e.kind(),
+        clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+    ) {
+        let text = e.render().to_string();
+        let line = text.lines().next().unwrap_or("invalid value");
+        eprintln!("minos: {}", line.trim_start_matches("error: "));
+        std::process::exit(2);
     }
+    e.exit()
 }

@@ -68,6 +68,8 @@ pub mod bench;
 pub mod chaos;
 pub mod client;
 pub mod config;
+#[cfg(feature = "tools")]
+pub mod config_file;
 pub(crate) mod control;
 pub mod error;
 pub mod handler;

@@ -327,17 +327,25 @@ impl Node {
                 node: me,
                 released: true,
             };
-            let handed = core.drain(request).await;
-            if let Err(e) = handed {
-                warn!(node = me, error = %e, "handoff failed; failure detection will move the sessions");
+            match core.drain(request).await {
+                // The moves are committed; wait (bounded) until this node
+                // has applied them, so a restart finds them done.
+                Ok(_) => {
+                    let mut applied = core.view.subscribe();
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        applied.wait_for(|_| {
+                            core.view.read(|a| a.state.sessions_owned_by(me).count()) == 0
+                        }),
+                    )
+                    .await;
+                }
+                // Nobody will move them while this node lives (the last node
+                // of a stopping cluster, a lost quorum): waiting is pointless.
+                Err(e) => {
+                    warn!(node = me, error = %e, "handoff failed; failure detection will move the sessions")
+                }
             }
-            let mut applied = core.view.subscribe();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                applied
-                    .wait_for(|_| core.view.read(|a| a.state.sessions_owned_by(me).count()) == 0),
-            )
-            .await;
         }
         self.kill().await;
     }
