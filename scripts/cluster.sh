@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Manage a local three-node minos cluster.
 #
-#   scripts/cluster.sh start|stop|status|kill N|term N|restart N
+#   scripts/cluster.sh start|stop [--now]|status|kill N|term N|restart N|rolling-restart
+#
+# stop             stops the nodes one after another (the leader last), each
+#                  handing its sessions over to the nodes still running
+# stop --now       stops all nodes at once, without handoff (their sessions
+#                  stay where they are and resume at the next start)
+# rolling-restart  restarts every node in turn (the leader last) without a
+#                  failed call: drain it, stop it (SIGTERM), start it, wait
+#                  until it is healthy and Up, then `minos cluster rebalance`
+#                  moves its sessions back (see docs/kubernetes.md)
 #
 # MINOS_PORT_BASE   node N listens on 127.0.0.1:(base + N)   (default 7100)
 # MINOS_CLUSTER_DIR data, logs and pid files                  (default .minos-cluster)
@@ -80,6 +89,63 @@ await_healthy() {
   die "node $n not healthy within ${MINOS_START_TIMEOUT:-30}s (log: $dir/node$n.log)"
 }
 
+# The CLI against node N (or, without N, any running node).
+cli_on() {
+  local n="$1"; shift
+  MINOS_ADDR="$(addr_of "$n")" "$bin" "$@"
+}
+
+first_running() {
+  local n
+  for n in $(seq 1 "$nodes"); do pid_of "$n" >/dev/null && { echo "$n"; return 0; }; done
+  return 1
+}
+
+# The leader's id as a running node knows it (empty if none).
+leader_id() {
+  local n; n="$(first_running)" || return 0
+  cli_on "$n" cluster status 2>/dev/null | sed -n 's/^leader: \([0-9][0-9]*\).*/\1/p'
+}
+
+# Node ids with the leader last (fewer elections while nodes go one by one).
+leader_last() {
+  local leader n; leader="$(leader_id)"
+  for n in $(seq 1 "$nodes"); do [[ "$n" == "$leader" ]] || echo "$n"; done
+  [[ -n "$leader" ]] && echo "$leader"
+  return 0
+}
+
+# Waits until the running nodes agree that node N is Up (it renewed its
+# lease after its restart), so a rebalance counts it.
+await_up() {
+  local n="$1" deadline=$((SECONDS + ${MINOS_START_TIMEOUT:-30}))
+  while (( SECONDS < deadline )); do
+    [[ "$(cli_on "$n" cluster status 2>/dev/null | awk -v n="$n" '$1 == n { print $3 }')" == up ]] && return 0
+    sleep 0.05
+  done
+  die "node $n not Up within ${MINOS_START_TIMEOUT:-30}s (log: $dir/node$n.log)"
+}
+
+rolling_restart() {
+  local n
+  for n in $(leader_last); do
+    pid_of "$n" >/dev/null || die "node $n is not running (start the cluster first)"
+  done
+  for n in $(leader_last); do
+    echo "node $n: draining"
+    cli_on "$n" node drain "$n" >/dev/null || die "node $n: drain failed"
+    echo "node $n: stopping"
+    stop_node "$n"
+    echo "node $n: starting"
+    start_node "$n"
+    await_healthy "$n"
+    await_up "$n"
+    echo "node $n: healthy and up; rebalancing"
+    cli_on "$n" cluster rebalance >/dev/null || die "rebalance after node $n failed"
+  done
+  echo "rolling restart done"
+}
+
 status() {
   local n
   for n in $(seq 1 "$nodes"); do
@@ -102,14 +168,33 @@ case "$cmd" in
     await_leader
     for n in $(seq 1 "$nodes"); do await_healthy "$n"; done
     for n in $(seq 1 "$nodes"); do echo "node $n: $(addr_of "$n")"; done
-    echo "cluster is up; export MINOS_ADDR=$(addr_of 1) to use the CLI"
+    echo "cluster is up"
     echo "credentials: $dir/admin.token (the CLI reads it), $dir/client.token, $dir/cluster.secret"
+    echo "to use the CLI:"
+    echo "  export PATH=\"$(dirname "$bin"):\$PATH\" MINOS_ADDR=$(addr_of 1) MINOS_CLUSTER_DIR=\"$dir\""
+    echo "  minos cluster status"
     ;;
   stop)
-    for n in $(seq 1 "$nodes"); do stop_node "$n" & done
-    wait
+    case "${1:-}" in
+      --now)
+        echo "stopping all nodes at once (no handoff: sessions resume where they were at the next start)"
+        for n in $(seq 1 "$nodes"); do stop_node "$n" & done
+        wait
+        ;;
+      "")
+        echo "stopping nodes one after another, the leader last (each hands its sessions over; stop --now: all at once)"
+        if [[ -x "$bin" ]]; then order="$(leader_last)"; else order="$(seq 1 "$nodes")"; fi
+        for n in $order; do
+          pid_of "$n" >/dev/null || continue
+          stop_node "$n"
+          echo "node $n: stopped"
+        done
+        ;;
+      *) die "usage: scripts/cluster.sh stop [--now]" ;;
+    esac
     echo "cluster stopped"
     ;;
+  rolling-restart) ensure_binary; ensure_credentials; rolling_restart ;;
   status) [[ -x "$bin" ]] || die "not built yet"; status ;;
   kill|term)
     n="${1:-}"; check_node "$n"
@@ -127,5 +212,5 @@ case "$cmd" in
     stop_node "$n"; start_node "$n"; await_healthy "$n"
     echo "node $n: restarted at $(addr_of "$n")"
     ;;
-  *) die "usage: scripts/cluster.sh start|stop|status|kill N|term N|restart N" ;;
+  *) die "usage: scripts/cluster.sh start|stop [--now]|status|kill N|term N|restart N|rolling-restart" ;;
 esac
