@@ -357,19 +357,20 @@ impl Node {
         let _ = self.service.raft.shutdown().await;
         self.batcher.abort();
         // Tasks see the shutdown signal and end (the runtime stops its
-        // session tasks); whatever is still running after a moment is aborted.
+        // session tasks); whatever is still running after a moment is
+        // aborted. One moment for all of them: a task blocked on a write
+        // without quorum must not make the stop take 500 ms per task.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
         for mut task in self.tasks.drain(..) {
-            if tokio::time::timeout(Duration::from_millis(500), &mut task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 task.abort();
                 let _ = task.await;
             }
         }
         // Connections close after the request in hand; do not wait for long.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         for mut server in self.servers.drain(..) {
-            if tokio::time::timeout(Duration::from_secs(2), &mut server)
+            if tokio::time::timeout_at(deadline, &mut server)
                 .await
                 .is_err()
             {
