@@ -379,9 +379,15 @@ fn config_check(file: PathBuf) -> Result<(), Failure> {
     let timing = Timing::from_flags(&args.timing_flags()).map_err(usage)?;
     if let Some(peers) = &args.peers {
         let peers = minos::node::parse_peers(peers).map_err(usage)?;
-        if !peers.contains_key(&args.id) {
+        let Some(mine) = peers.get(&args.id) else {
             return Err(usage(format!(
                 "peers do not include this node's id {}",
+                args.id
+            )));
+        };
+        if let Some(advertise) = args.advertise.as_ref().filter(|a| *a != mine) {
+            return Err(usage(format!(
+                "peers give node {} the address {mine}, but advertise is {advertise}",
                 args.id
             )));
         }

@@ -1,0 +1,144 @@
+//! deploy/kubernetes/: the manifests validate against the Kubernetes API
+//! schemas (with `kubernetes-validate` from PyPI, when it is installed; CI
+//! installs it), and the configuration the ConfigMap gives every pod is one
+//! `minos config check` accepts for each pod's id and name.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use minos::testkit::process::write_private;
+
+/// Kubernetes versions the manifests must validate against: the oldest
+/// they need (StatefulSet `ordinals` and the pod-index label are GA from
+/// 1.31 and 1.32) and the newest kubernetes-validate 1.37 knows.
+const VERSIONS: [&str; 2] = ["1.32.0", "1.37.0"];
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
+}
+
+/// Every manifest, the example Secret included.
+fn manifests() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in [dir(), dir().join("secret")] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn manifests_validate_when_kubernetes_validate_is_installed() {
+    let installed = Command::new("kubernetes-validate")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        eprintln!("kubernetes-validate not installed (pip install kubernetes-validate): skipped");
+        return;
+    }
+    let files = manifests();
+    assert!(files.len() >= 5, "{files:?}");
+    for version in VERSIONS {
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", version])
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "against {version}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The `minos.toml` block of the ConfigMap.
+fn configmap_toml() -> String {
+    let text = std::fs::read_to_string(dir().join("configmap.yaml")).unwrap();
+    let mut lines = text.lines().skip_while(|l| l.trim() != "minos.toml: |");
+    assert!(lines.next().is_some(), "no minos.toml in configmap.yaml");
+    let body: Vec<&str> = lines
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    body.join("\n") + "\n"
+}
+
+#[test]
+fn every_pod_gets_a_configuration_that_checks() {
+    let temp = tempfile::tempdir().unwrap();
+    let file = temp.path().join("minos.toml");
+    std::fs::write(&file, configmap_toml()).unwrap();
+    let secret = temp.path().join("cluster.secret");
+    let tokens = temp.path().join("tokens");
+    write_private(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    write_private(
+        &tokens,
+        "admin admin-token-0123456789abcdef\nclient client-token-0123456789abcdef\n",
+    )
+    .unwrap();
+    for id in 1..=3 {
+        // As the StatefulSet sets them for pod minos-{id}.
+        let out = Command::new(env!("CARGO_BIN_EXE_minos"))
+            .args(["config", "check"])
+            .arg(&file)
+            .env("MINOS_ID", id.to_string())
+            .env("MINOS_ADVERTISE", format!("minos-{id}.minos:7190"))
+            .env("MINOS_CLUSTER_SECRET_FILE", &secret)
+            .env("MINOS_TOKEN_FILE", &tokens)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "pod minos-{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&format!("id = {id}")), "{stdout}");
+    }
+    // A pod whose name is not in the peers list is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_minos"))
+        .args(["config", "check"])
+        .arg(&file)
+        .env("MINOS_ID", "2")
+        .env("MINOS_ADVERTISE", "minos-9.minos:7190")
+        .env("MINOS_CLUSTER_SECRET_FILE", &secret)
+        .env("MINOS_TOKEN_FILE", &tokens)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("but advertise is minos-9.minos:7190"),
+        "{stderr}"
+    );
+}
+
+/// The example Secret's placeholders are refused by minos, so a cluster
+/// never starts with them.
+#[test]
+fn the_example_secret_cannot_be_used_as_is() {
+    let text = std::fs::read_to_string(dir().join("secret/credentials.example.yaml")).unwrap();
+    let value = |key: &str| -> String {
+        let mut lines = text.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+        lines.next();
+        lines
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", l.trim()))
+            .collect()
+    };
+    let secret = value("cluster.secret");
+    let tokens = value("tokens");
+    assert!(!secret.is_empty() && !tokens.is_empty());
+    assert!(minos::auth::ClusterSecret::parse(&secret).is_err());
+    assert!(minos::auth::Tokens::parse(&tokens).is_err());
+}
