@@ -48,6 +48,11 @@ pub struct ProcessOptions {
     pub dir: Option<PathBuf>,
     /// How long to wait for a leader and healthy nodes.
     pub start_timeout: Duration,
+    /// A host name for the peers list and `--advertise` (`localhost`, say)
+    /// instead of 127.0.0.1: the nodes then reach each other by a DNS name,
+    /// resolved at each connection, as in Kubernetes. They still listen
+    /// on 127.0.0.1, where the clients of [`ProcessCluster::client`] go.
+    pub peer_host: Option<String>,
 }
 
 impl ProcessOptions {
@@ -59,6 +64,7 @@ impl ProcessOptions {
             serve_args: Vec::new(),
             dir: None,
             start_timeout: Duration::from_secs(30),
+            peer_host: None,
         }
     }
 }
@@ -66,6 +72,8 @@ impl ProcessOptions {
 struct ProcNode {
     child: Option<Child>,
     addr: String,
+    /// The address the peers list gives it (`addr` unless a peer host is set).
+    advertise: String,
 }
 
 /// Real node processes. Dropping it kills every process it started.
@@ -151,20 +159,35 @@ impl ProcessCluster {
             .zip(ports)
             .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
             .collect();
+        let advertise = |addr: &str| match &options.peer_host {
+            Some(host) => format!("{host}:{}", addr.rsplit(':').next().unwrap_or_default()),
+            None => addr.to_string(),
+        };
         let peers = addrs
             .iter()
-            .map(|(id, addr)| format!("{id}={addr}"))
+            .map(|(id, addr)| format!("{id}={}", advertise(addr)))
             .collect::<Vec<_>>()
             .join(",");
+        let nodes = addrs
+            .into_iter()
+            .map(|(id, addr)| {
+                let advertise = advertise(&addr);
+                (
+                    id,
+                    ProcNode {
+                        child: None,
+                        addr,
+                        advertise,
+                    },
+                )
+            })
+            .collect();
         let mut cluster = Self {
             options,
             dir,
             _temp: temp,
             peers,
-            nodes: addrs
-                .into_iter()
-                .map(|(id, addr)| (id, ProcNode { child: None, addr }))
-                .collect(),
+            nodes,
             credentials,
         };
         let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
@@ -193,6 +216,8 @@ impl ProcessCluster {
             .arg(id.to_string())
             .arg("--listen")
             .arg(&node.addr)
+            .arg("--advertise")
+            .arg(&node.advertise)
             .arg("--data-dir")
             .arg(&data)
             .arg("--peers")

@@ -1,0 +1,287 @@
+//! A rolling restart under load, with zero failed calls: three real
+//! `minos serve` processes that know each other by a DNS name (`localhost`,
+//! resolved at every connection, as pods in Kubernetes), a bounded load of
+//! keyed calls, and every node restarted in turn with the steps of
+//! `scripts/cluster.sh rolling-restart`: clients stop sending to it (as a
+//! Service does once its readiness fails), drain, SIGTERM, start, wait
+//! until healthy and Up, rebalance. Every call must answer 200 (calls may
+//! wait while their session moves), every call must have been applied
+//! exactly once, and the worst call latency is printed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use minos::client::{Client, NewSession};
+use minos::model::{NodeId, NodeStatus};
+use minos::testkit::process::{ProcessCluster, ProcessOptions};
+use serde_json::json;
+use tokio::time::Instant;
+
+const NODES: [NodeId; 3] = [1, 2, 3];
+const SESSIONS: usize = 24;
+const WORKERS: usize = 6;
+/// The load's bounds: at most this many calls, and no call started after
+/// the restarts are done (or after `LOAD_DEADLINE`).
+const MAX_CALLS: u64 = 50_000;
+const LOAD_DEADLINE: Duration = Duration::from_secs(180);
+/// A call may wait this long for its session (generous: a busy machine).
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upper bound of every condition wait.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What the workers share with the restarting test.
+struct Load {
+    clients: Vec<Client>,
+    /// The node clients must not send to now (0: none).
+    avoid: AtomicU64,
+    /// Calls in flight per node (index id - 1).
+    in_flight: [AtomicUsize; 3],
+    done: AtomicBool,
+    started: AtomicU64,
+    /// Successful calls per session.
+    applied: Vec<AtomicU64>,
+    /// (latency, session, node asked) of the slowest call.
+    worst: Mutex<(Duration, String, NodeId)>,
+    latencies: Mutex<Vec<Duration>>,
+    failures: Mutex<Vec<String>>,
+}
+
+fn session_id(n: usize) -> String {
+    format!("roll-{n}")
+}
+
+impl Load {
+    /// Picks a node to send to and counts the call in flight there. The
+    /// count is raised before `avoid` is read again, so once the test has
+    /// set `avoid` and seen the count at zero, no call goes there.
+    fn enter(&self, turn: usize) -> NodeId {
+        loop {
+            for step in 0..NODES.len() {
+                let node = NODES[(turn + step) % NODES.len()];
+                if self.avoid.load(Ordering::SeqCst) == node {
+                    continue;
+                }
+                self.in_flight[node as usize - 1].fetch_add(1, Ordering::SeqCst);
+                if self.avoid.load(Ordering::SeqCst) != node {
+                    return node;
+                }
+                self.in_flight[node as usize - 1].fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn leave(&self, node: NodeId) {
+        self.in_flight[node as usize - 1].fetch_sub(1, Ordering::SeqCst);
+    }
+
+    async fn worker(self: Arc<Self>, worker: usize) {
+        let deadline = Instant::now() + LOAD_DEADLINE;
+        let mut turn = worker;
+        while !self.done.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let n = self.started.fetch_add(1, Ordering::SeqCst);
+            if n >= MAX_CALLS {
+                break;
+            }
+            turn += 1;
+            let session = (worker + turn * WORKERS) % SESSIONS;
+            let id = session_id(session);
+            let node = self.enter(turn);
+            let key = format!("w{worker}-c{n}");
+            let msg = json!({"op": "append", "field": "calls", "value": key});
+            let begun = Instant::now();
+            let result = self.clients[node as usize - 1]
+                .call_with_key(&id, &msg, Some(CALL_TIMEOUT), Some(&key))
+                .await;
+            let took = begun.elapsed();
+            self.leave(node);
+            match result {
+                Ok(_) => {
+                    self.applied[session].fetch_add(1, Ordering::SeqCst);
+                    self.latencies.lock().unwrap().push(took);
+                    let mut worst = self.worst.lock().unwrap();
+                    if took > worst.0 {
+                        *worst = (took, id, node);
+                    }
+                }
+                Err(e) => self.failures.lock().unwrap().push(format!(
+                    "call {key} to {id} through node {node} after {took:?}: {e}"
+                )),
+            }
+        }
+    }
+}
+
+/// Waits until `node` (asked through `via`) shows `target` with `status`.
+async fn await_status(
+    via: &Client,
+    target: NodeId,
+    status: NodeStatus,
+    deadline: Instant,
+) -> Result<(), String> {
+    loop {
+        if let Ok(view) = via.cluster().await {
+            if view
+                .nodes
+                .iter()
+                .any(|n| n.id == target && n.status == status)
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("node {target} not {status:?} in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Restarts `node` as `scripts/cluster.sh rolling-restart` does, after
+/// turning the load away from it.
+async fn restart_one(
+    cluster: &mut ProcessCluster,
+    load: &Load,
+    node: NodeId,
+) -> Result<(), String> {
+    let deadline = Instant::now() + WAIT;
+    let via = cluster.client(if node == 1 { 2 } else { 1 });
+    load.avoid.store(node, Ordering::SeqCst);
+    while load.in_flight[node as usize - 1].load(Ordering::SeqCst) > 0 {
+        if Instant::now() >= deadline {
+            return Err(format!("calls to node {node} did not end"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = via
+        .drain(node)
+        .await
+        .map_err(|e| format!("drain {node}: {e}"))?;
+    eprintln!("node {node}: drained ({} sessions moved)", report.moved);
+    cluster.term(node).await?;
+    cluster.launch(node)?;
+    cluster.await_healthy(node, deadline).await?;
+    await_status(&via, node, NodeStatus::Up, deadline).await?;
+    let report = via
+        .rebalance()
+        .await
+        .map_err(|e| format!("rebalance after {node}: {e}"))?;
+    eprintln!(
+        "node {node}: restarted, healthy, Up; rebalance moved {}",
+        report.moved
+    );
+    load.avoid.store(0, Ordering::SeqCst);
+    Ok(())
+}
+
+async fn run(cluster: &mut ProcessCluster) -> Result<(), String> {
+    let client = cluster.client(1);
+    for n in 0..SESSIONS {
+        client
+            .create_session(&NewSession {
+                id: session_id(n),
+                kind: Some("kv".into()),
+                state: Some(json!({"calls": []})),
+            })
+            .await
+            .map_err(|e| format!("create: {e}"))?;
+    }
+    let load = Arc::new(Load {
+        clients: NODES.iter().map(|id| cluster.client(*id)).collect(),
+        avoid: AtomicU64::new(0),
+        in_flight: Default::default(),
+        done: AtomicBool::new(false),
+        started: AtomicU64::new(0),
+        applied: (0..SESSIONS).map(|_| AtomicU64::new(0)).collect(),
+        worst: Mutex::new((Duration::ZERO, String::new(), 0)),
+        latencies: Mutex::new(Vec::new()),
+        failures: Mutex::new(Vec::new()),
+    });
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| tokio::spawn(load.clone().worker(w)))
+        .collect();
+    // Some load before the first restart.
+    let deadline = Instant::now() + WAIT;
+    while load.started.load(Ordering::SeqCst) < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leader = cluster.await_leader(deadline).await?;
+    // The leader last, as cluster.sh does: one election fewer.
+    let mut order: Vec<NodeId> = NODES.iter().copied().filter(|n| *n != leader).collect();
+    order.push(leader);
+    let began = Instant::now();
+    let mut restarted = Ok(());
+    for node in order {
+        restarted = restart_one(cluster, &load, node).await;
+        if restarted.is_err() {
+            break;
+        }
+    }
+    let restart_time = began.elapsed();
+    load.done.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.await.map_err(|e| e.to_string())?;
+    }
+    restarted?;
+    let failures = load.failures.lock().unwrap().clone();
+    let mut latencies = load.latencies.lock().unwrap().clone();
+    latencies.sort();
+    let calls = latencies.len();
+    let at = |q: f64| {
+        let i = ((calls as f64 * q) as usize).min(calls.saturating_sub(1));
+        latencies.get(i).copied().unwrap_or_default()
+    };
+    let (worst, worst_session, worst_node) = load.worst.lock().unwrap().clone();
+    eprintln!(
+        "rolling restart of {} nodes in {restart_time:?} under load: {calls} calls answered 200, \
+         {} failed; latency p50 {:?}, p99 {:?}, p99.9 {:?}, worst {worst:?} ({worst_session} through node {worst_node})",
+        NODES.len(),
+        failures.len(),
+        at(0.5),
+        at(0.99),
+        at(0.999),
+    );
+    if !failures.is_empty() {
+        return Err(format!(
+            "{} calls failed; first ones:\n{}",
+            failures.len(),
+            failures[..failures.len().min(10)].join("\n")
+        ));
+    }
+    if calls < 200 {
+        return Err(format!("only {calls} calls ran: no load to speak of"));
+    }
+    // Every answered call was applied exactly once, none lost in a move.
+    for n in 0..SESSIONS {
+        let view = client
+            .get_session(&session_id(n))
+            .await
+            .map_err(|e| format!("get: {e}"))?;
+        let stored = view.state["calls"].as_array().map_or(0, Vec::len) as u64;
+        let answered = load.applied[n].load(Ordering::SeqCst);
+        if stored != answered {
+            return Err(format!(
+                "{}: {answered} calls answered, {stored} applied",
+                session_id(n)
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_under_load_fails_no_call() {
+    let mut options = ProcessOptions::new(env!("CARGO_BIN_EXE_minos"));
+    options.peer_host = Some("localhost".into());
+    let mut cluster = ProcessCluster::start(options)
+        .await
+        .expect("cluster starts");
+    let result = run(&mut cluster).await;
+    if let Err(e) = result {
+        let logs: Vec<String> = cluster
+            .ids()
+            .into_iter()
+            .map(|id| format!("--- node {id} log:\n{}", cluster.log_tail(id, 40)))
+            .collect();
+        panic!("{e}\n{}", logs.join("\n"));
+    }
+}
