@@ -70,6 +70,43 @@ pub struct ServeFile {
     pub max_connections_per_ip: Option<u64>,
 }
 
+/// What `minos config check` verifies of a resolved serve configuration
+/// beyond the flags' own parsers (the credentials files aside): the timing
+/// rules, and that the peers list gives this node its advertise address.
+/// Returns the timing it resolves to, as a TOML comment.
+pub fn check(
+    id: u64,
+    peers: Option<&str>,
+    advertise: Option<&str>,
+    timing: &crate::config::TimingFlags,
+) -> Result<String, String> {
+    let timing = crate::config::Timing::from_flags(timing)?;
+    if let Some(peers) = peers {
+        let peers = crate::node::parse_peers(peers)?;
+        let mine = peers
+            .get(&id)
+            .ok_or_else(|| format!("peers do not include this node's id {id}"))?;
+        if let Some(advertise) = advertise.filter(|a| a != mine) {
+            return Err(format!(
+                "peers give node {id} the address {mine}, but advertise is {advertise}"
+            ));
+        }
+    }
+    let ms = |d: std::time::Duration| d.as_millis();
+    Ok(format!(
+        "# timing this node runs with: heartbeat {} ms, election timeout {}-{} ms, \
+         lease {} ms (renewed every {} ms), node timeout {} ms, quorum window {} ms, drift margin {} ms",
+        ms(timing.heartbeat),
+        ms(timing.election_timeout_min),
+        ms(timing.election_timeout_max),
+        ms(timing.lease_duration),
+        ms(timing.lease_interval),
+        ms(timing.node_timeout),
+        ms(timing.quorum_window),
+        ms(timing.drift_margin),
+    ))
+}
+
 /// Flags that exclude each other: when the user gives one side (flag or
 /// environment), the file's keys of the other side are dropped, so that a
 /// flag overrides the file instead of conflicting with it.
@@ -102,6 +139,16 @@ pub enum ConfigFileError {
     /// A value of the file (or the resolved configuration) is refused.
     #[error("config file {0}: {1}")]
     Value(String, String),
+}
+
+impl ConfigFileError {
+    /// The error as one line (clap's own errors included).
+    pub fn one_line(&self) -> String {
+        match self {
+            ConfigFileError::Cli(e) => clap_reason(e),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl ServeFile {

@@ -364,49 +364,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 /// `minos serve` would, checks it as far as possible without starting
 /// (timing rules, peers, credentials files) and prints it as TOML.
 fn config_check(file: PathBuf) -> Result<(), Failure> {
-    use minos::config_file::ConfigFileError;
     let argv = ["minos", "serve", "--config"]
         .map(std::ffi::OsString::from)
         .into_iter()
         .chain([file.into_os_string()]);
-    let cli: Cli = minos::config_file::parse(argv).map_err(|e| match e {
-        ConfigFileError::Cli(e) => usage(minos::config_file::clap_reason(&e)),
-        other => usage(other.to_string()),
-    })?;
+    let cli: Cli = minos::config_file::parse(argv).map_err(|e| usage(e.one_line()))?;
     let Command::Serve(args) = cli.command else {
         return Err(usage("not a serve configuration"));
     };
-    let timing = Timing::from_flags(&args.timing_flags()).map_err(usage)?;
-    if let Some(peers) = &args.peers {
-        let peers = minos::node::parse_peers(peers).map_err(usage)?;
-        let Some(mine) = peers.get(&args.id) else {
-            return Err(usage(format!(
-                "peers do not include this node's id {}",
-                args.id
-            )));
-        };
-        if let Some(advertise) = args.advertise.as_ref().filter(|a| *a != mine) {
-            return Err(usage(format!(
-                "peers give node {} the address {mine}, but advertise is {advertise}",
-                args.id
-            )));
-        }
-    }
+    let (peers, advertise) = (args.peers.as_deref(), args.advertise.as_deref());
+    let summary = minos::config_file::check(args.id, peers, advertise, &args.timing_flags())
+        .map_err(usage)?;
     security(&args)?;
     let text = toml::to_string(&args).map_err(|e| usage(e.to_string()))?;
-    let ms = |d: Duration| d.as_millis();
-    println!(
-        "{text}\n# timing this node runs with: heartbeat {} ms, election timeout {}-{} ms, \
-         lease {} ms (renewed every {} ms), node timeout {} ms, quorum window {} ms, drift margin {} ms",
-        ms(timing.heartbeat),
-        ms(timing.election_timeout_min),
-        ms(timing.election_timeout_max),
-        ms(timing.lease_duration),
-        ms(timing.lease_interval),
-        ms(timing.node_timeout),
-        ms(timing.quorum_window),
-        ms(timing.drift_margin),
-    );
+    println!("{text}\n{summary}");
     Ok(())
 }
 

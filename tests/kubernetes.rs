@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use minos::testkit::process::write_private;
 
 /// Kubernetes versions the manifests must validate against: the oldest
-/// they need (StatefulSet `ordinals` and the pod-index label are GA from
-/// 1.31 and 1.32) and the newest kubernetes-validate 1.37 knows.
-const VERSIONS: [&str; 2] = ["1.32.0", "1.37.0"];
+/// they need (StatefulSet `ordinals` and the pod-index label are on by
+/// default from 1.28) and the newest kubernetes-validate 1.37 knows.
+const VERSIONS: [&str; 2] = ["1.28.0", "1.37.0"];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
