@@ -262,9 +262,15 @@ pub fn argv_with_file(
     command: clap::Command,
     mut argv: Vec<OsString>,
 ) -> Result<(Vec<OsString>, Option<PathBuf>), ConfigFileError> {
-    let matches = relaxed(command)
-        .try_get_matches_from(&argv)
-        .map_err(ConfigFileError::Cli)?;
+    let matches = match relaxed(command.clone()).try_get_matches_from(&argv) {
+        Ok(matches) => matches,
+        // Help, version and errors as the real command shows them (its
+        // usage line lists the required flags).
+        Err(e) => {
+            let real = command.try_get_matches_from(&argv).err().unwrap_or(e);
+            return Err(ConfigFileError::Cli(real));
+        }
+    };
     let Some(("serve", serve)) = matches.subcommand() else {
         return Ok((argv, None));
     };

@@ -210,14 +210,18 @@ impl ProcessCluster {
             .open(self.dir.join(format!("node{id}.log")))
             .map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
+        // With a peer host the peers list names this node by it.
+        let advertise = match self.options.peer_host {
+            Some(_) => vec!["--advertise".to_string(), node.advertise.clone()],
+            None => Vec::new(),
+        };
         let child = Command::new(&self.options.bin)
             .arg("serve")
             .arg("--id")
             .arg(id.to_string())
             .arg("--listen")
             .arg(&node.addr)
-            .arg("--advertise")
-            .arg(&node.advertise)
+            .args(&advertise)
             .arg("--data-dir")
             .arg(&data)
             .arg("--peers")
