@@ -1,13 +1,20 @@
-//! A rolling restart under load, with zero failed calls: three real
-//! `minos serve` processes that know each other by a DNS name (`localhost`,
-//! resolved at every connection, as pods in Kubernetes), a bounded load of
-//! keyed calls, and every node restarted in turn with the steps of
-//! `scripts/cluster.sh rolling-restart`: clients stop sending to it (as a
-//! Service does once its readiness fails), drain, SIGTERM, start, wait
-//! until healthy and Up, rebalance. Every call must answer 200 (calls may
-//! wait while their session moves), every call must have been applied
-//! exactly once, and the worst call latency is printed.
+//! A rolling restart under load, with zero failed calls. Two runs, each
+//! with a bounded load of keyed calls (count and time bounded) while every
+//! node is restarted in turn: drain, SIGTERM, start, wait until healthy and
+//! Up, rebalance.
+//!
+//! - The steps driven from here, on three real `minos serve` processes that
+//!   know each other by a DNS name (`localhost`, resolved at every
+//!   connection, as pods in Kubernetes); clients stop sending to a node
+//!   before it is drained, as a Service does once the pod is terminating.
+//! - `scripts/cluster.sh rolling-restart` itself; clients keep sending to
+//!   every node and retry a refused connection (never delivered, so safe)
+//!   on the next node with the same idempotency key.
+//!
+//! Every call must answer 200 (calls may wait while their session moves)
+//! and be applied exactly once; the worst call latency is printed.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,9 +37,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Upper bound of every condition wait.
 const WAIT: Duration = Duration::from_secs(60);
 
+/// One test at a time: each one runs three processes on a small machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What the workers share with the restarting test.
 struct Load {
     clients: Vec<Client>,
+    /// Retry a refused connection on the next node (same key).
+    retry_refused: bool,
+    /// Refused connections retried on another node.
+    redirects: AtomicU64,
     /// The node clients must not send to now (0: none).
     avoid: AtomicU64,
     /// Calls in flight per node (index id - 1).
@@ -86,15 +100,28 @@ impl Load {
             turn += 1;
             let session = (worker + turn * WORKERS) % SESSIONS;
             let id = session_id(session);
-            let node = self.enter(turn);
             let key = format!("w{worker}-c{n}");
             let msg = json!({"op": "append", "field": "calls", "value": key});
             let begun = Instant::now();
-            let result = self.clients[node as usize - 1]
-                .call_with_key(&id, &msg, Some(CALL_TIMEOUT), Some(&key))
-                .await;
+            let (result, node) = loop {
+                let node = self.enter(turn);
+                let result = self.clients[node as usize - 1]
+                    .call_with_key(&id, &msg, Some(CALL_TIMEOUT), Some(&key))
+                    .await;
+                self.leave(node);
+                match &result {
+                    Err(e)
+                        if self.retry_refused
+                            && e.is_connect()
+                            && begun.elapsed() < CALL_TIMEOUT =>
+                    {
+                        self.redirects.fetch_add(1, Ordering::SeqCst);
+                        turn += 1;
+                    }
+                    _ => break (result, node),
+                }
+            };
             let took = begun.elapsed();
-            self.leave(node);
             match result {
                 Ok(_) => {
                     self.applied[session].fetch_add(1, Ordering::SeqCst);
@@ -173,10 +200,13 @@ async fn restart_one(
     Ok(())
 }
 
-async fn run(cluster: &mut ProcessCluster) -> Result<(), String> {
-    let client = cluster.client(1);
+/// Creates the sessions and starts the workers.
+async fn start_load(
+    clients: Vec<Client>,
+    retry_refused: bool,
+) -> Result<(Arc<Load>, Vec<tokio::task::JoinHandle<()>>), String> {
     for n in 0..SESSIONS {
-        client
+        clients[0]
             .create_session(&NewSession {
                 id: session_id(n),
                 kind: Some("kv".into()),
@@ -186,7 +216,9 @@ async fn run(cluster: &mut ProcessCluster) -> Result<(), String> {
             .map_err(|e| format!("create: {e}"))?;
     }
     let load = Arc::new(Load {
-        clients: NODES.iter().map(|id| cluster.client(*id)).collect(),
+        clients,
+        retry_refused,
+        redirects: AtomicU64::new(0),
         avoid: AtomicU64::new(0),
         in_flight: Default::default(),
         done: AtomicBool::new(false),
@@ -196,7 +228,7 @@ async fn run(cluster: &mut ProcessCluster) -> Result<(), String> {
         latencies: Mutex::new(Vec::new()),
         failures: Mutex::new(Vec::new()),
     });
-    let workers: Vec<_> = (0..WORKERS)
+    let workers = (0..WORKERS)
         .map(|w| tokio::spawn(load.clone().worker(w)))
         .collect();
     // Some load before the first restart.
@@ -204,24 +236,22 @@ async fn run(cluster: &mut ProcessCluster) -> Result<(), String> {
     while load.started.load(Ordering::SeqCst) < 200 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let leader = cluster.await_leader(deadline).await?;
-    // The leader last, as cluster.sh does: one election fewer.
-    let mut order: Vec<NodeId> = NODES.iter().copied().filter(|n| *n != leader).collect();
-    order.push(leader);
-    let began = Instant::now();
-    let mut restarted = Ok(());
-    for node in order {
-        restarted = restart_one(cluster, &load, node).await;
-        if restarted.is_err() {
-            break;
-        }
-    }
-    let restart_time = began.elapsed();
+    Ok((load, workers))
+}
+
+/// Stops the load after `restarted` and checks it: every call answered
+/// 200, and applied exactly once.
+async fn finish(
+    what: &str,
+    load: Arc<Load>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    restarted: Result<Duration, String>,
+) -> Result<(), String> {
     load.done.store(true, Ordering::SeqCst);
     for worker in workers {
         worker.await.map_err(|e| e.to_string())?;
     }
-    restarted?;
+    let restart_time = restarted?;
     let failures = load.failures.lock().unwrap().clone();
     let mut latencies = load.latencies.lock().unwrap().clone();
     latencies.sort();
@@ -232,10 +262,12 @@ async fn run(cluster: &mut ProcessCluster) -> Result<(), String> {
     };
     let (worst, worst_session, worst_node) = load.worst.lock().unwrap().clone();
     eprintln!(
-        "rolling restart of {} nodes in {restart_time:?} under load: {calls} calls answered 200, \
-         {} failed; latency p50 {:?}, p99 {:?}, p99.9 {:?}, worst {worst:?} ({worst_session} through node {worst_node})",
+        "{what}: rolling restart of {} nodes in {restart_time:?} under load: {calls} calls answered 200, \
+         {} failed, {} refused connections retried on another node; latency p50 {:?}, p99 {:?}, \
+         p99.9 {:?}, worst {worst:?} ({worst_session} through node {worst_node})",
         NODES.len(),
         failures.len(),
+        load.redirects.load(Ordering::SeqCst),
         at(0.5),
         at(0.99),
         at(0.999),
@@ -252,7 +284,7 @@ async fn run(cluster: &mut ProcessCluster) -> Result<(), String> {
     }
     // Every answered call was applied exactly once, none lost in a move.
     for n in 0..SESSIONS {
-        let view = client
+        let view = load.clients[0]
             .get_session(&session_id(n))
             .await
             .map_err(|e| format!("get: {e}"))?;
@@ -268,8 +300,28 @@ async fn run(cluster: &mut ProcessCluster) -> Result<(), String> {
     Ok(())
 }
 
+async fn run(cluster: &mut ProcessCluster) -> Result<(), String> {
+    let clients = NODES.iter().map(|id| cluster.client(*id)).collect();
+    let (load, workers) = start_load(clients, false).await?;
+    let leader = cluster.await_leader(Instant::now() + WAIT).await;
+    let began = Instant::now();
+    let restarted = async {
+        // The leader last, as cluster.sh does: one election fewer.
+        let leader = leader?;
+        let mut order: Vec<NodeId> = NODES.iter().copied().filter(|n| *n != leader).collect();
+        order.push(leader);
+        for node in order {
+            restart_one(cluster, &load, node).await?;
+        }
+        Ok(began.elapsed())
+    }
+    .await;
+    finish("steps driven by the test", load, workers, restarted).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_under_load_fails_no_call() {
+    let _serial = SERIAL.lock().await;
     let mut options = ProcessOptions::new(env!("CARGO_BIN_EXE_minos"));
     options.peer_host = Some("localhost".into());
     let mut cluster = ProcessCluster::start(options)
@@ -283,5 +335,137 @@ async fn rolling_restart_under_load_fails_no_call() {
             .map(|id| format!("--- node {id} log:\n{}", cluster.log_tail(id, 40)))
             .collect();
         panic!("{e}\n{}", logs.join("\n"));
+    }
+}
+
+/// A cluster of `scripts/cluster.sh`, stopped at once when dropped.
+struct ScriptCluster {
+    dir: tempfile::TempDir,
+    base: u16,
+}
+
+impl ScriptCluster {
+    /// A port base whose three ports are free, below the ephemeral range
+    /// and apart from other tests' (derived from this process's id).
+    fn free_base() -> Option<u16> {
+        let span = 1_000u32;
+        let first = std::process::id() % span;
+        (0..span)
+            .map(|step| 20_000 + ((first + step * 7) % span) as u16 * 10 + 3)
+            .find(|base| {
+                let held: Vec<_> = (1..=3)
+                    .filter_map(|n| std::net::TcpListener::bind(("127.0.0.1", base + n)).ok())
+                    .collect();
+                held.len() == 3
+            })
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh");
+        let mut command = tokio::process::Command::new(script);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("MINOS_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .args(args)
+            .env("MINOS_BIN", env!("CARGO_BIN_EXE_minos"))
+            .env("MINOS_PORT_BASE", self.base.to_string())
+            .env("MINOS_CLUSTER_DIR", self.dir.path())
+            .env("MINOS_START_TIMEOUT", WAIT.as_secs().to_string())
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .command(args)
+            .output()
+            .await
+            .map_err(|e| format!("cluster.sh {args:?}: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!("cluster.sh {args:?} failed:\n{text}"))
+        }
+    }
+
+    fn client(&self, node: NodeId) -> Client {
+        let token =
+            std::fs::read_to_string(self.dir.path().join("admin.token")).unwrap_or_default();
+        Client::new(format!("127.0.0.1:{}", self.base + node as u16)).with_token(token.trim())
+    }
+
+    fn logs(&self) -> String {
+        NODES
+            .iter()
+            .map(|n| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("node{n}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                format!(
+                    "--- node {n} log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        let _ = self.command(&["stop", "--now"]).as_std_mut().output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_sh_rolling_restart_under_load_fails_no_call() {
+    let _serial = SERIAL.lock().await;
+    // cluster.sh waits for health with curl.
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: curl is not installed (scripts/cluster.sh needs it)");
+        return;
+    }
+    let cluster = ScriptCluster {
+        dir: tempfile::tempdir().unwrap(),
+        base: ScriptCluster::free_base().expect("three free ports"),
+    };
+    let result = async {
+        cluster.run(&["start"]).await?;
+        let clients = NODES.iter().map(|n| cluster.client(*n)).collect();
+        let (load, workers) = start_load(clients, true).await?;
+        let began = Instant::now();
+        let restarted = cluster.run(&["rolling-restart"]).await;
+        if let Ok(out) = &restarted {
+            eprint!("{out}");
+        }
+        finish(
+            "scripts/cluster.sh",
+            load,
+            workers,
+            restarted.map(|_| began.elapsed()),
+        )
+        .await?;
+        let out = cluster.run(&["stop"]).await?;
+        if !out.contains("one after another") {
+            return Err(format!("stop did not say how it stopped:\n{out}"));
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!("{e}\n{}", cluster.logs());
     }
 }
