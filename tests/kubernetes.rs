@@ -142,3 +142,64 @@ fn the_example_secret_cannot_be_used_as_is() {
     assert!(minos::auth::ClusterSecret::parse(&secret).is_err());
     assert!(minos::auth::Tokens::parse(&tokens).is_err());
 }
+
+/// The StatefulSet's `preStop` command, run as the pod runs it (the CLI
+/// with the container's `MINOS_ADDR` pointing at its own node and the admin
+/// token in `MINOS_CLUSTER_DIR`), drains that node: its sessions move away.
+#[tokio::test]
+async fn the_pre_stop_hook_drains_its_own_node() {
+    let manifest = std::fs::read_to_string(dir().join("statefulset.yaml")).unwrap();
+    let hook = r#"command: ["/minos", "node", "drain"]"#;
+    assert!(manifest.contains(hook), "statefulset.yaml has no {hook}");
+    let cluster = minos::testkit::process::ProcessCluster::start(
+        minos::testkit::process::ProcessOptions::new(env!("CARGO_BIN_EXE_minos")),
+    )
+    .await
+    .expect("cluster starts");
+    let client = cluster.client(1);
+    for n in 0..12 {
+        client
+            .create_session(&minos::client::NewSession {
+                id: format!("hook-{n}"),
+                kind: None,
+                state: None,
+            })
+            .await
+            .expect("create");
+    }
+    let secrets = tempfile::tempdir().unwrap();
+    write_private(
+        &secrets.path().join("admin.token"),
+        &format!("{}\n", cluster.credentials().admin_token),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_minos"))
+        .args(["node", "drain"])
+        .env_remove("MINOS_TOKEN")
+        .env_remove("MINOS_TOKEN_FILE")
+        .env("MINOS_ADDR", cluster.addr(2))
+        .env("MINOS_CLUSTER_DIR", secrets.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The drain returns once the moves are committed; the node asked sees
+    // them as soon as it has applied them.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let view = cluster.client(2).cluster().await.expect("cluster view");
+        let node = view.nodes.iter().find(|n| n.id == 2).expect("node 2");
+        if node.status == minos::model::NodeStatus::Draining && node.sessions == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2 not drained: {view:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
