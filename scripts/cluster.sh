@@ -89,7 +89,7 @@ await_healthy() {
   die "node $n not healthy within ${MINOS_START_TIMEOUT:-30}s (log: $dir/node$n.log)"
 }
 
-# The CLI against node N (or, without N, any running node).
+# The CLI against node N.
 cli_on() {
   local n="$1"; shift
   MINOS_ADDR="$(addr_of "$n")" "$bin" "$@"
