@@ -202,7 +202,7 @@ case "$cmd" in
     if [[ "$cmd" == kill ]]; then kill -KILL "$pid"; else kill -TERM "$pid"; fi
     if [[ "$cmd" == term ]]; then
       deadline=$((SECONDS + 15))
-      while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.05; done
+      while alive "$pid" && (( SECONDS < deadline )); do sleep 0.05; done
     fi
     rm -f "$dir/node$n.pid"
     echo "node $n: sent SIG${cmd^^}"

@@ -2,12 +2,22 @@
 # The sourcing script sets: dir (data, logs, pid files), nodes (count),
 # label ("node" or "server", for messages) and die().
 
+# True while process PID runs. A zombie (exited, not yet reaped by its
+# parent: nohup'd nodes are reparented to PID 1, which may reap late) has
+# stopped: kill -0 alone would call it running.
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local state
+  state="$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null)"
+  [[ "$state" != Z ]]
+}
+
 # pid of node N if its process runs.
 pid_of() {
   local file="$dir/node$1.pid"
   [[ -f "$file" ]] || return 1
   local pid; pid="$(cat "$file")"
-  kill -0 "$pid" 2>/dev/null || return 1
+  alive "$pid" || return 1
   echo "$pid"
 }
 
@@ -22,8 +32,8 @@ stop_node() {
   pid="$(pid_of "$n")" || return 0
   kill -TERM "$pid" 2>/dev/null || true
   local deadline=$((SECONDS + 15))
-  while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
+  while alive "$pid" && (( SECONDS < deadline )); do sleep 0.05; done
+  alive "$pid" && kill -KILL "$pid" 2>/dev/null
   rm -f "$dir/node$n.pid"
 }
 
