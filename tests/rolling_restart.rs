@@ -8,8 +8,10 @@
 //!   connection, as pods in Kubernetes); clients stop sending to a node
 //!   before it is drained, as a Service does once the pod is terminating.
 //! - `scripts/cluster.sh rolling-restart` itself; clients keep sending to
-//!   every node and retry a refused connection (never delivered, so safe)
-//!   on the next node with the same idempotency key.
+//!   every node, and retry a call whose connection failed (refused: never
+//!   delivered; or closed before an answer, as when a pooled keep-alive
+//!   connection meets the stopping node's close) on the next node with the
+//!   same idempotency key, which makes any retry safe.
 //!
 //! Every call must answer 200 (calls may wait while their session moves)
 //! and be applied exactly once; the worst call latency is printed.
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use minos::client::{Client, NewSession};
+use minos::client::{Client, ClientError, NewSession};
 use minos::model::{NodeId, NodeStatus};
 use minos::testkit::process::{ProcessCluster, ProcessOptions};
 use serde_json::json;
@@ -43,10 +45,12 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// What the workers share with the restarting test.
 struct Load {
     clients: Vec<Client>,
-    /// Retry a refused connection on the next node (same key).
-    retry_refused: bool,
-    /// Refused connections retried on another node.
-    redirects: AtomicU64,
+    /// Retry a call whose connection failed on the next node (same key).
+    retry_transport: bool,
+    /// Calls retried on another node: connection refused, or closed
+    /// before an answer.
+    refused: AtomicU64,
+    closed: AtomicU64,
     /// The node clients must not send to now (0: none).
     avoid: AtomicU64,
     /// Calls in flight per node (index id - 1).
@@ -110,12 +114,15 @@ impl Load {
                     .await;
                 self.leave(node);
                 match &result {
-                    Err(e)
-                        if self.retry_refused
-                            && e.is_connect()
-                            && begun.elapsed() < CALL_TIMEOUT =>
+                    Err(e @ ClientError::Transport { .. })
+                        if self.retry_transport && begun.elapsed() < CALL_TIMEOUT =>
                     {
-                        self.redirects.fetch_add(1, Ordering::SeqCst);
+                        let counter = if e.is_connect() {
+                            &self.refused
+                        } else {
+                            &self.closed
+                        };
+                        counter.fetch_add(1, Ordering::SeqCst);
                         turn += 1;
                     }
                     _ => break (result, node),
@@ -203,7 +210,7 @@ async fn restart_one(
 /// Creates the sessions and starts the workers.
 async fn start_load(
     clients: Vec<Client>,
-    retry_refused: bool,
+    retry_transport: bool,
 ) -> Result<(Arc<Load>, Vec<tokio::task::JoinHandle<()>>), String> {
     for n in 0..SESSIONS {
         clients[0]
@@ -217,8 +224,9 @@ async fn start_load(
     }
     let load = Arc::new(Load {
         clients,
-        retry_refused,
-        redirects: AtomicU64::new(0),
+        retry_transport,
+        refused: AtomicU64::new(0),
+        closed: AtomicU64::new(0),
         avoid: AtomicU64::new(0),
         in_flight: Default::default(),
         done: AtomicBool::new(false),
@@ -263,11 +271,12 @@ async fn finish(
     let (worst, worst_session, worst_node) = load.worst.lock().unwrap().clone();
     eprintln!(
         "{what}: rolling restart of {} nodes in {restart_time:?} under load: {calls} calls answered 200, \
-         {} failed, {} refused connections retried on another node; latency p50 {:?}, p99 {:?}, \
-         p99.9 {:?}, worst {worst:?} ({worst_session} through node {worst_node})",
+         {} failed; retried on another node: {} refused connections, {} closed before an answer; \
+         latency p50 {:?}, p99 {:?}, p99.9 {:?}, worst {worst:?} ({worst_session} through node {worst_node})",
         NODES.len(),
         failures.len(),
-        load.redirects.load(Ordering::SeqCst),
+        load.refused.load(Ordering::SeqCst),
+        load.closed.load(Ordering::SeqCst),
         at(0.5),
         at(0.99),
         at(0.999),
