@@ -1,0 +1,32 @@
+defmodule Minos.Application do
+  @moduledoc false
+  # Starts the client's own :httpc profile, so its connection settings do
+  # not change the caller's default profile.
+  use Application
+
+  @impl true
+  def start(_type, _args) do
+    profile = Minos.Client.profile()
+
+    case :inets.start(:httpc, profile: profile) do
+      {:ok, _} -> :ok
+      {:error, {:already_started, _}} -> :ok
+    end
+
+    # Kept-alive connections are dropped after 4 s idle, before a node's
+    # own 10 s idle limit closes them under a request; one request per
+    # connection at a time, so a long call never queues others behind it.
+    :ok =
+      :httpc.set_options(
+        [
+          keep_alive_timeout: 4_000,
+          max_keep_alive_length: 1,
+          max_sessions: 64,
+          max_pipeline_length: 0
+        ],
+        profile
+      )
+
+    Supervisor.start_link([], strategy: :one_for_one, name: Minos.Supervisor)
+  end
+end
