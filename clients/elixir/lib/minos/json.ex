@@ -8,8 +8,11 @@ defmodule Minos.JSON do
   strings, other structs their fields. Anything else (a tuple, a pid) is
   refused with an error instead of a crash.
 
-      iex> Minos.JSON.encode(%{op: "join", player: "ariadne", world: nil})
-      {:ok, ~s({"world":null,"player":"ariadne","op":"join"})}
+      iex> Minos.JSON.encode(%{world: nil})
+      {:ok, ~s({"world":null})}
+
+      iex> Minos.JSON.encode([1, "two", true, %{3 => :four}])
+      {:ok, ~s([1,"two",true,{"3":"four"}])}
 
       iex> Minos.JSON.decode(~s({"round": 1, "world": null}))
       {:ok, %{"round" => 1, "world" => nil}}

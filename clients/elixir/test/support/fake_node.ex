@@ -1,0 +1,147 @@
+defmodule Minos.FakeNode do
+  @moduledoc false
+  # A tiny HTTP/1.1 server on 127.0.0.1:PORT that answers every request
+  # with what `responder.(request)` returns, and tells the test process
+  # about each request: {:fake_request, port, request}.
+  #
+  #   {:reply, status, body}   an answer (Content-Type: application/json)
+  #   :close                   reads the request, closes without answering
+  #
+  # request: %{method, path, query, headers (lowercase names), body}.
+  # Every answer closes its connection.
+
+  # Ports 17750.. (the test cluster is on 17701-17703).
+  @first_port 17750
+
+  def port(k), do: @first_port + k
+
+  def start(k, responder) do
+    owner = self()
+    port = port(k)
+
+    {:ok, listener} =
+      :gen_tcp.listen(port, [
+        :binary,
+        active: false,
+        reuseaddr: true,
+        ip: {127, 0, 0, 1},
+        packet: :raw
+      ])
+
+    pid = spawn_link(fn -> accept_loop(listener, port, owner, responder) end)
+    :ok = :gen_tcp.controlling_process(listener, pid)
+
+    ExUnit.Callbacks.on_exit(fn ->
+      # Wait until it is gone (with its listener), so the port is free.
+      ref = Process.monitor(pid)
+      :gen_tcp.close(listener)
+      Process.exit(pid, :kill)
+
+      receive do
+        {:DOWN, ^ref, _, _, _} -> :ok
+      end
+    end)
+
+    "127.0.0.1:#{port}"
+  end
+
+  # The previous test's listener on this port may still be closing.
+  defp listen(port) do
+    options = [:binary, active: false, reuseaddr: true, ip: {127, 0, 0, 1}, packet: :raw]
+    me = self()
+
+    Minos.TestCluster.wait_until(2_000, "port #{port} free for a fake node", fn ->
+      case :gen_tcp.listen(port, options) do
+        {:ok, listener} -> send(me, {:listener, listener})
+        {:error, :eaddrinuse} -> false
+      end
+    end)
+
+    receive do
+      {:listener, listener} -> listener
+    end
+  end
+
+  @doc "A node address where nothing listens (connection refused)."
+  def dead(k), do: "127.0.0.1:#{port(k)}"
+
+  defp accept_loop(listener, port, owner, responder) do
+    case :gen_tcp.accept(listener) do
+      {:ok, socket} ->
+        serve(socket, port, owner, responder)
+        accept_loop(listener, port, owner, responder)
+
+      {:error, _} ->
+        :ok
+    end
+  end
+
+  defp serve(socket, port, owner, responder) do
+    case read_request(socket, "") do
+      {:ok, request} ->
+        send(owner, {:fake_request, port, request})
+
+        case responder.(request) do
+          {:reply, status, body} ->
+            head =
+              "HTTP/1.1 #{status} Whatever\r\ncontent-type: application/json\r\n" <>
+                "content-length: #{byte_size(body)}\r\nconnection: close\r\n\r\n"
+
+            :gen_tcp.send(socket, head <> body)
+
+          :close ->
+            :ok
+        end
+
+      _ ->
+        :ok
+    end
+
+    :gen_tcp.close(socket)
+  end
+
+  defp read_request(socket, acc) do
+    case :binary.split(acc, "\r\n\r\n") do
+      [head, rest] ->
+        [request_line | header_lines] = String.split(head, "\r\n")
+        [method, target, _version] = String.split(request_line, " ")
+
+        headers =
+          Map.new(header_lines, fn line ->
+            [name, value] = String.split(line, ":", parts: 2)
+            {String.downcase(name), String.trim(value)}
+          end)
+
+        length = String.to_integer(Map.get(headers, "content-length", "0"))
+
+        with {:ok, body} <- read_body(socket, rest, length) do
+          uri = URI.parse(target)
+
+          {:ok,
+           %{
+             method: method,
+             path: uri.path,
+             query: URI.decode_query(uri.query || ""),
+             headers: headers,
+             body: body
+           }}
+        end
+
+      [_] ->
+        case :gen_tcp.recv(socket, 0, 5_000) do
+          {:ok, data} -> read_request(socket, acc <> data)
+          error -> error
+        end
+    end
+  end
+
+  defp read_body(_socket, data, length) when byte_size(data) >= length,
+    do: {:ok, binary_part(data, 0, length)}
+
+  defp read_body(socket, data, length) do
+    case :gen_tcp.recv(socket, 0, 5_000) do
+      {:ok, more} -> read_body(socket, data <> more, length)
+      error -> error
+    end
+  end
+end
