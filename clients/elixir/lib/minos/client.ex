@@ -116,8 +116,13 @@ defmodule Minos.Client do
     node =
       node |> String.trim() |> String.replace_prefix("http://", "") |> String.trim_trailing("/")
 
-    if node == "", do: raise(ArgumentError, "empty node address in :nodes")
-    node
+    case URI.new("http://" <> node) do
+      {:ok, %URI{host: host, port: port, path: nil}} when host not in [nil, ""] and port > 0 ->
+        node
+
+      _ ->
+        raise ArgumentError, "node addresses are \"host:port\", got #{inspect(node)}"
+    end
   end
 
   defp normalize(other),
@@ -227,6 +232,9 @@ defmodule Minos.Client do
   end
 
   defp classify({:failed_connect, info}, _timeout), do: {:not_sent, connect_reason(info)}
+
+  defp classify(:invalid_uri, _), do: {:not_sent, "not a usable address"}
+  defp classify({:malformed_url, _, _}, _), do: {:not_sent, "not a usable address"}
 
   defp classify(:socket_closed_remotely, _),
     do: {:maybe_sent, "connection closed before an answer"}

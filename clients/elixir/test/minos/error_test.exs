@@ -146,6 +146,18 @@ defmodule Minos.ErrorTest do
     refute_received {:fake_request, _, _}
   end
 
+  test "Minos.Client.new/1 refuses what it cannot use" do
+    for nodes <- [[], ["bad host:1"], ["127.0.0.1:7101/path"], [7101]] do
+      assert_raise ArgumentError, fn -> Minos.Client.new(nodes: nodes) end
+    end
+
+    assert_raise ArgumentError, fn -> Minos.Client.new(nodes: ["a:1"], timeout: 0) end
+
+    assert_raise ArgumentError, fn ->
+      Minos.Client.new(nodes: ["a:1"], token_file: "/no/such/file")
+    end
+  end
+
   test "Minos.Error is an exception with a readable message" do
     error = %Error{code: :unreachable, message: "no node could be reached", status: nil}
     assert_raise Error, "unreachable: no node could be reached", fn -> raise error end

@@ -19,14 +19,7 @@ defmodule Minos.FakeNode do
     owner = self()
     port = port(k)
 
-    {:ok, listener} =
-      :gen_tcp.listen(port, [
-        :binary,
-        active: false,
-        reuseaddr: true,
-        ip: {127, 0, 0, 1},
-        packet: :raw
-      ])
+    listener = listen(port)
 
     pid = spawn_link(fn -> accept_loop(listener, port, owner, responder) end)
     :ok = :gen_tcp.controlling_process(listener, pid)
