@@ -14,8 +14,9 @@ defmodule Minos.Application do
     end
 
     # Kept-alive connections are dropped after 4 s idle, before a node's
-    # own 10 s idle limit closes them under a request; one request per
-    # connection at a time, so a long call never queues others behind it.
+    # own 10 s idle limit closes one under a request. No pipelining; a
+    # request never waits behind a call in progress on the same connection
+    # (httpc opens another; test/minos/failover_test.exs checks it).
     :ok =
       :httpc.set_options(
         [

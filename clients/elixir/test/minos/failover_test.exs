@@ -121,6 +121,33 @@ defmodule Minos.FailoverTest do
     end
   end
 
+  test "concurrent calls do not queue behind a slow one on a kept-alive connection" do
+    slow =
+      FakeNode.start(
+        5,
+        fn _ ->
+          receive do
+          after
+            1_000 -> {:reply, 200, @call_reply}
+          end
+        end,
+        keep_alive: true
+      )
+
+    client = Minos.Client.new(nodes: [slow])
+    started = System.monotonic_time(:millisecond)
+
+    results =
+      1..6
+      |> Enum.map(fn _ -> Task.async(fn -> Minos.call(client, "ABC", %{op: "get"}) end) end)
+      |> Enum.map(&Task.await(&1, 10_000))
+
+    elapsed = System.monotonic_time(:millisecond) - started
+    assert Enum.all?(results, &match?({:ok, %Minos.Reply{}}, &1))
+    # In sequence they would take 6 s.
+    assert elapsed < 3_000, "6 concurrent 1 s calls took #{elapsed} ms"
+  end
+
   describe "against the real cluster" do
     setup do
       TestCluster.ensure_started!()

@@ -8,20 +8,21 @@ defmodule Minos.FakeNode do
   #   :close                   reads the request, closes without answering
   #
   # request: %{method, path, query, headers (lowercase names), body}.
-  # Every answer closes its connection.
+  # An answer closes its connection, unless started with keep_alive: true.
 
   # Ports 17750.. (the test cluster is on 17701-17703).
   @first_port 17750
 
   def port(k), do: @first_port + k
 
-  def start(k, responder) do
+  def start(k, responder, opts \\ []) do
     owner = self()
     port = port(k)
+    keep_alive = Keyword.get(opts, :keep_alive, false)
 
     listener = listen(port)
 
-    pid = spawn_link(fn -> accept_loop(listener, port, owner, responder) end)
+    pid = spawn_link(fn -> accept_loop(listener, {port, owner, responder, keep_alive}) end)
     :ok = :gen_tcp.controlling_process(listener, pid)
 
     ExUnit.Callbacks.on_exit(fn ->
@@ -58,18 +59,24 @@ defmodule Minos.FakeNode do
   @doc "A node address where nothing listens (connection refused)."
   def dead(k), do: "127.0.0.1:#{port(k)}"
 
-  defp accept_loop(listener, port, owner, responder) do
+  defp accept_loop(listener, server) do
     case :gen_tcp.accept(listener) do
       {:ok, socket} ->
-        serve(socket, port, owner, responder)
-        accept_loop(listener, port, owner, responder)
+        # One process per connection: a slow answer holds up no other.
+        # Linked: they end with the fake node, kept-alive connections too.
+        handler = spawn_link(fn -> receive(do: (:go -> serve(socket, server))) end)
+        :ok = :gen_tcp.controlling_process(socket, handler)
+        send(handler, :go)
+        accept_loop(listener, server)
 
       {:error, _} ->
         :ok
     end
   end
 
-  defp serve(socket, port, owner, responder) do
+  # Serves the requests of one connection (several if kept alive, as a
+  # node does) until the client closes it or the responder says :close.
+  defp serve(socket, {port, owner, responder, keep_alive} = server) do
     case read_request(socket, "") do
       {:ok, request} ->
         send(owner, {:fake_request, port, request})
@@ -78,19 +85,19 @@ defmodule Minos.FakeNode do
           {:reply, status, body} ->
             head =
               "HTTP/1.1 #{status} Whatever\r\ncontent-type: application/json\r\n" <>
-                "content-length: #{byte_size(body)}\r\nconnection: close\r\n\r\n"
+                "content-length: #{byte_size(body)}\r\n" <>
+                if(keep_alive, do: "\r\n", else: "connection: close\r\n\r\n")
 
             :gen_tcp.send(socket, head <> body)
+            if keep_alive, do: serve(socket, server), else: :gen_tcp.close(socket)
 
           :close ->
-            :ok
+            :gen_tcp.close(socket)
         end
 
       _ ->
-        :ok
+        :gen_tcp.close(socket)
     end
-
-    :gen_tcp.close(socket)
   end
 
   defp read_request(socket, acc) do
