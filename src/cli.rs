@@ -119,6 +119,16 @@ MINOS_LOG sets the log filter (default info,openraft=warn)."
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the cluster's moves as they are committed (one JSON line each:
+    /// session, from, to, reason, ...), from sequence number --after on.
+    Watch {
+        #[command(flatten)]
+        conn: Conn,
+        /// Start after this sequence number (default: from now on; 0: every
+        /// move the cluster still keeps).
+        #[arg(long)]
+        after: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +235,16 @@ pub(crate) struct ServeArgs {
           help = timing_help("Lease duration", Timing::default().lease_duration,
                              "; 60 % of --node-timeout-ms when that is given"))]
     pub(crate) lease_ms: Option<u64>,
+    #[arg(long, env = "MINOS_REBALANCE_AFTER_MS", value_name = "MS",
+          help = timing_help(
+              "After a node comes back Up, wait this long (every node Up), then move sessions \
+               back to their placement choice; 0: never (minos cluster rebalance by hand)",
+              Timing::default().rebalance_after, ""))]
+    pub(crate) rebalance_after_ms: Option<u64>,
+    /// Raft log entries between two snapshots of the table [default: 20000].
+    #[arg(long, env = "MINOS_SNAPSHOT_EVERY", value_name = "ENTRIES",
+          value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    pub(crate) snapshot_every: Option<u64>,
     /// Log line format on stderr.
     #[arg(long, env = "MINOS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
@@ -240,6 +260,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MINOS_CALL_KEYS_MAX_AGE_S", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
     pub(crate) call_keys_max_age_s: u64,
+    /// Changes of owner each session's placement history keeps
+    /// (`minos session history ID`).
+    #[arg(long, env = "MINOS_HISTORY_PER_SESSION", default_value_t = minos::model::HISTORY_KEEP,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub(crate) history_per_session: u32,
     /// Open HTTP connections this node accepts (more are closed at once).
     #[arg(long, env = "MINOS_MAX_CONNECTIONS", default_value_t = minos::node::ConnLimits::default().max_connections as u32,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -314,6 +339,25 @@ pub(crate) enum SessionCommand {
         /// Session id.
         id: String,
     },
+    /// Why and when a session changed owner (from the committed log: every
+    /// node answers the same).
+    History {
+        #[command(flatten)]
+        conn: Conn,
+        /// Session id.
+        id: String,
+    },
+    /// Print each committed change of a session as it happens (one JSON
+    /// line each) until it is deleted or the node stops.
+    Watch {
+        #[command(flatten)]
+        conn: Conn,
+        /// Session id.
+        id: String,
+        /// Resume: print the current row only if it is newer than this version.
+        #[arg(long)]
+        from_version: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -367,6 +411,8 @@ impl ServeArgs {
             election_timeout_max_ms: self.election_timeout_max_ms,
             lease_ms: self.lease_ms,
             node_timeout_ms: self.node_timeout_ms,
+            rebalance_after_ms: self.rebalance_after_ms,
+            snapshot_every: self.snapshot_every,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ClusterView, SessionPage, SessionView};
+use crate::api::{ClusterView, EventPage, HistoryView, SessionPage, SessionView};
 use crate::model::NodeId;
 pub use crate::peer::{CallReply, HandoffReport};
 
@@ -312,6 +312,78 @@ impl Client {
             addr: self.addr.clone(),
             message: e.to_string(),
         })
+    }
+
+    /// A session's placement history: why and when it changed owner.
+    pub async fn session_history(&self, id: &str) -> Result<HistoryView, ClientError> {
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/sessions/{id}/history"))),
+        )
+        .await
+    }
+
+    /// A page of the cluster's recent moves after sequence number `after`.
+    pub async fn events(&self, after: u64, limit: usize) -> Result<EventPage, ClientError> {
+        let query = [("after", after.to_string()), ("limit", limit.to_string())];
+        self.send(self.http.get(self.url("/v1/events")).query(&query))
+            .await
+    }
+
+    /// Opens a Server-Sent Events stream (`path` with its query) and calls
+    /// `each(event, data)` for every event until the stream ends or `each`
+    /// returns false.
+    pub async fn follow(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&str, &str) -> bool,
+    ) -> Result<(), ClientError> {
+        let request = self.http.get(self.url(path));
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let transport = |source| ClientError::Transport {
+            addr: self.addr.clone(),
+            source,
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.map_err(transport)?;
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => ClientError::Api {
+                    status,
+                    code: body.error.code,
+                    message: body.error.message,
+                },
+                Err(_) => ClientError::Api {
+                    status,
+                    code: "http".into(),
+                    message: String::from_utf8_lossy(&bytes).into_owned(),
+                },
+            });
+        }
+        let mut buffer = String::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut event = "message";
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(name) = line.strip_prefix("event:") {
+                        event = name.trim();
+                    } else if let Some(text) = line.strip_prefix("data:") {
+                        data.push_str(text.trim_start());
+                    }
+                }
+                if !data.is_empty() && !each(event, &data) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a session.

@@ -30,6 +30,14 @@ pub struct Timing {
     pub drift_margin: Duration,
     /// Bound on every Raft write.
     pub write_timeout: Duration,
+    /// After a node comes back Up, the leader waits this long (every node
+    /// Up all that time), then moves sessions back to their placement
+    /// choice, so the cluster evens out by itself. Zero: never (then
+    /// `minos cluster rebalance` does it by hand).
+    pub rebalance_after: Duration,
+    /// Log entries between two snapshots of the table (a snapshot encodes
+    /// the whole table, off the write path).
+    pub snapshot_every: u64,
 }
 
 impl Default for Timing {
@@ -44,6 +52,8 @@ impl Default for Timing {
             quorum_window: Duration::from_millis(200),
             drift_margin: Duration::from_millis(50),
             write_timeout: Duration::from_millis(1500),
+            rebalance_after: Duration::from_secs(2),
+            snapshot_every: 20_000,
         }
     }
 }
@@ -134,6 +144,12 @@ impl Timing {
             timing.lease_duration = ms(v);
             timing.lease_interval = lease_interval_for(ms(v));
         }
+        if let Some(v) = flags.rebalance_after_ms {
+            timing.rebalance_after = ms(v);
+        }
+        if let Some(v) = flags.snapshot_every {
+            timing.snapshot_every = v.max(1);
+        }
         timing.validate()?;
         Ok(timing)
     }
@@ -158,6 +174,10 @@ pub struct TimingFlags {
     pub lease_ms: Option<u64>,
     /// `--node-timeout-ms`.
     pub node_timeout_ms: Option<u64>,
+    /// `--rebalance-after-ms`.
+    pub rebalance_after_ms: Option<u64>,
+    /// `--snapshot-every`.
+    pub snapshot_every: Option<u64>,
 }
 
 impl TimingFlags {
@@ -171,6 +191,8 @@ impl TimingFlags {
             ("--election-timeout-max-ms", self.election_timeout_max_ms),
             ("--lease-ms", self.lease_ms),
             ("--node-timeout-ms", self.node_timeout_ms),
+            ("--rebalance-after-ms", self.rebalance_after_ms),
+            ("--snapshot-every", self.snapshot_every),
         ];
         for (flag, value) in flags {
             if let Some(value) = value {
@@ -190,6 +212,9 @@ pub struct Limits {
     /// How many keyed calls each session remembers, and for how long: a
     /// retry of a remembered key applies nothing and gets the recorded reply.
     pub call_retention: crate::model::CallRetention,
+    /// Changes of owner each session's placement history keeps (the
+    /// leader writes it into every entry, so every node prunes alike).
+    pub history_per_session: u32,
 }
 
 impl Limits {
@@ -205,6 +230,7 @@ impl Default for Limits {
         Self {
             max_state_bytes: 1024 * 1024,
             call_retention: crate::model::CallRetention::default(),
+            history_per_session: crate::model::HISTORY_KEEP,
         }
     }
 }

@@ -56,6 +56,10 @@ pub struct ServeFile {
     pub node_timeout_ms: Option<u64>,
     /// `--lease-ms`.
     pub lease_ms: Option<u64>,
+    /// `--rebalance-after-ms`.
+    pub rebalance_after_ms: Option<u64>,
+    /// `--snapshot-every`.
+    pub snapshot_every: Option<u64>,
     /// `--log-format` (`text` or `json`).
     pub log_format: Option<String>,
     /// `--max-state-bytes`.
@@ -64,6 +68,8 @@ pub struct ServeFile {
     pub call_keys_kept: Option<u64>,
     /// `--call-keys-max-age-s`.
     pub call_keys_max_age_s: Option<u64>,
+    /// `--history-per-session`.
+    pub history_per_session: Option<u64>,
     /// `--max-connections`.
     pub max_connections: Option<u64>,
     /// `--max-connections-per-ip`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::model::{Command, Epoch, NodeId, NodeStatus, SessionId};
+use crate::model::{Command, Detection, Epoch, Move, MoveReason, NodeId, NodeStatus, SessionId};
 use crate::state::ClusterState;
 
 /// What the leader knows when a node asks for a lease.
@@ -119,12 +119,12 @@ pub(crate) fn membership_changes(
 /// they will be. Also says whether any node's status changes.
 pub(crate) fn verdict_commands(
     state: &ClusterState,
-    down: &[NodeId],
+    down: &[(NodeId, Detection)],
     up: &[NodeId],
 ) -> (Vec<Command>, bool) {
     let mut commands = Vec::new();
     let mut nodes = state.nodes.clone();
-    for id in down {
+    for (id, _) in down {
         commands.push(Command::NodeDown { id: *id });
         if let Some(node) = nodes.get_mut(id) {
             node.status = NodeStatus::Down;
@@ -137,11 +137,53 @@ pub(crate) fn verdict_commands(
         }
     }
     let nodes_changed = !commands.is_empty();
-    let moves = crate::placement::repair_with(state, &nodes);
-    if !moves.is_empty() {
-        commands.push(Command::Reassign { moves });
+    // One Relocate per reason: the sessions of each node found Down now
+    // (with how), of nodes Down before or gone, and the unplaced ones.
+    let mut by_reason: BTreeMap<(u8, Option<NodeId>), Relocation> = BTreeMap::new();
+    for step in crate::placement::repair_with(state, &nodes) {
+        let owner = state.sessions.get(&step.id).and_then(|s| s.owner);
+        let why = match owner {
+            None => (0, None, MoveReason::Placed, None),
+            Some(node) => match down.iter().find(|(id, _)| *id == node) {
+                Some((_, how)) => (1, Some(node), MoveReason::NodeDown, Some(*how)),
+                None if nodes.contains_key(&node) => (2, Some(node), MoveReason::NodeDown, None),
+                None => (3, Some(node), MoveReason::NodeRemoved, None),
+            },
+        };
+        by_reason
+            .entry((why.0, why.1))
+            .or_insert_with(|| (why.2, why.3, Vec::new()))
+            .2
+            .push(step);
+    }
+    for (reason, detected, moves) in by_reason.into_values() {
+        commands.extend(relocations(moves, reason, detected));
     }
     (commands, nodes_changed)
+}
+
+/// Moves that share a reason (and how a dead owner was found).
+type Relocation = (MoveReason, Option<Detection>, Vec<Move>);
+
+/// Moves per `Relocate` command: a log entry must replicate within one
+/// heartbeat (openraft's AppendEntries timeout), so a mass move is written
+/// as many bounded commands, not one huge one.
+pub(crate) const MOVES_PER_COMMAND: usize = 2000;
+
+/// `moves` as `Relocate` commands of at most [`MOVES_PER_COMMAND`] each.
+pub(crate) fn relocations(
+    moves: Vec<Move>,
+    reason: MoveReason,
+    detected: Option<Detection>,
+) -> Vec<Command> {
+    moves
+        .chunks(MOVES_PER_COMMAND)
+        .map(|chunk| Command::Relocate {
+            moves: chunk.to_vec(),
+            reason,
+            detected,
+        })
+        .collect()
 }
 
 /// The sessions node `me` must run now, with their epochs: those it owns,
@@ -280,7 +322,16 @@ mod tests {
             let down: Vec<NodeId> = (1..=n).filter(|id| down_mask & (1 << id) != 0).collect();
             let mut state = table(n, &[], sessions);
             let before = state.clone();
-            let (commands, changed) = verdict_commands(&state, &down, &[]);
+            let verdicts: Vec<(NodeId, Detection)> =
+                down.iter().map(|id| (*id, Detection::ProcessGone)).collect();
+            let (commands, changed) = verdict_commands(&state, &verdicts, &[]);
+            // Every move is recorded as caused by its owner's death.
+            for command in &commands {
+                if let Command::Relocate { reason, detected, .. } = command {
+                    prop_assert_eq!(*reason, MoveReason::NodeDown);
+                    prop_assert_eq!(*detected, Some(Detection::ProcessGone));
+                }
+            }
             prop_assert_eq!(changed, !down.is_empty());
             state.apply(&Proposal::V1 { at: Utc::now(), commands });
             let survivors: Vec<NodeId> = (1..=n).filter(|id| !down.contains(id)).collect();

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::Timing;
 use crate::control::{decide_grant, down_verdicts, quorum_is_fresh, Grant, GrantInputs};
-use crate::model::NodeId;
+use crate::model::{Detection, NodeId};
 use crate::peer::{LeaseAnswer, LeaseRequest, Transport};
 use crate::raft::MinosRaft;
 use crate::store::StateView;
@@ -104,13 +104,13 @@ impl Liveness {
         });
     }
 
-    /// Nodes to declare Down now (silent too long or dead), and nodes that
-    /// asked to be Up again.
+    /// Nodes to declare Down now (dead, or silent too long), with how each
+    /// was found, and nodes that asked to be Up again.
     pub fn verdicts(
         &self,
         node_timeout: std::time::Duration,
         candidates: &[NodeId],
-    ) -> (Vec<NodeId>, Vec<NodeId>) {
+    ) -> (Vec<(NodeId, Detection)>, Vec<NodeId>) {
         let now = Instant::now();
         self.with(|inner| {
             // A candidate never heard counts as heard now.
@@ -124,6 +124,17 @@ impl Liveness {
                 &inner.dead,
                 candidates,
             );
+            let down = down
+                .into_iter()
+                .map(|node| {
+                    let how = if inner.dead.contains(&node) {
+                        Detection::ProcessGone
+                    } else {
+                        Detection::LeaseTimeout
+                    };
+                    (node, how)
+                })
+                .collect();
             let up = std::mem::take(&mut inner.wants_up).into_iter().collect();
             (down, up)
         })

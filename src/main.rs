@@ -106,6 +106,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
                 keep_for_secs: args.call_keys_max_age_s,
                 ..Default::default()
             },
+            history_per_session: args.history_per_session,
         })
         .connection_limits(minos::node::ConnLimits {
             max_connections: args.max_connections as usize,
@@ -296,6 +297,21 @@ async fn session(command: SessionCommand) -> Result<(), Failure> {
             print_json(&client(&conn)?.delete_session(&id).await?);
             Ok(())
         }
+        SessionCommand::History { conn, id } => {
+            print_json(&client(&conn)?.session_history(&id).await?);
+            Ok(())
+        }
+        SessionCommand::Watch {
+            conn,
+            id,
+            from_version,
+        } => {
+            let path = match from_version {
+                Some(v) => format!("/v1/sessions/{id}/watch?from_version={v}"),
+                None => format!("/v1/sessions/{id}/watch"),
+            };
+            follow_lines(&client(&conn)?, &path).await
+        }
     }
 }
 
@@ -332,6 +348,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Node(NodeCommand::Remove { conn, id }) => {
             print_json(&client(&conn)?.remove_node(id).await?);
             Ok(())
+        }
+        Command::Watch { conn, after } => {
+            let path = match after {
+                Some(after) => format!("/v1/events/watch?after={after}"),
+                None => "/v1/events/watch".to_string(),
+            };
+            follow_lines(&client(&conn)?, &path).await
         }
         Command::Completions { shell } => {
             // Into a buffer first: a closed pipe is not an error of ours.
@@ -378,6 +401,23 @@ fn config_check(file: PathBuf) -> Result<(), Failure> {
     security(&args)?;
     let text = toml::to_string(&args).map_err(|e| usage(e.to_string()))?;
     println!("{text}\n{summary}");
+    Ok(())
+}
+
+/// Prints each event of an SSE stream as one JSON line (`{"event": ..,
+/// "data": ..}`), flushed at once, until the stream ends; stops quietly on
+/// a closed pipe.
+async fn follow_lines(client: &Client, path: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    client
+        .follow(path, |event, data| {
+            let data: serde_json::Value =
+                serde_json::from_str(data).unwrap_or(serde_json::Value::String(data.into()));
+            let line = serde_json::json!({ "event": event, "data": data });
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
+        })
+        .await?;
     Ok(())
 }
 

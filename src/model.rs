@@ -235,6 +235,9 @@ pub struct Session {
     /// by the [`CallRetention`] each keyed write carries. They move with the
     /// session, so any later owner answers a retry from here.
     pub calls: Vec<RecordedCall>,
+    /// Its changes of owner, oldest first: the last ones, as many as the
+    /// entry that recorded the newest allowed (`--history-per-session`).
+    pub history: Vec<Placement>,
 }
 
 /// A keyed call whose state change was committed, with the reply it got:
@@ -419,19 +422,95 @@ pub enum Command {
         /// How many calls the session keeps.
         retention: CallRetention,
     },
+    /// `Reassign` with the reason recorded in each session's placement
+    /// history (what the scheduler writes).
+    Relocate {
+        /// The moves, each with its own condition.
+        moves: Vec<Move>,
+        /// Why they move.
+        reason: MoveReason,
+        /// How a dead owner was detected (with `NodeDown`).
+        detected: Option<Detection>,
+    },
 }
 
 /// A log entry's payload: the commands batched into it and the proposer's
 /// wall-clock time, which `apply` uses instead of reading a clock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Proposal {
-    /// Format version 1.
+    /// Format version 1 (placement history kept at [`HISTORY_KEEP`]).
     V1 {
         /// Proposer's wall-clock time.
         at: DateTime<Utc>,
         /// Commands, applied in order; each gets its own outcome.
         commands: Vec<Command>,
     },
+    /// Format version 2: V1 plus the leader's bound on each session's
+    /// placement history, so every node prunes alike.
+    V2 {
+        /// Proposer's wall-clock time.
+        at: DateTime<Utc>,
+        /// Commands, applied in order; each gets its own outcome.
+        commands: Vec<Command>,
+        /// Placement events kept per session (at least 1).
+        history_keep: u32,
+    },
+}
+
+/// Placement events kept per session by default (`--history-per-session`).
+pub const HISTORY_KEEP: u32 = 64;
+
+/// Why a session's owner changed (its placement history).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// The session was created (its first owner).
+    Created,
+    /// Its owner was declared Down.
+    NodeDown,
+    /// Its owner was drained by an operator.
+    Drain,
+    /// Its owner stopped gracefully (SIGTERM) and handed it over.
+    GracefulStop,
+    /// It was moved back to its placement choice.
+    Rebalance,
+    /// Its owner was removed from the cluster.
+    NodeRemoved,
+    /// It had no owner (no node was eligible) and got one.
+    Placed,
+    /// A move written before reasons were recorded.
+    Reassign,
+}
+
+/// How the leader found a node dead (with [`MoveReason::NodeDown`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detection {
+    /// Its process was gone: its connection closed, then a new one was refused.
+    ProcessGone,
+    /// Nothing was heard from it for the node timeout (lease expired).
+    LeaseTimeout,
+}
+
+/// One change of a session's owner, as committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Position in the table's event sequence (increases by one per event).
+    pub seq: u64,
+    /// Raft log index of the entry that made it.
+    pub index: u64,
+    /// When (the proposer's clock).
+    pub at: DateTime<Utc>,
+    /// The session's epoch after it.
+    pub epoch: Epoch,
+    /// Owner before (`None`: none, or created).
+    pub from: Option<NodeId>,
+    /// Owner after (`None`: unplaced, no node was eligible).
+    pub to: Option<NodeId>,
+    /// Why.
+    pub reason: MoveReason,
+    /// How a dead owner was detected (`node_down` only, when known).
+    pub detected: Option<Detection>,
 }
 
 /// What applying one command did.

@@ -31,6 +31,22 @@ pub type MinosRaft = Raft<TypeConfig>;
 
 /// Longest batch packed into one log entry.
 const MAX_BATCH: usize = 1024;
+/// Rough bytes per log entry at most: an entry must replicate within one
+/// heartbeat (openraft's AppendEntries timeout), whatever the load.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// A command's rough size in a log entry.
+fn weight(command: &Command) -> usize {
+    const BASE: usize = 96;
+    match command {
+        Command::CreateSession { state, .. } | Command::UpdateState { state, .. } => {
+            BASE + state.len()
+        }
+        Command::UpdateStateKeyed { state, call, .. } => BASE + state.len() + call.reply.len(),
+        Command::Reassign { moves } | Command::Relocate { moves, .. } => BASE + 64 * moves.len(),
+        _ => BASE,
+    }
+}
 /// Queue of proposals waiting for the batcher.
 const QUEUE_DEPTH: usize = 8192;
 /// Batches written concurrently by one leader.
@@ -47,7 +63,9 @@ pub fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
         election_timeout_min: timing.election_timeout_min.as_millis() as u64,
         election_timeout_max: timing.election_timeout_max.as_millis() as u64,
         // Snapshot and purge regularly: sled grows on insert-then-delete.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        // Every 20k entries: a snapshot encodes the whole table (off the
+        // write path, but a million sessions are a few hundred MB).
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
         max_in_snapshot_log_to_keep: 1000,
         purge_batch_size: 256,
         // A follower installs a snapshot (decode, swap, sled flush) inside
@@ -56,6 +74,9 @@ pub fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
         // and started over, while the follower, hearing nothing else,
         // campaigned and deposed the leader (seen under two CPU hogs).
         install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+        // Entries per AppendEntries: with entries of up to 256 KB, one
+        // request stays small enough to be answered within a heartbeat.
+        max_payload_entries: 16,
         ..Default::default()
     };
     config.validate().map_err(|e| e.to_string())
@@ -118,6 +139,8 @@ pub(crate) struct WritePath {
     pub view: StateView,
     pub transport: Transport,
     pub timing: Timing,
+    /// Placement events kept per session, written into every entry.
+    pub history_keep: u32,
 }
 
 impl WritePath {
@@ -130,11 +153,29 @@ impl WritePath {
 
     async fn run(self: Arc<Self>, mut receiver: mpsc::Receiver<Pending>) {
         let in_flight = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
-        while let Some(first) = receiver.recv().await {
+        let mut carried: Option<Pending> = None;
+        loop {
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match receiver.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
+            };
+            let mut bytes = weight(&first.command);
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match receiver.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(next) => {
+                        let more = weight(&next.command);
+                        if bytes + more > MAX_BATCH_BYTES {
+                            // The next entry starts with it.
+                            carried = Some(next);
+                            break;
+                        }
+                        bytes += more;
+                        batch.push(next);
+                    }
                     Err(_) => break,
                 }
             }
@@ -239,9 +280,10 @@ impl WritePath {
                 }
             }
         });
-        let proposal = Proposal::V1 {
+        let proposal = Proposal::V2 {
             at: Utc::now(),
             commands,
+            history_keep: self.history_keep,
         };
         let budget = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout_at(deadline, self.raft.client_write(proposal)).await {

@@ -35,7 +35,7 @@ pub(crate) struct SchedulerEnv {
     pub runtime: Arc<Runtime>,
 }
 
-use crate::model::{Command, Move, NodeId, NodeStatus, SessionId};
+use crate::model::{Command, Move, MoveReason, NodeId, NodeStatus, SessionId};
 use crate::{control, placement};
 
 /// How often the detector looks at the liveness record.
@@ -86,6 +86,9 @@ async fn run(env: Arc<SchedulerEnv>, term: u64) {
     let mut watchers: BTreeMap<NodeId, AbortOnDrop> = BTreeMap::new();
     let mut repaired_at: Option<u64> = None;
     let mut failures = FailureLog::default();
+    // A new leader looks once whether the cluster is even; so does every
+    // node coming back Up (see `AutoRebalance`).
+    let mut auto = AutoRebalance::new(env.timing.rebalance_after, Instant::now());
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -120,6 +123,7 @@ async fn run(env: Arc<SchedulerEnv>, term: u64) {
             });
         }
 
+        auto.poll(&env, Instant::now());
         let index = env.view.applied_index();
         let (commands, nodes_changed) = plan(&env, repaired_at != Some(index));
         if commands.is_empty() {
@@ -137,6 +141,8 @@ async fn run(env: Arc<SchedulerEnv>, term: u64) {
                 if let Command::NodeUp { id } = command {
                     env.liveness.retry_up(*id);
                 }
+            } else if let Command::NodeUp { .. } = command {
+                auto.node_up(Instant::now());
             }
         }
         if all_written {
@@ -152,11 +158,71 @@ async fn run(env: Arc<SchedulerEnv>, term: u64) {
     }
 }
 
+/// The leader's rebalance policy: `after` a node came back Up (or this
+/// leader took office), if no node is Down, move sessions back to their
+/// placement choice, in a task of its own so failure detection goes on.
+/// Sessions placed elsewhere while a node was briefly not eligible thus
+/// return to it; a failure in between postpones it to the next NodeUp.
+struct AutoRebalance {
+    after: Duration,
+    due: Option<Instant>,
+    task: Option<AbortOnDrop>,
+}
+
+impl AutoRebalance {
+    fn new(after: Duration, now: Instant) -> Self {
+        Self {
+            after,
+            due: (!after.is_zero()).then(|| now + after),
+            task: None,
+        }
+    }
+
+    fn node_up(&mut self, now: Instant) {
+        if !self.after.is_zero() {
+            self.due = Some(now + self.after);
+        }
+    }
+
+    fn poll(&mut self, env: &Arc<SchedulerEnv>, now: Instant) {
+        if self.due.is_none_or(|due| now < due) {
+            return;
+        }
+        self.due = None;
+        if self.task.as_ref().is_some_and(|t| !t.0.is_finished()) {
+            // One at a time: look again after this one.
+            self.due = Some(now + self.after);
+            return;
+        }
+        let any_down = env
+            .view
+            .read(|a| a.state.nodes.values().any(|n| n.status == NodeStatus::Down));
+        if any_down {
+            return;
+        }
+        let env = env.clone();
+        self.task = Some(AbortOnDrop(tokio::spawn(async move {
+            match rebalance(&env).await {
+                Ok(report) if report.moved + report.skipped > 0 => info!(
+                    moved = report.moved,
+                    skipped = report.skipped,
+                    "automatic rebalance"
+                ),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "automatic rebalance failed"),
+            }
+        })));
+    }
+}
+
 /// A command as one short log item: a Reassign is named by its size, not
 /// listed move by move (a mass failover moves many thousands).
 fn summarize(command: &Command) -> String {
     match command {
         Command::Reassign { moves } => format!("Reassign({} moves)", moves.len()),
+        Command::Relocate { moves, reason, .. } => {
+            format!("Relocate({} moves, {reason:?})", moves.len())
+        }
         other => format!("{other:?}"),
     }
 }
@@ -430,13 +496,14 @@ pub async fn drain(
         }
         let moves = env.view.read(|a| placement::evacuate(&a.state, node));
         let count = moves.len();
-        let results = env
-            .proposer
-            .propose_all(vec![
-                Command::Drain { id: node },
-                Command::Reassign { moves },
-            ])
-            .await;
+        let reason = if already_released {
+            MoveReason::GracefulStop
+        } else {
+            MoveReason::Drain
+        };
+        let mut commands = vec![Command::Drain { id: node }];
+        commands.extend(control::relocations(moves, reason, None));
+        let results = env.proposer.propose_all(commands).await;
         for result in results {
             result.map_err(failed)?.map_err(failed)?;
         }
@@ -458,7 +525,7 @@ pub async fn drain(
         });
     }
     let moves = env.view.read(|a| placement::evacuate(&a.state, node));
-    commit_moves(env, moves).await
+    commit_moves(env, moves, MoveReason::Drain).await
 }
 
 /// Leader: moves every session to its placement choice among the eligible
@@ -475,31 +542,47 @@ pub async fn rebalance(env: &SchedulerEnv) -> Result<HandoffReport, LeaderError>
         by_owner.entry(owner).or_default().push(step);
     }
     let mut report = HandoffReport::default();
-    let mut ready = Vec::new();
     for (owner, steps) in by_owner {
-        let released = match owner {
-            None => true,
-            Some(node) => {
-                let ids = steps.iter().map(|m| m.id.clone()).collect();
-                release_on(env, node, Some(ids)).await
+        // In chunks: each release request stays small (peer requests are
+        // bounded) and each session is held back only until its own chunk
+        // is committed.
+        for chunk in steps.chunks(REBALANCE_CHUNK) {
+            let released = match owner {
+                None => true,
+                Some(node) => {
+                    let ids = chunk.iter().map(|m| m.id.clone()).collect();
+                    release_on(env, node, Some(ids)).await
+                }
+            };
+            if released {
+                report.moved += commit_moves(env, chunk.to_vec(), MoveReason::Rebalance)
+                    .await?
+                    .moved;
+            } else {
+                report.skipped += chunk.len();
             }
-        };
-        if released {
-            ready.extend(steps);
-        } else {
-            report.skipped += steps.len();
         }
     }
-    let committed = commit_moves(env, ready).await?;
-    report.moved = committed.moved;
     Ok(report)
 }
 
-async fn commit_moves(env: &SchedulerEnv, moves: Vec<Move>) -> Result<HandoffReport, LeaderError> {
+/// Sessions released and moved together by a rebalance.
+const REBALANCE_CHUNK: usize = 1000;
+
+async fn commit_moves(
+    env: &SchedulerEnv,
+    moves: Vec<Move>,
+    reason: MoveReason,
+) -> Result<HandoffReport, LeaderError> {
     if moves.is_empty() {
         return Ok(HandoffReport::default());
     }
-    match env.proposer.propose(Command::Reassign { moves }).await {
+    let command = Command::Relocate {
+        moves,
+        reason,
+        detected: None,
+    };
+    match env.proposer.propose(command).await {
         Ok(Ok(crate::model::Applied::Moved(moved))) => Ok(HandoffReport {
             moved: moved.len(),
             skipped: 0,

@@ -138,6 +138,24 @@ impl<H: SessionHandler> Sessions<H> {
             .map_err(|e| Error::Rejected(format!("stored state does not fit this kind: {e}")))
     }
 
+    /// Each committed change of the session (its row now first), from this
+    /// node, until it is deleted, this watcher falls too far behind, or the
+    /// node stops: the stream then ends with `Err(WatchEnd)` saying which.
+    /// A slow watcher never slows the session (it is ended instead).
+    pub fn watch(
+        &self,
+        id: &str,
+    ) -> Result<
+        impl futures::Stream<Item = Result<crate::api::SessionChange, crate::api::WatchEnd>>,
+        Error,
+    > {
+        Ok(crate::api::follow_session(
+            self.core.clone(),
+            session_id(id)?,
+            None,
+        ))
+    }
+
     /// Deletes the session.
     pub async fn stop(&self, id: &str) -> Result<(), Error> {
         let id = session_id(id)?;

@@ -15,12 +15,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use imbl::OrdMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Applied, CallRetention, Command, CommandResult, Epoch, Move, NodeId, NodeInfo, NodeStatus,
-    Proposal, RecordedCall, Rejection, Session, SessionId, SessionKind, StateJson,
+    Applied, CallRetention, Command, CommandResult, Detection, Epoch, Move, MoveReason, NodeId,
+    NodeInfo, NodeStatus, Placement, Proposal, RecordedCall, Rejection, Session, SessionId,
+    SessionKind, StateJson, HISTORY_KEEP,
 };
 
 /// Where a session stands, derived from its owner's status.
@@ -45,11 +48,21 @@ pub struct ClusterState {
     /// Members by id.
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     /// Sessions by id (change them only through [`ClusterState::apply`]).
-    pub sessions: BTreeMap<SessionId, Session>,
+    /// A persistent map: a copy is O(1) and shares every row, so a snapshot
+    /// is taken without holding up the writers (see [`ClusterState::copy`]).
+    pub sessions: OrdMap<SessionId, Session>,
     /// Last epoch handed out. Epochs come from this table-wide counter so a
     /// session deleted and created again never reuses an epoch of its
     /// earlier life (a late write from that life stays fenced).
     pub last_epoch: Epoch,
+    /// The latest changes of owner of the whole table (creates excluded),
+    /// oldest first, at most [`EVENTS_KEPT`]: a persistent vector, so a
+    /// snapshot copies it in O(1).
+    pub events: imbl::Vector<Event>,
+    /// Sequence number of the last placement event (history and events).
+    pub last_event: u64,
+    /// Sequence number of the newest event dropped from `events`.
+    pub events_dropped_through: u64,
     /// Session ids by owner (`None`: unplaced), derived from `sessions`:
     /// not serialized, rebuilt on load. It makes "sessions of node N",
     /// counts per node and repair cost what they touch, not the table size.
@@ -61,8 +74,61 @@ pub struct ClusterState {
 #[derive(Deserialize)]
 struct Table {
     nodes: BTreeMap<NodeId, NodeInfo>,
-    sessions: BTreeMap<SessionId, Session>,
+    sessions: OrdMap<SessionId, Session>,
     last_epoch: Epoch,
+    events: imbl::Vector<Event>,
+    last_event: u64,
+    events_dropped_through: u64,
+}
+
+/// Placement events the table keeps for `GET /v1/events`.
+pub const EVENTS_KEPT: usize = 10_000;
+
+/// A change of owner of one session, in the table's recent events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The session.
+    pub session: SessionId,
+    /// The change.
+    pub placement: Placement,
+}
+
+/// What every command of one entry is applied with.
+struct Ctx {
+    at: DateTime<Utc>,
+    index: u64,
+    history_keep: usize,
+}
+
+/// A copy of the table's serialized part, taken in O(number of nodes):
+/// it serializes exactly as [`ClusterState`] does (tested), so a snapshot
+/// is encoded from it after the lock is released.
+#[derive(Clone, Debug, Serialize)]
+pub struct TableCopy {
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    sessions: OrdMap<SessionId, Session>,
+    last_epoch: Epoch,
+    events: imbl::Vector<Event>,
+    last_event: u64,
+    events_dropped_through: u64,
+}
+
+impl ClusterState {
+    /// A table from its rows (an older snapshot format), with no events.
+    pub fn restore(
+        nodes: BTreeMap<NodeId, NodeInfo>,
+        sessions: impl IntoIterator<Item = Session>,
+        last_epoch: Epoch,
+    ) -> Self {
+        Self::from(Table {
+            nodes,
+            sessions: sessions.into_iter().map(|s| (s.id.clone(), s)).collect(),
+            last_epoch,
+            events: imbl::Vector::new(),
+            last_event: 0,
+            events_dropped_through: 0,
+        })
+    }
 }
 
 impl From<Table> for ClusterState {
@@ -78,6 +144,9 @@ impl From<Table> for ClusterState {
             nodes: table.nodes,
             sessions: table.sessions,
             last_epoch: table.last_epoch,
+            events: table.events,
+            last_event: table.last_event,
+            events_dropped_through: table.events_dropped_through,
             owners,
         }
     }
@@ -115,6 +184,34 @@ impl Changes {
 }
 
 impl ClusterState {
+    /// A copy of the serialized part of the table, for a snapshot.
+    pub fn copy(&self) -> TableCopy {
+        TableCopy {
+            nodes: self.nodes.clone(),
+            sessions: self.sessions.clone(),
+            last_epoch: self.last_epoch,
+            events: self.events.clone(),
+            last_event: self.last_event,
+            events_dropped_through: self.events_dropped_through,
+        }
+    }
+
+    /// Sessions of `owner` (`None`: unplaced) with ids after `after`, in id
+    /// order (a page of them costs the page, not the table).
+    pub fn sessions_of_after<'a>(
+        &'a self,
+        owner: Option<NodeId>,
+        after: Option<&'a SessionId>,
+    ) -> impl Iterator<Item = &'a Session> + 'a {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.owners
+            .get(&owner)
+            .into_iter()
+            .flat_map(move |ids| ids.range((start, Bound::Unbounded)))
+            .filter_map(|id| self.sessions.get(id))
+    }
+
     /// Applies one log entry; one result per command, in order.
     pub fn apply(&mut self, proposal: &Proposal) -> Vec<CommandResult> {
         self.apply_tracked(proposal, &mut Changes::default())
@@ -126,12 +223,34 @@ impl ClusterState {
         proposal: &Proposal,
         changes: &mut Changes,
     ) -> Vec<CommandResult> {
-        match proposal {
-            Proposal::V1 { at, commands } => commands
-                .iter()
-                .map(|command| self.apply_command_tracked(command, *at, changes))
-                .collect(),
-        }
+        self.apply_entry(proposal, 0, changes)
+    }
+
+    /// [`ClusterState::apply_tracked`] for the entry at log index `index`
+    /// (recorded in placement events).
+    pub fn apply_entry(
+        &mut self,
+        proposal: &Proposal,
+        index: u64,
+        changes: &mut Changes,
+    ) -> Vec<CommandResult> {
+        let (at, commands, history_keep) = match proposal {
+            Proposal::V1 { at, commands } => (*at, commands, HISTORY_KEEP),
+            Proposal::V2 {
+                at,
+                commands,
+                history_keep,
+            } => (*at, commands, *history_keep),
+        };
+        let ctx = Ctx {
+            at,
+            index,
+            history_keep: history_keep.max(1) as usize,
+        };
+        commands
+            .iter()
+            .map(|command| self.apply_in(command, &ctx, changes))
+            .collect()
     }
 
     /// Applies one command at the proposer's time `at`.
@@ -146,7 +265,16 @@ impl ClusterState {
         at: DateTime<Utc>,
         changes: &mut Changes,
     ) -> CommandResult {
-        let result = self.apply_one(command, at, changes);
+        let ctx = Ctx {
+            at,
+            index: 0,
+            history_keep: HISTORY_KEEP as usize,
+        };
+        self.apply_in(command, &ctx, changes)
+    }
+
+    fn apply_in(&mut self, command: &Command, ctx: &Ctx, changes: &mut Changes) -> CommandResult {
+        let result = self.apply_one(command, ctx, changes);
         if result.is_ok() {
             match command {
                 Command::AddNode { .. }
@@ -161,19 +289,15 @@ impl ClusterState {
                 | Command::DeleteSession { id } => {
                     changes.sessions.insert(id.clone());
                 }
-                // Reassign and RemoveNode record the sessions they moved.
-                Command::Reassign { .. } => {}
+                // They record the sessions they moved (RemoveNode too).
+                Command::Reassign { .. } | Command::Relocate { .. } => {}
             }
         }
         result
     }
 
-    fn apply_one(
-        &mut self,
-        command: &Command,
-        at: DateTime<Utc>,
-        changes: &mut Changes,
-    ) -> CommandResult {
+    fn apply_one(&mut self, command: &Command, ctx: &Ctx, changes: &mut Changes) -> CommandResult {
+        let at = ctx.at;
         match command {
             Command::AddNode { id, addr } => {
                 // Re-registering keeps the status: it must not cancel a drain
@@ -189,7 +313,7 @@ impl ClusterState {
                     });
                 Ok(Applied::Done)
             }
-            Command::RemoveNode { id } => self.remove_node(*id, at, changes),
+            Command::RemoveNode { id } => self.remove_node(*id, ctx, changes),
             Command::NodeDown { id } => self.set_status(*id, NodeStatus::Down, at),
             Command::NodeUp { id } => self.set_status(*id, NodeStatus::Up, at),
             Command::Drain { id } => self.set_status(*id, NodeStatus::Draining, at),
@@ -198,7 +322,7 @@ impl ClusterState {
                 kind,
                 state,
                 owner,
-            } => self.create_session(id, kind, state, *owner, at),
+            } => self.create_session(id, kind, state, *owner, ctx),
             Command::UpdateState {
                 id,
                 epoch,
@@ -218,7 +342,22 @@ impl ClusterState {
                 session.version += 1;
                 Ok(Applied::Session(Box::new(session.clone())))
             }
-            Command::Reassign { moves } => Ok(Applied::Moved(self.reassign(moves, at, changes))),
+            Command::Reassign { moves } => Ok(Applied::Moved(self.reassign(
+                moves,
+                (MoveReason::Reassign, None),
+                ctx,
+                changes,
+            ))),
+            Command::Relocate {
+                moves,
+                reason,
+                detected,
+            } => Ok(Applied::Moved(self.reassign(
+                moves,
+                (*reason, *detected),
+                ctx,
+                changes,
+            ))),
             Command::DeleteSession { id } => match self.sessions.remove(id) {
                 Some(session) => {
                     self.unindex(session.owner, id);
@@ -259,12 +398,7 @@ impl ClusterState {
     }
 
     /// Removes a member; its sessions become unplaced under a new epoch.
-    fn remove_node(
-        &mut self,
-        id: NodeId,
-        at: DateTime<Utc>,
-        changes: &mut Changes,
-    ) -> CommandResult {
+    fn remove_node(&mut self, id: NodeId, ctx: &Ctx, changes: &mut Changes) -> CommandResult {
         if self.nodes.remove(&id).is_none() {
             return Err(Rejection::NoSuchNode(id));
         }
@@ -274,7 +408,9 @@ impl ClusterState {
                 self.last_epoch = self.last_epoch.next();
                 session.owner = None;
                 session.epoch = self.last_epoch;
-                session.updated_at = at;
+                session.updated_at = ctx.at;
+                let step = (Some(id), None, session.epoch);
+                self.record(session_id, step, (MoveReason::NodeRemoved, None), ctx);
             }
         }
         if !owned.is_empty() {
@@ -282,6 +418,49 @@ impl ClusterState {
             self.owners.entry(None).or_default().extend(owned);
         }
         Ok(Applied::Done)
+    }
+
+    /// Records a change of owner (`from`, `to`, the new epoch) in the
+    /// session's history (its last `history_keep`) and in the table's
+    /// recent events (the last [`EVENTS_KEPT`]; creates are not events).
+    fn record(
+        &mut self,
+        id: &SessionId,
+        (from, to, epoch): (Option<NodeId>, Option<NodeId>, Epoch),
+        (reason, detected): (MoveReason, Option<Detection>),
+        ctx: &Ctx,
+    ) {
+        self.last_event += 1;
+        let placement = Placement {
+            seq: self.last_event,
+            index: ctx.index,
+            at: ctx.at,
+            epoch,
+            from,
+            to,
+            reason,
+            detected,
+        };
+        if let Some(session) = self.sessions.get_mut(id) {
+            let history = &mut session.history;
+            if history.len() >= ctx.history_keep {
+                history.drain(..=history.len() - ctx.history_keep);
+            }
+            history.push(placement.clone());
+            // Moves are rare: keep the vector exact rather than doubled.
+            history.shrink_to_fit();
+        }
+        if reason != MoveReason::Created {
+            self.events.push_back(Event {
+                session: id.clone(),
+                placement,
+            });
+            while self.events.len() > EVENTS_KEPT {
+                if let Some(dropped) = self.events.pop_front() {
+                    self.events_dropped_through = dropped.placement.seq;
+                }
+            }
+        }
     }
 
     fn index(&mut self, owner: Option<NodeId>, id: &SessionId) {
@@ -303,8 +482,9 @@ impl ClusterState {
         kind: &SessionKind,
         state: &StateJson,
         owner: Option<NodeId>,
-        at: DateTime<Utc>,
+        ctx: &Ctx,
     ) -> CommandResult {
+        let at = ctx.at;
         if self.sessions.contains_key(id) {
             return Err(Rejection::SessionExists(id.clone()));
         }
@@ -321,10 +501,13 @@ impl ClusterState {
             created_at: at,
             updated_at: at,
             calls: Vec::new(),
+            history: Vec::new(),
         };
-        self.sessions.insert(id.clone(), session.clone());
+        self.sessions.insert(id.clone(), session);
         self.index(owner, id);
-        Ok(Applied::Session(Box::new(session)))
+        let step = (None, owner, self.last_epoch);
+        self.record(id, step, (MoveReason::Created, None), ctx);
+        Ok(Applied::Session(Box::new(self.sessions[id].clone())))
     }
 
     /// Carries out the moves whose `from_epoch` is still current and whose
@@ -332,9 +515,11 @@ impl ClusterState {
     fn reassign(
         &mut self,
         moves: &[Move],
-        at: DateTime<Utc>,
+        why: (MoveReason, Option<Detection>),
+        ctx: &Ctx,
         changes: &mut Changes,
     ) -> Vec<(SessionId, Option<NodeId>, Epoch)> {
+        let at = ctx.at;
         let mut moved = Vec::with_capacity(moves.len());
         for step in moves {
             let target_known = step.to.is_none_or(|node| self.nodes.contains_key(&node));
@@ -350,10 +535,12 @@ impl ClusterState {
             session.epoch = self.last_epoch;
             session.updated_at = at;
             moved.push((session.id.clone(), session.owner, session.epoch));
+            let epoch = session.epoch;
             if from != step.to {
                 self.unindex(from, &step.id);
                 self.index(step.to, &step.id);
             }
+            self.record(&step.id, (from, step.to, epoch), why, ctx);
             changes.sessions.insert(step.id.clone());
         }
         moved

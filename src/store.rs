@@ -14,7 +14,7 @@
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -23,7 +23,7 @@ use openraft::{
     SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::model::{CommandResult, NodeId};
 use crate::state::{Changes, ClusterState};
@@ -307,7 +307,21 @@ pub struct StateView {
     applied_tx: Arc<watch::Sender<u64>>,
     /// What was applied since the runtime last looked (its one reader).
     changes: Arc<Mutex<Changes>>,
+    /// Changed sessions, for watchers (filled only while someone watches).
+    updates: broadcast::Sender<Update>,
 }
+
+/// What a watcher of sessions hears after entries are applied.
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// These sessions changed; each as it is now (`None`: deleted).
+    Sessions(Arc<Vec<(crate::model::SessionId, Option<Arc<crate::model::Session>>)>>),
+    /// The whole table was replaced (a snapshot was installed): look again.
+    Reset,
+}
+
+/// Updates a watcher may fall behind by before it is told it lagged.
+const UPDATES_BUFFERED: usize = 1024;
 
 /// Changed sessions remembered for the runtime before it is told to look at
 /// the whole table instead (bounds the memory of a reader that fell behind).
@@ -332,6 +346,13 @@ impl StateView {
     /// Last applied log index (0 before anything was applied).
     pub fn applied_index(&self) -> u64 {
         *self.applied_tx.borrow()
+    }
+
+    /// Hears what changed from now on (see [`Update`]). A receiver that
+    /// falls more than a thousand applies behind gets `Lagged` and must
+    /// look again; it never holds up the writers.
+    pub fn watch_updates(&self) -> broadcast::Receiver<Update> {
+        self.updates.subscribe()
     }
 
     /// Takes what was applied since the last call (the runtime's, which
@@ -359,28 +380,176 @@ impl StateView {
             all: true,
             ..Changes::default()
         });
+        let _ = self.updates.send(Update::Reset);
         self.applied_tx.send_replace(index);
     }
 }
 
 /// openraft's state machine: applies entries to [`ClusterState`] and keeps
-/// snapshots in sled.
+/// its snapshot in a file of its own (`snapshot.bin` in the data
+/// directory), written off the async workers: a snapshot of a large table
+/// never shares sled's flush with the log appends, which must answer
+/// within a heartbeat.
 #[derive(Clone)]
 pub struct StateMachineStore {
     view: StateView,
-    db: sled::Db,
-    snapshots: sled::Tree,
+    /// The snapshot file.
+    file: Arc<PathBuf>,
+}
+
+/// Name of the snapshot file in a node's data directory.
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+/// The snapshot file: the length of the metadata (8 bytes, big-endian), the
+/// metadata (bincode), then the data (the bincode of [`Applied`]). Written
+/// to a temporary file, synced and renamed, so a crash leaves the old one.
+fn write_snapshot_file(path: &Path, meta: &[u8], data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&(meta.len() as u64).to_be_bytes())?;
+    file.write_all(meta)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads the snapshot file: its metadata and data (`None`: there is none).
+fn read_snapshot_file(path: &Path) -> StorageResult<Option<StoredSnapshot>> {
+    let mut bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let bad = || read_err(std::io::Error::other("snapshot file is truncated"));
+    let meta_len = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(bad)? as usize;
+    if bytes.len() < 8 + meta_len {
+        return Err(bad());
+    }
+    let meta = decode(&bytes[8..8 + meta_len])?;
+    let data = bytes.split_off(8 + meta_len);
+    Ok(Some(StoredSnapshot { meta, data }))
+}
+
+/// Runs blocking work (encoding, file I/O) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| write_err(std::io::Error::other(e.to_string())))?
+}
+
+/// The snapshot format of versions that kept snapshots in sled, before
+/// placement history (read once, when such a data directory is opened).
+mod legacy {
+    use std::collections::BTreeMap;
+
+    use chrono::{DateTime, Utc};
+    use openraft::{LogId, StoredMembership};
+    use serde::Deserialize;
+
+    use crate::model::{
+        Epoch, NodeId, NodeInfo, RecordedCall, Session, SessionId, SessionKind, StateJson,
+    };
+    use crate::state::ClusterState;
+
+    #[derive(Deserialize)]
+    struct SessionV1 {
+        id: SessionId,
+        kind: SessionKind,
+        owner: Option<NodeId>,
+        epoch: Epoch,
+        version: u64,
+        state: StateJson,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+        calls: Vec<RecordedCall>,
+    }
+
+    #[derive(Deserialize)]
+    struct TableV1 {
+        nodes: BTreeMap<NodeId, NodeInfo>,
+        sessions: BTreeMap<SessionId, SessionV1>,
+        last_epoch: Epoch,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct AppliedV1 {
+        state: TableV1,
+        last_applied: Option<LogId<NodeId>>,
+        membership: StoredMembership<NodeId, openraft::BasicNode>,
+    }
+
+    impl From<AppliedV1> for super::Applied {
+        fn from(old: AppliedV1) -> Self {
+            let sessions = old.state.sessions.into_values().map(|s| Session {
+                id: s.id,
+                kind: s.kind,
+                owner: s.owner,
+                epoch: s.epoch,
+                version: s.version,
+                state: s.state,
+                created_at: s.created_at,
+                updated_at: s.updated_at,
+                calls: s.calls,
+                history: Vec::new(),
+            });
+            super::Applied {
+                state: ClusterState::restore(old.state.nodes, sessions, old.state.last_epoch),
+                last_applied: old.last_applied,
+                membership: old.membership,
+            }
+        }
+    }
+}
+
+/// What a snapshot holds, copied from [`Applied`] in O(number of nodes)
+/// (the sessions map is persistent); serializes exactly as [`Applied`].
+#[derive(Serialize)]
+struct AppliedCopy {
+    state: crate::state::TableCopy,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
 }
 
 impl StateMachineStore {
-    /// Opens the state machine of `db`, starting from its last snapshot.
-    pub fn new(db: sled::Db) -> StorageResult<Self> {
-        let snapshots = db.open_tree("snapshot").map_err(read_err)?;
-        let mut applied = Applied::default();
-        if let Some(bytes) = snapshots.get(KEY_SNAPSHOT).map_err(read_err)? {
-            let stored: StoredSnapshot = decode(&bytes)?;
-            applied = decode(&stored.data)?;
+    /// Opens the state machine of `db` (data directory `dir`), starting
+    /// from its last snapshot. A snapshot kept in sled by an earlier
+    /// version is read once and moved to the file.
+    pub fn new(db: sled::Db, dir: &Path) -> StorageResult<Self> {
+        let file = dir.join(SNAPSHOT_FILE);
+        let mut stored = read_snapshot_file(&file)?;
+        let legacy = db.open_tree("snapshot").map_err(read_err)?;
+        if let Some(bytes) = legacy.get(KEY_SNAPSHOT).map_err(read_err)? {
+            // Written by a version that kept no placement history.
+            let old: StoredSnapshot = decode(&bytes)?;
+            let newer = stored
+                .as_ref()
+                .is_some_and(|s| s.meta.last_log_id >= old.meta.last_log_id);
+            if !newer {
+                let applied: Applied = decode::<legacy::AppliedV1>(&old.data)?.into();
+                let data = encode(&applied)?;
+                write_snapshot_file(&file, &encode(&old.meta)?, &data).map_err(write_err)?;
+                stored = Some(StoredSnapshot {
+                    meta: old.meta,
+                    data,
+                });
+            }
+            legacy.remove(KEY_SNAPSHOT).map_err(write_err)?;
         }
+        let applied: Applied = match &stored {
+            Some(stored) => decode(&stored.data)?,
+            None => Applied::default(),
+        };
         let index = applied.last_applied.map(|id| id.index).unwrap_or(0);
         let (applied_tx, _) = watch::channel(index);
         Ok(Self {
@@ -388,9 +557,9 @@ impl StateMachineStore {
                 data: Arc::new(RwLock::new(applied)),
                 applied_tx: Arc::new(applied_tx),
                 changes: Arc::new(Mutex::new(Changes::default())),
+                updates: broadcast::channel(UPDATES_BUFFERED).0,
             },
-            db,
-            snapshots,
+            file: Arc::new(file),
         })
     }
 
@@ -399,25 +568,29 @@ impl StateMachineStore {
         self.view.clone()
     }
 
-    async fn save_snapshot(&self, stored: &StoredSnapshot) -> StorageResult<()> {
-        self.snapshots
-            .insert(KEY_SNAPSHOT, encode(stored)?)
-            .map_err(write_err)?;
-        self.db.flush_async().await.map_err(write_err)?;
-        Ok(())
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        data: Arc<Vec<u8>>,
+    ) -> StorageResult<()> {
+        let meta = encode(meta)?;
+        let file = self.file.clone();
+        blocking(move || write_snapshot_file(&file, &meta, &data).map_err(write_err)).await
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (data, last_applied, membership) = self.view.read(|applied| {
-            (
-                encode(applied),
-                applied.last_applied,
-                applied.membership.clone(),
-            )
+        // The copy under the lock is O(nodes); encoding and writing happen
+        // after it is released, on a blocking thread, while entries apply.
+        let copy = self.view.read(|applied| AppliedCopy {
+            state: applied.state.copy(),
+            last_applied: applied.last_applied,
+            membership: applied.membership.clone(),
         });
-        let data = data?;
+        let last_applied = copy.last_applied;
+        let membership = copy.membership.clone();
+        let data = Arc::new(blocking(move || encode(&copy)).await?);
         let snapshot_id = match last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.len()),
             None => format!("empty-{}", data.len()),
@@ -427,14 +600,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             last_membership: membership,
             snapshot_id,
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.save_snapshot(&stored).await?;
+        self.save_snapshot(&meta, data.clone()).await?;
+        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone());
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -460,6 +630,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut responses = Vec::new();
         let mut changes = Changes::default();
+        let watched = self.view.updates.receiver_count() > 0;
+        let mut update = None;
         let last_index = {
             let mut applied = self.view.data.write().recover();
             for entry in entries {
@@ -467,7 +639,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => responses.push(Vec::new()),
                     EntryPayload::Normal(proposal) => {
-                        responses.push(applied.state.apply_tracked(&proposal, &mut changes))
+                        let index = entry.log_id.index;
+                        responses.push(applied.state.apply_entry(&proposal, index, &mut changes))
                     }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -475,8 +648,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             }
+            if watched && !changes.sessions.is_empty() {
+                let rows = changes
+                    .sessions
+                    .iter()
+                    .map(|id| {
+                        (
+                            id.clone(),
+                            applied.state.sessions.get(id).cloned().map(Arc::new),
+                        )
+                    })
+                    .collect();
+                update = Some(Update::Sessions(Arc::new(rows)));
+            }
             applied.last_applied.map(|id| id.index).unwrap_or(0)
         };
+        if let Some(update) = update {
+            let _ = self.view.updates.send(update);
+        }
         // Recorded before the index moves: a reader woken by it finds them.
         self.view.record(changes);
         self.view.applied_tx.send_replace(last_index);
@@ -496,35 +685,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
-        let data = snapshot.into_inner();
-        let applied: Applied = decode(&data)?;
-        self.save_snapshot(&StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        })
-        .await?;
+        let data = Arc::new(snapshot.into_inner());
+        let decoded = data.clone();
+        let applied: Applied = blocking(move || decode(&decoded)).await?;
+        self.save_snapshot(meta, data).await?;
         self.view.replace(applied);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        match self.snapshots.get(KEY_SNAPSHOT).map_err(read_err)? {
-            None => Ok(None),
-            Some(bytes) => {
-                let stored: StoredSnapshot = decode(&bytes)?;
-                Ok(Some(Snapshot {
-                    meta: stored.meta,
-                    snapshot: Box::new(Cursor::new(stored.data)),
-                }))
-            }
-        }
+        let file = self.file.clone();
+        Ok(blocking(move || read_snapshot_file(&file))
+            .await?
+            .map(|stored| Snapshot {
+                meta: stored.meta,
+                snapshot: Box::new(Cursor::new(stored.data)),
+            }))
     }
 }
 
-/// Opens both halves of a node's storage on one database.
-pub fn open_stores(db: &sled::Db) -> StorageResult<(LogStore, StateMachineStore)> {
+/// Opens both halves of a node's storage on one database (in data
+/// directory `dir`).
+pub fn open_stores(db: &sled::Db, dir: &Path) -> StorageResult<(LogStore, StateMachineStore)> {
     let log = LogStore::new(db.clone()).map_err(read_err)?;
-    let sm = StateMachineStore::new(db.clone())?;
+    let sm = StateMachineStore::new(db.clone(), dir)?;
     Ok((log, sm))
 }
 
@@ -540,9 +724,42 @@ mod tests {
         async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachineStore)> {
             let dir = tempfile::tempdir().map_err(write_err)?;
             let db = open_db(dir.path()).map_err(write_err)?;
-            let (log, sm) = open_stores(&db)?;
+            let (log, sm) = open_stores(&db, dir.path())?;
             Ok((dir, log, sm))
         }
+    }
+
+    /// A snapshot is encoded from a copy taken in O(nodes); it must be the
+    /// very bytes of the state it copies, or a restart would read garbage.
+    #[test]
+    fn a_snapshot_copy_encodes_as_the_state_it_copies() {
+        use crate::model::{Command, Proposal, SessionId, SessionKind, StateJson};
+        let mut applied = Applied::default();
+        let mut commands = vec![Command::AddNode {
+            id: 1,
+            addr: "127.0.0.1:7101".into(),
+        }];
+        for n in 0..50 {
+            commands.push(Command::CreateSession {
+                id: SessionId::new(format!("s{n}")).expect("id"),
+                kind: SessionKind::new("kv").expect("kind"),
+                state: StateJson::from_value(&serde_json::json!({ "n": n })),
+                owner: (n % 3 != 0).then_some(1),
+            });
+        }
+        applied.state.apply(&Proposal::V1 {
+            at: chrono::Utc::now(),
+            commands,
+        });
+        let copy = AppliedCopy {
+            state: applied.state.copy(),
+            last_applied: applied.last_applied,
+            membership: applied.membership.clone(),
+        };
+        let bytes = encode(&copy).expect("encode");
+        assert_eq!(bytes, encode(&applied).expect("encode"));
+        let back: Applied = decode(&bytes).expect("decode");
+        assert_eq!(back.state, applied.state);
     }
 
     /// The sled store passes openraft's storage conformance suite.

@@ -1221,8 +1221,8 @@ async fn a_follower_that_missed_a_snapshot_worth_of_log_catches_up() -> Result<(
     // snapshot.
     const WRITERS: usize = 4;
     const PER_WRITER: usize = 4000;
-    const SNAPSHOT_EVERY: u64 = 5000; // `SnapshotPolicy::LogsSinceLast` in src/raft.rs
-    let mut cluster = start_cluster(&[]).await?;
+    const SNAPSHOT_EVERY: u64 = 5000; // `--snapshot-every` below
+    let mut cluster = start_cluster(&["--snapshot-every", "5000"]).await?;
     let http = admin_http(&cluster);
     let leader = cluster.await_leader(Instant::now() + DEADLINE).await?;
     let follower = cluster

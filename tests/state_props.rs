@@ -321,6 +321,34 @@ fn check_table(state: &ClusterState) -> Result<(), TestCaseError> {
     for (id, node) in &state.nodes {
         prop_assert_eq!(*id, node.id, "node keyed under another id");
     }
+    // (7) Placement history: a session's last recorded change is its
+    // current owner and epoch, the first one kept is... any, all are in
+    // sequence order, at most the bound, and the table's events are in
+    // sequence order and end at its counter.
+    for (id, session) in &state.sessions {
+        let last = session.history.last();
+        prop_assert!(last.is_some(), "{id} has no history");
+        let last = last.unwrap();
+        prop_assert_eq!(
+            (last.to, last.epoch),
+            (session.owner, session.epoch),
+            "{}: history ends elsewhere",
+            id
+        );
+        prop_assert!(session.history.len() <= minos::model::HISTORY_KEEP as usize);
+        prop_assert!(
+            session.history.windows(2).all(|w| w[0].seq < w[1].seq),
+            "{}: history out of order",
+            id
+        );
+        prop_assert!(session.history.iter().all(|p| p.seq <= state.last_event));
+    }
+    prop_assert!(state
+        .events
+        .iter()
+        .zip(state.events.iter().skip(1))
+        .all(|(a, b)| a.placement.seq < b.placement.seq));
+    prop_assert!(state.events.len() <= minos::state::EVENTS_KEPT);
     for (id, session) in &state.sessions {
         prop_assert_eq!(id, &session.id, "session keyed under another id");
         prop_assert!(
@@ -1142,6 +1170,7 @@ fn recorded_calls_are_bounded_by_count_age_and_bytes() {
         created_at: at,
         updated_at: at,
         calls: Vec::new(),
+        history: Vec::new(),
     };
     let call = |n: i64, reply: &str| RecordedCall {
         key: CallKey::new(format!("k{n}")).unwrap(),

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod error;
+mod events;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use self::error::ApiError;
+pub(crate) use self::events::follow_session;
+pub use self::events::{EventPage, EventView, HistoryView, SessionChange, WatchEnd};
 pub use self::sessions::IDEMPOTENCY_KEY;
 pub use self::views::{ClusterView, NodeView, NodeViewStatus, SessionPage, SessionView};
 use crate::auth::Role;
@@ -53,6 +56,10 @@ pub(crate) fn router(core: Arc<Service>) -> Router {
             get(sessions::get_session).delete(sessions::delete_session),
         )
         .route("/v1/sessions/:id/call", post(sessions::call_session))
+        .route("/v1/sessions/:id/history", get(events::session_history))
+        .route("/v1/sessions/:id/watch", get(events::watch_session))
+        .route("/v1/events", get(events::list_events))
+        .route("/v1/events/watch", get(events::watch_events))
         .route("/v1/cluster", get(cluster::cluster_status))
         .route("/v1/cluster/rebalance", post(cluster::rebalance))
         .route("/v1/nodes/:id/drain", post(cluster::drain_node))
@@ -75,7 +82,16 @@ pub(crate) fn router(core: Arc<Service>) -> Router {
 pub fn needed_role(method: &Method, route: &str) -> Option<Role> {
     match (method.as_str(), route) {
         (_, "/v1/health" | "/v1/health/ready" | "/v1/health/live") => None,
-        ("GET", "/v1/sessions" | "/v1/sessions/:id" | "/v1/cluster")
+        (
+            "GET",
+            "/v1/sessions"
+            | "/v1/sessions/:id"
+            | "/v1/sessions/:id/history"
+            | "/v1/sessions/:id/watch"
+            | "/v1/events"
+            | "/v1/events/watch"
+            | "/v1/cluster",
+        )
         | ("POST", "/v1/sessions" | "/v1/sessions/:id/call") => Some(Role::Client),
         // Cluster operations, listed to say so (anything unlisted is admin too).
         ("POST", "/v1/nodes/:id/drain" | "/v1/nodes/:id/undrain" | "/v1/cluster/rebalance")

@@ -116,12 +116,16 @@ pub(super) async fn list_sessions(
             Some(id) => Bound::Excluded(id.clone()),
             None => Bound::Unbounded,
         };
-        let mut matching = a
-            .state
-            .sessions
-            .range((start, Bound::Unbounded))
-            .map(|(_, s)| s)
-            .filter(|s| query.owner.is_none() || s.owner == query.owner);
+        let mut matching: Box<dyn Iterator<Item = &crate::model::Session>> = match query.owner {
+            // The owner index: a page costs the page, not the table.
+            Some(owner) => Box::new(a.state.sessions_of_after(Some(owner), after.as_ref())),
+            None => Box::new(
+                a.state
+                    .sessions
+                    .range((start, Bound::Unbounded))
+                    .map(|(_, s)| s),
+            ),
+        };
         let sessions: Vec<SessionView> = matching
             .by_ref()
             .take(limit)

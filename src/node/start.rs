@@ -257,8 +257,8 @@ async fn open(builder: &NodeBuilder, security: &Security) -> Result<Opened, Star
         .await
         .map_err(|e| StartError::Storage(e.to_string()))?
         .map_err(|e| StartError::Storage(e.to_string()))?;
-    let (log_store, sm_store) =
-        store::open_stores(&db).map_err(|e| StartError::Storage(e.to_string()))?;
+    let (log_store, sm_store) = store::open_stores(&db, &builder.data_dir)
+        .map_err(|e| StartError::Storage(e.to_string()))?;
     let view = sm_store.view();
     let transport = Transport::new(
         builder.faults.clone(),
@@ -298,6 +298,7 @@ fn wire(
         view: view.clone(),
         transport: transport.clone(),
         timing: builder.timing.clone(),
+        history_keep: builder.limits.history_per_session,
     });
     let (proposer, batcher) = write_path.clone().start();
     let (lease_tx, lease_rx) = watch::channel(Lease::default());

@@ -219,6 +219,8 @@ impl FailoverArgs {
                 election_timeout_max_ms: self.election_timeout_max_ms,
                 lease_ms: self.lease_ms,
                 node_timeout_ms: self.node_timeout_ms,
+                rebalance_after_ms: None,
+                snapshot_every: None,
             },
             sweep_node_timeout_ms: self.sweep_node_timeout,
             keep_logs: self.keep_logs,

@@ -97,9 +97,10 @@ pub(super) async fn run_cell(cell: Cell<'_>) -> CellResult {
     let started = Instant::now();
     let deadline = started + cell.limit;
     let mut workers = Vec::with_capacity(cell.clients);
+    let all_keys: Arc<[String]> = cell.keys.into();
     for client in 0..cell.clients.max(1) {
         let endpoint = cell.endpoints[client % cell.endpoints.len()].clone();
-        let keys: Arc<[String]> = cell.keys.into();
+        let keys = all_keys.clone();
         let worker = Worker {
             backend: cell.backend.clone(),
             op: cell.op,
