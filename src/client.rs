@@ -124,6 +124,9 @@ pub struct NewSession {
     pub state: Option<serde_json::Value>,
 }
 
+/// Attempts of a keyed call whose connection broke in transport.
+const CALL_ATTEMPTS: u32 = 3;
+
 /// Client of one node's HTTP API (any node accepts any request).
 #[derive(Clone)]
 pub struct Client {
@@ -282,19 +285,40 @@ impl Client {
         timeout: Option<Duration>,
         key: Option<&str>,
     ) -> Result<CallReply, ClientError> {
-        let mut request = self
-            .http
-            .post(self.url(&format!("/v1/sessions/{id}/call")))
-            .json(msg);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
+        let request = || {
+            let mut request = self
+                .http
+                .post(self.url(&format!("/v1/sessions/{id}/call")))
+                .json(msg);
+            if let Some(key) = key {
+                request = request.header("Idempotency-Key", key);
+            }
+            if let Some(timeout) = timeout {
+                request = request
+                    .query(&[("timeout_ms", timeout.as_millis().to_string())])
+                    .timeout(timeout + Duration::from_secs(5));
+            }
+            request
+        };
+        // A kept-alive connection the node closed just as the call was sent
+        // (a node stopping, an idle timeout) fails in transport. With a key
+        // the call is safe to send again (it takes effect at most once); a
+        // refused connection is not retried (the node is not there).
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.send(request()).await {
+                Err(ClientError::Transport { source, .. })
+                    if key.is_some()
+                        && !source.is_connect()
+                        && !source.is_timeout()
+                        && attempts < CALL_ATTEMPTS =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
         }
-        if let Some(timeout) = timeout {
-            request = request
-                .query(&[("timeout_ms", timeout.as_millis().to_string())])
-                .timeout(timeout + Duration::from_secs(5));
-        }
-        self.send(request).await
     }
 
     /// Sends a typed message and decodes the typed reply.
