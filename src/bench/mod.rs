@@ -56,18 +56,28 @@ pub async fn run(command: BenchCommand) -> Result<(), BenchError> {
         }
         BenchCommand::Throughput(args) => {
             let report = throughput::run(&args).await?;
-            print!("{}", report.tables());
-            if let Some(path) = &args.json {
-                report.write_json(path).map_err(BenchError::Failed)?;
-                eprintln!("results written to {}", path.display());
-            }
-            if let Some(path) = &args.plot {
-                report.write_plot(path).map_err(BenchError::Failed)?;
-                eprintln!("bar chart written to {}", path.display());
-            }
-            Ok(())
+            publish_throughput(&report, args.json.as_deref(), args.plot.as_deref())
         }
     }
+}
+
+/// Prints a throughput report's tables and writes its JSON and bar chart
+/// when asked.
+pub fn publish_throughput(
+    report: &throughput::ThroughputReport,
+    json: Option<&std::path::Path>,
+    plot: Option<&std::path::Path>,
+) -> Result<(), BenchError> {
+    print!("{}", report.tables());
+    if let Some(path) = json {
+        report.write_json(path).map_err(BenchError::Failed)?;
+        eprintln!("results written to {}", path.display());
+    }
+    if let Some(path) = plot {
+        report.write_plot(path).map_err(BenchError::Failed)?;
+        eprintln!("bar chart written to {}", path.display());
+    }
+    Ok(())
 }
 
 /// Prints the tables (stdout) and alarms (stderr), writes the JSON and the
