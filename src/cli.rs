@@ -129,6 +129,9 @@ MINOS_LOG sets the log filter (default info,openraft=warn)."
         #[arg(long)]
         after: Option<u64>,
     },
+    /// Print the OpenAPI 3.1 document of the HTTP API (what
+    /// `GET /v1/openapi.json` serves), e.g. `minos openapi > docs/openapi.json`.
+    Openapi,
 }
 
 #[derive(Subcommand)]

@@ -35,6 +35,7 @@ pub(crate) struct LeaseEnv {
     pub transport: Transport,
     pub timing: Timing,
     pub liveness: Liveness,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// This node's ownership lease.
@@ -166,12 +167,16 @@ pub(crate) fn grant(env: &LeaseEnv, request: &LeaseRequest) -> LeaseAnswer {
         fresh: request.fresh,
     };
     match decide_grant(&inputs) {
-        Grant::Refuse(reason) => LeaseAnswer {
-            granted: false,
-            leader_last_log: 0,
-            reason: Some(reason.into()),
-        },
+        Grant::Refuse(reason) => {
+            env.metrics.lease_denied(reason);
+            LeaseAnswer {
+                granted: false,
+                leader_last_log: 0,
+                reason: Some(reason.into()),
+            }
+        }
         Grant::Grant { wants_up } => {
+            env.metrics.lease_grants.inc();
             env.liveness.heard(request.node, wants_up);
             LeaseAnswer {
                 granted: true,

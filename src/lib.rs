@@ -75,6 +75,7 @@ pub mod error;
 pub mod handler;
 pub mod handlers;
 pub(crate) mod lease;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod peer;

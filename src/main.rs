@@ -356,6 +356,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             follow_lines(&client(&conn)?, &path).await
         }
+        Command::Openapi => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(minos::api::openapi_document().as_bytes());
+            Ok(())
+        }
         Command::Completions { shell } => {
             // Into a buffer first: a closed pipe is not an error of ours.
             let mut script = Vec::new();

@@ -17,9 +17,10 @@ use openraft::Raft;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::config::Timing;
-use crate::model::{Command, CommandResult, NodeId, Proposal};
+use crate::model::{Applied, Command, CommandResult, NodeId, Proposal};
 use crate::peer::Transport;
 use crate::placement;
 use crate::store::StateView;
@@ -141,6 +142,7 @@ pub(crate) struct WritePath {
     pub timing: Timing,
     /// Placement events kept per session, written into every entry.
     pub history_keep: u32,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl WritePath {
@@ -280,17 +282,37 @@ impl WritePath {
                 }
             }
         });
+        let span = tracing::debug_span!("raft_write", node = self.me, commands = commands.len());
+        let reasons: Vec<_> = commands.iter().map(crate::metrics::move_reason).collect();
         let proposal = Proposal::V2 {
             at: Utc::now(),
             commands,
             history_keep: self.history_keep,
         };
         let budget = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout_at(deadline, self.raft.client_write(proposal)).await {
+        let started = Instant::now();
+        let written = tokio::time::timeout_at(deadline, self.raft.client_write(proposal))
+            .instrument(span)
+            .await;
+        match written {
             Err(_) => Err(Retry::Failed(
                 WriteError::Timeout(budget.as_millis() as u64),
             )),
-            Ok(Ok(response)) => Ok(response.data),
+            Ok(Ok(response)) => {
+                self.metrics.commit.observe(started.elapsed().as_secs_f64());
+                for (reason, result) in reasons.into_iter().zip(&response.data) {
+                    match (reason, result) {
+                        (Some(reason), Ok(Applied::Moved(moved))) => {
+                            self.metrics.moved(reason, moved.len())
+                        }
+                        (_, Err(rejection)) => self
+                            .metrics
+                            .rejected(crate::metrics::rejection_reason(rejection)),
+                        _ => {}
+                    }
+                }
+                Ok(response.data)
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(Retry::NotLeader)
             }

@@ -59,6 +59,7 @@ pub(crate) struct Service {
     pub(crate) scheduler: Arc<SchedulerEnv>,
     /// Identity name of the cluster (empty until a joining node is admitted).
     pub(crate) cluster: std::sync::RwLock<String>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Longest wait for a leader's answer to a read index.
@@ -91,6 +92,15 @@ impl Service {
 
     /// Index a linearizable read must wait for, from the leader.
     pub(crate) async fn read_index(&self) -> Result<u64, LeaderError> {
+        let started = Instant::now();
+        let index = self.read_index_from_leader().await;
+        self.metrics
+            .read_index
+            .observe(started.elapsed().as_secs_f64());
+        index
+    }
+
+    async fn read_index_from_leader(&self) -> Result<u64, LeaderError> {
         let deadline = Instant::now() + self.timing.write_timeout;
         loop {
             let Some(leader) = self.leader() else {

@@ -1309,7 +1309,7 @@ async fn a_follower_that_missed_a_snapshot_worth_of_log_catches_up() -> Result<(
         failures += failed;
     }
     let elapsed = writing.elapsed();
-    let sessions = metric(&http, &leader_addr, "minos_sessions_total").await?;
+    let sessions = metric(&http, &leader_addr, "minos_sessions").await?;
     let leader_log = last_log_index(&http, &leader_addr).await?;
     eprintln!(
         "{sessions} sessions, log {follower_last} -> {leader_log} in {elapsed:?}: {:.0} creates/s, {:.0} log entries/s; {failures} failed writes",
@@ -1349,7 +1349,7 @@ async fn a_follower_that_missed_a_snapshot_worth_of_log_catches_up() -> Result<(
         "follower healthy after {healthy_after:?}, applied {leader_applied} after {:?}",
         restarting.elapsed()
     );
-    let follower_sessions = metric(&http, &follower_addr, "minos_sessions_total").await?;
+    let follower_sessions = metric(&http, &follower_addr, "minos_sessions").await?;
     assert!(
         follower_sessions >= sessions,
         "follower has {follower_sessions} sessions, leader had {sessions}"

@@ -118,7 +118,7 @@ async fn footprint(cluster: &ProcessCluster, admin: &reqwest::Client) -> Result<
             .push(metric(admin, &addr, "minos_raft_last_log_index").await? as u64);
         print
             .sessions
-            .push(metric(admin, &addr, "minos_sessions_total").await? as u64);
+            .push(metric(admin, &addr, "minos_sessions").await? as u64);
     }
     Ok(print)
 }

@@ -10,11 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openraft::ServerState;
 
-use super::error::ApiError;
-use super::views::{ClusterView, NodeView, NodeViewStatus};
+use super::error::{ApiError, ErrorBody};
+use super::views::{
+    ClusterView, HealthView, LiveView, NodeView, NodeViewStatus, RemovedView, UndrainedView,
+};
 use crate::error::Error;
 use crate::model::{NodeId, Rejection};
-use crate::peer::DrainRequest;
+use crate::peer::{DrainRequest, HandoffReport};
 use crate::service::Service;
 
 type AppState = Arc<Service>;
@@ -38,6 +40,16 @@ fn lease_valid(core: &Service) -> bool {
         .is_valid(tokio::time::Instant::now(), core.view.applied_index())
 }
 
+/// Cluster status
+///
+/// Leader and term, each node with its status and session count, sessions
+/// by status, as the answering node knows them.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "cluster",
+    responses((status = 200, description = "The cluster", body = ClusterView))
+)]
 pub(super) async fn cluster_status(State(core): State<AppState>) -> Json<ClusterView> {
     let (leader, term, state) = {
         let metrics = core.raft.metrics();
@@ -90,6 +102,21 @@ fn node_id(text: &str) -> Result<NodeId, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_node", format!("invalid node id {text:?}")))
 }
 
+/// Drain a node
+///
+/// It takes no new sessions and hands its sessions over to the others.
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/drain",
+    tag = "cluster",
+    params(("id" = u64, Path, description = "Node id")),
+    responses(
+        (status = 202, description = "Drained; what moved", body = HandoffReport),
+        (status = 400, description = "Invalid node id", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 503, description = "No leader or quorum", body = ErrorBody),
+    )
+)]
 pub(super) async fn drain_node(
     State(core): State<AppState>,
     Path(id): Path<String>,
@@ -109,41 +136,115 @@ pub(super) async fn drain_node(
     Ok((StatusCode::ACCEPTED, Json(report)).into_response())
 }
 
-/// `POST /v1/nodes/{id}/undrain`: a Draining node takes new sessions again.
+/// Undrain a node
+///
+/// A Draining node takes new sessions again.
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/undrain",
+    tag = "cluster",
+    params(("id" = u64, Path, description = "Node id")),
+    responses(
+        (status = 200, description = "Up again", body = UndrainedView),
+        (status = 400, description = "Invalid node id", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 409, description = "Not allowed in its state", body = ErrorBody),
+        (status = 503, description = "No leader or quorum", body = ErrorBody),
+    )
+)]
 pub(super) async fn undrain_node(
     State(core): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<UndrainedView>, ApiError> {
     let id = node_id(&id)?;
     let known = core.view.read(|a| a.state.nodes.contains_key(&id));
     if !known {
         return Err(Rejection::NoSuchNode(id).into());
     }
     core.undrain(id).await.map_err(Error::from)?;
-    Ok(Json(serde_json::json!({"node": id, "status": "up"})))
+    Ok(Json(UndrainedView {
+        node: id,
+        status: "up".into(),
+    }))
 }
 
+/// Rebalance
+///
+/// Moves sessions to their placement choice among the eligible nodes,
+/// with the same handoff as a drain.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/rebalance",
+    tag = "cluster",
+    responses(
+        (status = 202, description = "What moved", body = HandoffReport),
+        (status = 503, description = "No leader or quorum", body = ErrorBody),
+    )
+)]
 pub(super) async fn rebalance(State(core): State<AppState>) -> Result<Response, ApiError> {
     let report = core.rebalance().await.map_err(Error::from)?;
     Ok((StatusCode::ACCEPTED, Json(report)).into_response())
 }
 
+/// Remove a node
+///
+/// From the Raft membership and the table; its sessions are placed again.
+#[utoipa::path(
+    delete,
+    path = "/v1/nodes/{id}",
+    tag = "cluster",
+    params(("id" = u64, Path, description = "Node id")),
+    responses(
+        (status = 200, description = "Removed", body = RemovedView),
+        (status = 400, description = "Invalid node id", body = ErrorBody),
+        (status = 404, description = "Not a voter", body = ErrorBody),
+        (status = 409, description = "Not allowed (the last voter, say)", body = ErrorBody),
+        (status = 503, description = "No leader or quorum", body = ErrorBody),
+    )
+)]
 pub(super) async fn remove_node(
     State(core): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RemovedView>, ApiError> {
     let id = node_id(&id)?;
     let voters = crate::raft::voters(&core.raft);
     if !voters.contains(&id) {
         return Err(Rejection::NoSuchNode(id).into());
     }
     core.remove(id).await.map_err(Error::from)?;
-    Ok(Json(serde_json::json!({"removed": id})))
+    Ok(Json(RemovedView { removed: id }))
 }
 
-/// Liveness: the process serves HTTP.
-pub(super) async fn live(State(core): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"node": core.me, "live": true}))
+/// Liveness
+///
+/// The process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/v1/health/live",
+    tag = "health",
+    responses((status = 200, description = "Live", body = LiveView))
+)]
+pub(super) async fn live(State(core): State<AppState>) -> Json<LiveView> {
+    Json(LiveView {
+        node: core.me,
+        live: true,
+    })
+}
+
+/// Readiness
+///
+/// 200 only while writes and reads through this node can succeed.
+#[utoipa::path(
+    get,
+    path = "/v1/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = HealthView),
+        (status = 503, description = "Not ready", body = HealthView),
+    )
+)]
+pub(super) async fn ready(state: State<AppState>) -> Response {
+    health(state).await
 }
 
 /// Readiness (`/v1/health`, `/v1/health/ready`): 200 only while writes and
@@ -151,6 +252,15 @@ pub(super) async fn live(State(core): State<AppState>) -> Json<serde_json::Value
 /// a leader that heard a quorum recently, and applied up to the grant), it
 /// knows a leader that is a member, and, when it leads, a quorum
 /// acknowledged it within the quorum window.
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = HealthView),
+        (status = 503, description = "Not ready", body = HealthView),
+    )
+)]
 pub(super) async fn health(State(core): State<AppState>) -> Response {
     let (leader, state) = {
         let metrics = core.raft.metrics();
@@ -164,15 +274,15 @@ pub(super) async fn health(State(core): State<AppState>) -> Response {
     let voters = crate::raft::voters(&core.raft);
     let leader_is_member = leader.is_some_and(|l| voters.contains(&l));
     let quorum = has_quorum(&core, state, lease_valid);
-    let body = serde_json::json!({
-        "node": core.me,
-        "leader": leader,
-        "role": format!("{state:?}").to_lowercase(),
-        "applied_index": applied,
-        "caught_up": caught_up,
-        "quorum": quorum,
-        "lease_valid": lease_valid,
-    });
+    let body = HealthView {
+        node: core.me,
+        leader,
+        role: format!("{state:?}").to_lowercase(),
+        applied_index: applied,
+        caught_up,
+        quorum,
+        lease_valid,
+    };
     if leader_is_member && caught_up && quorum && lease_valid {
         (StatusCode::OK, Json(body)).into_response()
     } else {
@@ -180,29 +290,41 @@ pub(super) async fn health(State(core): State<AppState>) -> Response {
     }
 }
 
+/// Metrics
+///
+/// The node's metrics in the OpenMetrics text format, which Prometheus
+/// scrapes (names in README's "Observability").
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "observability",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String))
+)]
 pub(super) async fn metrics(State(core): State<AppState>) -> Response {
-    let text: String = gauges(&core)
-        .iter()
-        .map(|(name, help, value)| {
-            format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n")
-        })
-        .collect();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    set_gauges(&core);
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        core.metrics.render(),
+    )
+        .into_response()
 }
 
-/// Name, help and value of every gauge.
-fn gauges(core: &Service) -> [(&'static str, &'static str, f64); 10] {
-    let (term, leader, last_log, applied, is_leader) = {
+/// Sets every gauge from Raft, the table and the runtime.
+fn set_gauges(core: &Service) {
+    let g = &core.metrics.gauges;
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    {
         let metrics = core.raft.metrics();
         let m = metrics.borrow();
-        (
-            m.current_term,
-            m.current_leader,
-            m.last_log_index.unwrap_or(0),
-            m.last_applied.map(|l| l.index).unwrap_or(0),
-            m.state == ServerState::Leader,
-        )
-    };
+        g.raft_term.set(count(m.current_term));
+        g.raft_leader.set(count(m.current_leader.unwrap_or(0)));
+        g.raft_is_leader
+            .set(i64::from(m.state == ServerState::Leader));
+        g.raft_last_log_index
+            .set(count(m.last_log_index.unwrap_or(0)));
+        g.raft_applied_index
+            .set(count(m.last_applied.map(|l| l.index).unwrap_or(0)));
+    }
     let (sessions, owned, nodes_up) = core.view.read(|a| {
         (
             a.state.sessions.len(),
@@ -210,50 +332,10 @@ fn gauges(core: &Service) -> [(&'static str, &'static str, f64); 10] {
             a.state.eligible_nodes().len(),
         )
     });
-    let lease_valid = lease_valid(core);
-    let flag = |b: bool| f64::from(u8::from(b));
-    [
-        ("minos_raft_term", "Current Raft term.", term as f64),
-        (
-            "minos_raft_leader",
-            "Current leader id (0 when unknown).",
-            leader.unwrap_or(0) as f64,
-        ),
-        (
-            "minos_raft_is_leader",
-            "1 when this node is the leader.",
-            flag(is_leader),
-        ),
-        (
-            "minos_raft_last_log_index",
-            "Last log index.",
-            last_log as f64,
-        ),
-        (
-            "minos_raft_applied_index",
-            "Last applied log index.",
-            applied as f64,
-        ),
-        (
-            "minos_sessions_total",
-            "Sessions in the table.",
-            sessions as f64,
-        ),
-        (
-            "minos_sessions_owned",
-            "Sessions this node owns.",
-            owned as f64,
-        ),
-        (
-            "minos_sessions_running",
-            "Session tasks running on this node.",
-            core.runtime.running() as f64,
-        ),
-        ("minos_nodes_up", "Nodes Up in the table.", nodes_up as f64),
-        (
-            "minos_lease_valid",
-            "1 while this node holds a valid lease.",
-            flag(lease_valid),
-        ),
-    ]
+    g.node_id.set(count(core.me));
+    g.sessions.set(count(sessions as u64));
+    g.sessions_owned.set(count(owned as u64));
+    g.sessions_running.set(count(core.runtime.running() as u64));
+    g.nodes_up.set(count(nodes_up as u64));
+    g.lease_valid.set(i64::from(lease_valid(core)));
 }

@@ -10,6 +10,8 @@
 mod cluster;
 mod error;
 mod events;
+mod openapi;
+mod page;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -21,12 +23,13 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
 pub use self::error::ApiError;
 pub(crate) use self::events::follow_session;
 pub use self::events::{EventPage, EventView, HistoryView, SessionChange, WatchEnd};
+pub use self::openapi::document as openapi_document;
 pub use self::sessions::IDEMPOTENCY_KEY;
 pub use self::views::{ClusterView, NodeView, NodeViewStatus, SessionPage, SessionView};
 use crate::auth::Role;
@@ -37,38 +40,88 @@ type AppState = Arc<Service>;
 /// Longest wait a caller may ask of a call (`timeout_ms`).
 pub const MAX_CALL_TIMEOUT_MS: u64 = 60_000;
 
-/// The routers of one node: health probes (open), the public API (bearer
-/// token with the role [`needed_role`] names), the internal routes (cluster
-/// secret, checked before a body is read), each with its own body limit.
+/// Every public route: method, path, handler. The router is built from
+/// this table alone, and a test holds it equal to the OpenAPI document's
+/// routes (each handler carries its `#[utoipa::path]`; add it to
+/// `openapi::ApiDoc` and to [`needed_role`] too).
+fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::POST, "/v1/sessions", post(sessions::create_session)),
+        (Method::GET, "/v1/sessions", get(sessions::list_sessions)),
+        (Method::GET, "/v1/sessions/:id", get(sessions::get_session)),
+        (
+            Method::DELETE,
+            "/v1/sessions/:id",
+            delete(sessions::delete_session),
+        ),
+        (
+            Method::POST,
+            "/v1/sessions/:id/call",
+            post(sessions::call_session),
+        ),
+        (
+            Method::GET,
+            "/v1/sessions/:id/history",
+            get(events::session_history),
+        ),
+        (
+            Method::GET,
+            "/v1/sessions/:id/watch",
+            get(events::watch_session),
+        ),
+        (Method::GET, "/v1/events", get(events::list_events)),
+        (Method::GET, "/v1/events/watch", get(events::watch_events)),
+        (Method::GET, "/v1/cluster", get(cluster::cluster_status)),
+        (
+            Method::POST,
+            "/v1/cluster/rebalance",
+            post(cluster::rebalance),
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/:id/drain",
+            post(cluster::drain_node),
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/:id/undrain",
+            post(cluster::undrain_node),
+        ),
+        (
+            Method::DELETE,
+            "/v1/nodes/:id",
+            delete(cluster::remove_node),
+        ),
+        (Method::GET, "/v1/health", get(cluster::health)),
+        (Method::GET, "/v1/health/ready", get(cluster::ready)),
+        (Method::GET, "/v1/health/live", get(cluster::live)),
+        (Method::GET, "/metrics", get(cluster::metrics)),
+        (Method::GET, "/v1/openapi.json", get(openapi::openapi_json)),
+        (Method::GET, "/", get(page::status_page)),
+    ]
+}
+
+/// The (method, path) of every public route, as the router has them.
+#[cfg(test)]
+pub(crate) fn route_table() -> Vec<(Method, &'static str)> {
+    routes().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// The routers of one node: the public routes (open, or a bearer token
+/// with the role [`needed_role`] names, checked on each route), the
+/// internal routes (cluster secret, checked before a body is read), each
+/// with its own body limit.
 pub(crate) fn router(core: Arc<Service>) -> Router {
     let public_limit = core.limits.request_body_bytes();
-    let open = Router::new()
-        .route("/v1/health", get(cluster::health))
-        .route("/v1/health/ready", get(cluster::health))
-        .route("/v1/health/live", get(cluster::live));
-    let public = Router::new()
-        .route(
-            "/v1/sessions",
-            post(sessions::create_session).get(sessions::list_sessions),
-        )
-        .route(
-            "/v1/sessions/:id",
-            get(sessions::get_session).delete(sessions::delete_session),
-        )
-        .route("/v1/sessions/:id/call", post(sessions::call_session))
-        .route("/v1/sessions/:id/history", get(events::session_history))
-        .route("/v1/sessions/:id/watch", get(events::watch_session))
-        .route("/v1/events", get(events::list_events))
-        .route("/v1/events/watch", get(events::watch_events))
-        .route("/v1/cluster", get(cluster::cluster_status))
-        .route("/v1/cluster/rebalance", post(cluster::rebalance))
-        .route("/v1/nodes/:id/drain", post(cluster::drain_node))
-        .route("/v1/nodes/:id/undrain", post(cluster::undrain_node))
-        .route("/v1/nodes/:id", axum::routing::delete(cluster::remove_node))
-        .route("/metrics", get(cluster::metrics))
+    let mut public = Router::new();
+    for (_, path, handler) in routes() {
+        // Routes of one path merge their methods.
+        public = public.route(path, handler);
+    }
+    let public = public
         .route_layer(middleware::from_fn_with_state(core.clone(), authorize))
         .layer(DefaultBodyLimit::max(public_limit));
-    open.merge(public)
+    public
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             crate::serve::REQUEST_TIMEOUT,
@@ -82,6 +135,9 @@ pub(crate) fn router(core: Arc<Service>) -> Router {
 pub fn needed_role(method: &Method, route: &str) -> Option<Role> {
     match (method.as_str(), route) {
         (_, "/v1/health" | "/v1/health/ready" | "/v1/health/live") => None,
+        // Static: the API's contract (also in the repository), and the
+        // status page's shell, whose script reads its data with a token.
+        ("GET", "/v1/openapi.json" | "/") => None,
         (
             "GET",
             "/v1/sessions"

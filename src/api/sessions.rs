@@ -10,9 +10,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::{parse_json, session_id, ApiError};
-use super::views::{session_view, SessionPage, SessionView};
+use super::error::{parse_json, session_id, ApiError, ErrorBody};
+use super::views::{session_view, DeletedView, SessionPage, SessionView};
 use super::{require_json, MAX_CALL_TIMEOUT_MS};
 use crate::error::Error;
 use crate::model::{CallKey, Command, NodeId, Rejection, SessionKind};
@@ -21,14 +22,35 @@ use crate::service::Service;
 
 type AppState = Arc<Service>;
 
-#[derive(Deserialize)]
+/// A new session.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateRequest {
+    /// Session id: 1 to 128 characters of `A-Z a-z 0-9 _ . : -`.
     id: String,
+    /// Handler kind; `kv` when absent.
     kind: Option<String>,
+    /// First state, as the kind takes it; the kind's default when absent.
     state: Option<serde_json::Value>,
 }
 
+/// Create a session
+///
+/// The leader places it on an eligible node; it starts there at once.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    tag = "sessions",
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Created", body = SessionView),
+        (status = 400, description = "Bad id, kind, state or JSON", body = ErrorBody),
+        (status = 409, description = "A session with this id exists", body = ErrorBody),
+        (status = 413, description = "Body or state too large", body = ErrorBody),
+        (status = 415, description = "Body not declared JSON", body = ErrorBody),
+        (status = 503, description = "No quorum, or the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub(super) async fn create_session(
     State(core): State<AppState>,
     headers: HeaderMap,
@@ -69,6 +91,21 @@ pub(super) async fn barrier(core: &Service) -> Result<(), ApiError> {
     })
 }
 
+/// Get a session
+///
+/// A linearizable read: it reflects every write acknowledged before it.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 400, description = "Invalid id", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "No quorum for a linearizable read", body = ErrorBody),
+    )
+)]
 pub(super) async fn get_session(
     State(core): State<AppState>,
     Path(id): Path<String>,
@@ -86,16 +123,36 @@ pub(super) async fn get_session(
         .ok_or_else(|| Rejection::NoSuchSession(id).into())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Only the sessions this node owns.
+    #[param(value_type = Option<u64>)]
     owner: Option<NodeId>,
+    /// Start after this session id (the `next` of the previous page).
     after: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 const LIST_MAX: usize = 1000;
 
+/// List sessions
+///
+/// In id order, a page at a time; a linearizable read.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    tag = "sessions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of sessions", body = SessionPage),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 503, description = "No quorum for a linearizable read", body = ErrorBody),
+    )
+)]
 pub(super) async fn list_sessions(
     State(core): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -141,15 +198,44 @@ pub(super) async fn list_sessions(
     Ok(Json(page))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct CallQuery {
+    /// Longest wait in milliseconds, 1 to 60000 (default 5000).
+    #[param(minimum = 1, maximum = 60000)]
     timeout_ms: Option<u64>,
 }
 
 /// Header that carries a call's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// Call a session
+///
+/// The message goes to the session's owner, which handles it and commits
+/// the new state before it replies. With an `Idempotency-Key`, a retry is
+/// answered with the first reply and applies nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/call",
+    tag = "sessions",
+    params(
+        ("id" = String, Path, description = "Session id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 128 characters of `A-Z a-z 0-9 _ . : -`"),
+        CallQuery,
+    ),
+    request_body(content = serde_json::Value, description = "The message, as the session's kind takes it"),
+    responses(
+        (status = 200, description = "The reply", body = crate::runtime::CallReply),
+        (status = 400, description = "Bad id, key, query or JSON", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 409, description = "A conflicting call", body = ErrorBody),
+        (status = 413, description = "Body or new state too large", body = ErrorBody),
+        (status = 415, description = "Body not declared JSON", body = ErrorBody),
+        (status = 422, description = "The session rejected the message", body = ErrorBody),
+        (status = 503, description = "Not available in time, or the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub(super) async fn call_session(
     State(core): State<AppState>,
     Path(id): Path<String>,
@@ -196,10 +282,23 @@ pub(super) async fn call_session(
     Ok(Json(core.runtime.call(&id, msg, timeout, key).await?))
 }
 
+/// Delete a session
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "Deleted", body = DeletedView),
+        (status = 400, description = "Invalid id", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "No quorum, or the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub(super) async fn delete_session(
     State(core): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DeletedView>, ApiError> {
     let id = session_id(&id)?;
     // An unknown session is answered without writing a rejected entry.
     if !core.view.read(|a| a.state.sessions.contains_key(&id)) {
@@ -211,5 +310,7 @@ pub(super) async fn delete_session(
     core.proposer
         .propose(Command::DeleteSession { id: id.clone() })
         .await??;
-    Ok(Json(serde_json::json!({"deleted": id.as_str()})))
+    Ok(Json(DeletedView {
+        deleted: id.as_str().to_string(),
+    }))
 }

@@ -133,3 +133,71 @@ fn public_routes_need_a_role_and_unknown_ones_need_admin() {
         Some(Role::Admin)
     );
 }
+
+#[test]
+fn the_status_page_and_the_openapi_document_are_open_and_listed_deliberately() {
+    assert_eq!(needed_role(&Method::GET, "/"), None);
+    assert_eq!(needed_role(&Method::GET, "/v1/openapi.json"), None);
+    assert_eq!(needed_role(&Method::POST, "/"), Some(Role::Admin));
+    assert_eq!(needed_role(&Method::GET, "/v1/cluster"), Some(Role::Client));
+}
+
+/// `docs/openapi.json` is what the code generates. To write it again:
+/// `cargo run -- openapi > docs/openapi.json`, or run this test with
+/// `MINOS_WRITE_OPENAPI=1`.
+#[test]
+fn the_committed_openapi_document_is_the_generated_one() {
+    let generated = super::openapi_document();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+    if std::env::var_os("MINOS_WRITE_OPENAPI").is_some() {
+        std::fs::write(path, &generated).expect("write docs/openapi.json");
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/openapi.json differs from the generated document; \
+         run `cargo run -- openapi > docs/openapi.json` (or this test with MINOS_WRITE_OPENAPI=1)"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&generated).expect("JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+}
+
+#[test]
+fn every_route_of_the_router_is_documented_and_nothing_else() {
+    let mut routed: Vec<(String, String)> = super::route_table()
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let mut documented: Vec<(String, String)> = super::openapi::documented_routes()
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p))
+        .collect();
+    routed.sort();
+    documented.sort();
+    assert_eq!(routed, documented);
+}
+
+#[test]
+fn every_documented_operation_says_its_role_and_protected_ones_answer_401_and_403() {
+    let doc: serde_json::Value = serde_json::from_str(&super::openapi_document()).expect("JSON");
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("path item") {
+            let route = super::openapi::axum_route(path);
+            let method: Method = method.to_uppercase().parse().expect("method");
+            let role = needed_role(&method, &route);
+            let expected = match role {
+                None => "none",
+                Some(Role::Client) => "client",
+                Some(Role::Admin) => "admin",
+            };
+            assert_eq!(op["x-minos-role"], expected, "{method} {path}");
+            let responses = op["responses"].as_object().expect("responses");
+            assert_eq!(
+                responses.contains_key("401") && responses.contains_key("403"),
+                role.is_some(),
+                "{method} {path}"
+            );
+        }
+    }
+}

@@ -5,18 +5,21 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::model::{NodeId, NodeStatus, Session};
 use crate::state::SessionStatus;
 
 /// A session as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(as = Session)]
 pub struct SessionView {
     /// Session id.
     pub id: String,
     /// Handler kind.
     pub kind: String,
     /// Owner, if placed.
+    #[schema(value_type = Option<u64>)]
     pub owner: Option<NodeId>,
     /// Ownership epoch.
     pub epoch: u64,
@@ -24,13 +27,28 @@ pub struct SessionView {
     #[serde(default)]
     pub version: u64,
     /// `placed`, `moving` or `unplaced`.
+    #[schema(value_type = SessionStatusDoc)]
     pub status: SessionStatus,
-    /// Last committed state.
+    /// Last committed state (any JSON value the handler keeps).
     pub state: serde_json::Value,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+}
+
+/// Where a session stands (the schema of `crate::state::SessionStatus`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = SessionStatus)]
+#[allow(dead_code)]
+pub(super) enum SessionStatusDoc {
+    /// Its owner is Up.
+    Placed,
+    /// Its owner is Down, Draining or gone; a move is pending.
+    Moving,
+    /// No node was eligible when it was last placed.
+    Unplaced,
 }
 
 pub(super) fn session_view(session: &Session, status: SessionStatus) -> SessionView {
@@ -48,7 +66,7 @@ pub(super) fn session_view(session: &Session, status: SessionStatus) -> SessionV
 }
 
 /// A page of sessions.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct SessionPage {
     /// The sessions, in id order.
     pub sessions: Vec<SessionView>,
@@ -58,8 +76,9 @@ pub struct SessionPage {
 
 /// A node's status as `/v1/cluster` shows it: the table's status, or
 /// `unknown` where the answering node cannot confirm it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = NodeStatus)]
 pub enum NodeViewStatus {
     /// Up in the table, confirmed.
     Up,
@@ -102,9 +121,11 @@ impl NodeViewStatus {
 }
 
 /// A node as `/v1/cluster` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Node)]
 pub struct NodeView {
     /// Node id.
+    #[schema(value_type = u64)]
     pub id: NodeId,
     /// HTTP address.
     pub addr: String,
@@ -115,13 +136,16 @@ pub struct NodeView {
 }
 
 /// The answer of `/v1/cluster`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Cluster)]
 pub struct ClusterView {
     /// Current leader as this node knows it.
+    #[schema(value_type = Option<u64>)]
     pub leader: Option<NodeId>,
     /// Raft term.
     pub term: u64,
     /// Node that answered.
+    #[schema(value_type = u64)]
     pub answered_by: NodeId,
     /// True when the answering node knows its table is current: it leads
     /// and a quorum acknowledged it within the quorum window, or it holds a
@@ -135,4 +159,66 @@ pub struct ClusterView {
     pub sessions: usize,
     /// Sessions by status.
     pub by_status: BTreeMap<String, usize>,
+}
+
+/// `/v1/health`, `/v1/health/ready`: this node's view of whether it can
+/// serve (200 when ready, 503 otherwise, with the same body).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Health)]
+pub(super) struct HealthView {
+    /// Node that answered.
+    #[schema(value_type = u64)]
+    pub node: NodeId,
+    /// Leader as this node knows it.
+    #[schema(value_type = Option<u64>)]
+    pub leader: Option<NodeId>,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    /// Last applied log index.
+    pub applied_index: u64,
+    /// Applied up to its lease's grant.
+    pub caught_up: bool,
+    /// A quorum acknowledged the leader recently (see `Cluster.quorum`).
+    pub quorum: bool,
+    /// It holds a valid lease.
+    pub lease_valid: bool,
+}
+
+/// `/v1/health/live`: the process serves HTTP.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Live)]
+pub(super) struct LiveView {
+    /// Node that answered.
+    #[schema(value_type = u64)]
+    pub node: NodeId,
+    /// Always true.
+    pub live: bool,
+}
+
+/// The answer of `POST /v1/nodes/{id}/undrain`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Undrained)]
+pub(super) struct UndrainedView {
+    /// The node.
+    #[schema(value_type = u64)]
+    pub node: NodeId,
+    /// Always `up`.
+    pub status: String,
+}
+
+/// The answer of `DELETE /v1/nodes/{id}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Removed)]
+pub(super) struct RemovedView {
+    /// The node removed from the membership.
+    #[schema(value_type = u64)]
+    pub removed: NodeId,
+}
+
+/// The answer of `DELETE /v1/sessions/{id}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Deleted)]
+pub(super) struct DeletedView {
+    /// The session deleted.
+    pub deleted: String,
 }

@@ -292,7 +292,9 @@ fn wire(
 ) -> Wired {
     let me = builder.id;
     let (raft, view, transport) = (&opened.raft, &opened.view, &opened.transport);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let write_path = Arc::new(WritePath {
+        metrics: metrics.clone(),
         me,
         raft: raft.clone(),
         view: view.clone(),
@@ -311,9 +313,10 @@ fn wire(
         max_state_bytes: builder.limits.max_state_bytes,
         retention: builder.limits.call_retention,
         kick: Arc::new(Notify::new()),
+        metrics: metrics.clone(),
     };
     let runtime = Runtime::new(task_env, builder.registry.clone(), transport.clone());
-    let (lease_env, scheduler) = leader_envs(builder, opened, &proposer, &runtime);
+    let (lease_env, scheduler) = leader_envs(builder, opened, &proposer, &runtime, &metrics);
     let cluster = match (&stored.identity, membership) {
         (Some(identity), _) => identity.cluster.clone(),
         (None, Membership::Peers(peers)) => peers_cluster_name(peers),
@@ -336,6 +339,7 @@ fn wire(
         lease_env,
         scheduler,
         cluster: std::sync::RwLock::new(cluster),
+        metrics,
     });
     Wired {
         service,
@@ -352,6 +356,7 @@ fn leader_envs(
     opened: &Opened,
     proposer: &Proposer,
     runtime: &Arc<Runtime>,
+    metrics: &Arc<crate::metrics::Metrics>,
 ) -> (Arc<LeaseEnv>, Arc<SchedulerEnv>) {
     let lease_env = Arc::new(LeaseEnv {
         me: builder.id,
@@ -360,6 +365,7 @@ fn leader_envs(
         transport: opened.transport.clone(),
         timing: builder.timing.clone(),
         liveness: Liveness::default(),
+        metrics: metrics.clone(),
     });
     let scheduler = Arc::new(SchedulerEnv {
         me: builder.id,

@@ -26,7 +26,7 @@ pub struct LeaseAnswer {
 }
 
 /// What a handoff moved.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HandoffReport {
     /// Sessions whose move was committed.
     pub moved: usize,
@@ -107,13 +107,15 @@ pub struct JoinAnswer {
 }
 
 /// A successful call.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallReply {
     /// The handler's reply.
     pub reply: serde_json::Value,
     /// Node that ran the session.
+    #[schema(value_type = u64)]
     pub owner: NodeId,
     /// Epoch it ran under.
+    #[schema(value_type = u64)]
     pub epoch: Epoch,
 }
 

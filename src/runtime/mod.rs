@@ -95,6 +95,7 @@ pub(crate) struct TaskEnv {
     pub retention: CallRetention,
     /// Wakes the reconciler (a task stopped by itself).
     pub kick: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl TaskEnv {
@@ -341,12 +342,23 @@ impl Runtime {
     /// `settled` (the epoch is new to this node), the task settles the row
     /// through the log before it answers anything.
     fn start_task(&self, id: &SessionId, epoch: Epoch, settled: bool) -> Option<Running> {
-        let (kind, state, version, recorded) = self.env.view.read(|a| {
+        let (kind, state, version, recorded, moved_at) = self.env.view.read(|a| {
             a.state
                 .sessions
                 .get(id)
                 .filter(|s| s.epoch == epoch)
-                .map(|s| (s.kind.clone(), s.state.clone(), s.version, s.calls.clone()))
+                .map(|s| {
+                    // A new epoch here on a session not just created: a move.
+                    let moved = settled && s.updated_at != s.created_at;
+                    let moved_at = moved.then_some(s.updated_at);
+                    (
+                        s.kind.clone(),
+                        s.state.clone(),
+                        s.version,
+                        s.calls.clone(),
+                        moved_at,
+                    )
+                })
         })?;
         let Some(handler) = self.registry.get(&kind).cloned() else {
             warn!(session = %id, %kind, "no handler registered for this kind; session not started");
@@ -373,6 +385,8 @@ impl Runtime {
             calls: recorded,
             settled,
             stop: stop.clone(),
+            kind,
+            moved_at,
         };
         Some(Running {
             id: id.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use super::{Call, TaskEnv, SETTLE_PAUSE};
 use crate::handler::{DynHandler, HandlerError, LiveSession, SessionContext};
@@ -38,6 +38,11 @@ pub(super) struct SessionTask {
     /// no earlier write of this epoch can still land (see [`Command::Settle`]).
     pub(super) settled: bool,
     pub(super) stop: Arc<AtomicBool>,
+    /// The handler kind (a metric label).
+    pub(super) kind: crate::model::SessionKind,
+    /// When the table shows this session moved here (the move's commit,
+    /// proposer's clock), if this task starts because of a move.
+    pub(super) moved_at: Option<chrono::DateTime<Utc>>,
 }
 
 enum Commit {
@@ -67,6 +72,10 @@ impl SessionTask {
                 return;
             }
             self.restore();
+        }
+        if let Some(at) = self.moved_at.take() {
+            let took = (Utc::now() - at).to_std().unwrap_or(Duration::ZERO);
+            self.env.metrics.failover.observe(took.as_secs_f64());
         }
         let mut lease = self.env.lease.clone();
         loop {
@@ -112,7 +121,11 @@ impl SessionTask {
                         break;
                     }
                     let call = *call;
-                    let (answer, stop) = Box::pin(self.handle(call.msg, call.key)).await;
+                    let span = tracing::debug_span!("call", node = self.env.me, session = %self.id, epoch = %self.epoch);
+                    let started = tokio::time::Instant::now();
+                    let (answer, stop) = Box::pin(self.handle(call.msg, call.key)).instrument(span).await;
+                    let outcome = crate::metrics::call_outcome(&answer);
+                    self.env.metrics.call(self.kind.as_str(), outcome, started.elapsed());
                     let _ = call.reply.send(answer);
                     if stop {
                         break;
@@ -269,7 +282,8 @@ impl SessionTask {
         }
         loop {
             let command = self.write_command(&state, &call);
-            let unknown = match self.env.proposer.propose(command).await {
+            let span = tracing::debug_span!("commit", node = self.env.me, session = %self.id, epoch = %self.epoch, version = self.version);
+            let unknown = match self.env.proposer.propose(command).instrument(span).await {
                 Ok(Ok(applied)) => {
                     self.committed = state;
                     match applied {
