@@ -1,4 +1,4 @@
-//! A node's metrics: one [`Metrics`] of typed handles, made at start and
+//! A node's metrics: one `Metrics` of typed handles, made at start and
 //! passed to the parts that measure (the session tasks, the write path, the
 //! read index, the lease grant, the scheduler), and rendered by
 //! `GET /metrics` in the OpenMetrics text format, which Prometheus scrapes.
@@ -385,5 +385,38 @@ mod tests {
         assert!(text.contains("minos_call_duration_seconds_count{kind=\"kv\",outcome=\"ok\"} 1"));
         assert!(text.contains("minos_session_moves_total{reason=\"node_down\"} 2"));
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn readme_and_the_grafana_dashboard_use_these_names() {
+        let readme = include_str!("../README.md");
+        for name in NAMES {
+            assert!(readme.contains(name), "README does not name {name}");
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../deploy/grafana/minos.json"))
+                .expect("the dashboard is JSON");
+        let mut used = 0;
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if !word.starts_with("minos_") {
+                        continue;
+                    }
+                    let family = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|suffix| word.strip_suffix(suffix))
+                        .filter(|base| NAMES.contains(base))
+                        .unwrap_or(word);
+                    assert!(
+                        NAMES.contains(&family),
+                        "the dashboard uses {word}, not a metric"
+                    );
+                    used += 1;
+                }
+            }
+        }
+        assert!(used >= 10, "the dashboard uses {used} metrics");
     }
 }
