@@ -25,14 +25,14 @@ pub(crate) struct CallLabels {
     /// The session's handler kind.
     pub kind: String,
     /// `ok`, or why it failed (`rejected`, `too_large`, `unavailable`, ...).
-    pub outcome: String,
+    pub outcome: &'static str,
 }
 
 /// A `reason` label (moves, rejected commands, lease refusals).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
     /// Why.
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -242,33 +242,27 @@ impl Metrics {
     }
 
     /// Records one call.
-    pub(crate) fn call(&self, kind: &str, outcome: &str, took: Duration) {
+    pub(crate) fn call(&self, kind: &str, outcome: &'static str, took: Duration) {
         self.calls
             .get_or_create(&CallLabels {
                 kind: kind.to_string(),
-                outcome: outcome.to_string(),
+                outcome,
             })
             .observe(took.as_secs_f64());
     }
 
     /// Counts `n` moves for `reason`.
-    pub(crate) fn moved(&self, reason: &str, n: usize) {
+    pub(crate) fn moved(&self, reason: &'static str, n: usize) {
         if n > 0 {
             self.moves
-                .get_or_create(&ReasonLabel {
-                    reason: reason.to_string(),
-                })
+                .get_or_create(&ReasonLabel { reason })
                 .inc_by(n as u64);
         }
     }
 
     /// Counts one rejected command.
-    pub(crate) fn rejected(&self, reason: &str) {
-        self.rejected
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_string(),
-            })
-            .inc();
+    pub(crate) fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Counts one refused lease request, by the grant's reason (a
@@ -282,9 +276,7 @@ impl Metrics {
             _ => "other",
         };
         self.lease_denials
-            .get_or_create(&ReasonLabel {
-                reason: word.to_string(),
-            })
+            .get_or_create(&ReasonLabel { reason: word })
             .inc();
     }
 
