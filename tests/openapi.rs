@@ -72,7 +72,12 @@ fn operations(doc: &Value) -> Vec<(Method, String, Vec<u16>, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_answers_with_a_documented_status() -> Result<(), String> {
-    let mut cluster = ProcessCluster::start(ProcessOptions::new(BIN)).await?;
+    // Debug logs as JSON, to find the call's span (the nodes take MINOS_LOG
+    // from this process; this binary has no other test).
+    std::env::set_var("MINOS_LOG", "minos=debug,info,openraft=warn");
+    let mut options = ProcessOptions::new(BIN);
+    options.serve_args = vec!["--log-format".into(), "json".into()];
+    let mut cluster = ProcessCluster::start(options).await?;
     let deadline = Instant::now() + DEADLINE;
     cluster.await_leader(deadline).await?;
     for id in cluster.ids() {
@@ -163,6 +168,21 @@ async fn every_documented_operation_answers_with_a_documented_status() -> Result
         }
     }
     assert!(text.contains("minos_sessions "), "no minos_sessions gauge");
+
+    // The call ran in a span `call` with its session and epoch.
+    let logs: String = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.log_tail(id, 100_000))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let spanned = logs.lines().find(|line| {
+        line.contains("call handled")
+            && line.contains("\"name\":\"call\"")
+            && line.contains("\"session\":\"probe-1\"")
+            && line.contains("\"epoch\":")
+    });
+    assert!(spanned.is_some(), "no `call handled` event in a call span");
     assert!(!text.contains("minos_sessions_total"));
     Ok(())
 }

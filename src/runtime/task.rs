@@ -123,9 +123,10 @@ impl SessionTask {
                     let call = *call;
                     let span = tracing::debug_span!("call", node = self.env.me, session = %self.id, epoch = %self.epoch);
                     let started = tokio::time::Instant::now();
-                    let (answer, stop) = Box::pin(self.handle(call.msg, call.key)).instrument(span).await;
-                    let outcome = crate::metrics::call_outcome(&answer);
-                    self.env.metrics.call(self.kind.as_str(), outcome, started.elapsed());
+                    let (answer, stop) = Box::pin(self.handle(call.msg, call.key)).instrument(span.clone()).await;
+                    let (outcome, took) = (crate::metrics::call_outcome(&answer), started.elapsed());
+                    self.env.metrics.call(self.kind.as_str(), outcome, took);
+                    span.in_scope(|| debug!(outcome, micros = took.as_micros() as u64, "call handled"));
                     let _ = call.reply.send(answer);
                     if stop {
                         break;
