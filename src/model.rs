@@ -461,7 +461,7 @@ pub enum Proposal {
 pub const HISTORY_KEEP: u32 = 64;
 
 /// Why a session's owner changed (its placement history).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MoveReason {
     /// The session was created (its first owner).
@@ -483,7 +483,7 @@ pub enum MoveReason {
 }
 
 /// How the leader found a node dead (with [`MoveReason::NodeDown`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Detection {
     /// Its process was gone: its connection closed, then a new one was refused.
@@ -493,7 +493,7 @@ pub enum Detection {
 }
 
 /// One change of a session's owner, as committed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Placement {
     /// Position in the table's event sequence (increases by one per event).
     pub seq: u64,
@@ -502,10 +502,13 @@ pub struct Placement {
     /// When (the proposer's clock).
     pub at: DateTime<Utc>,
     /// The session's epoch after it.
+    #[schema(value_type = u64)]
     pub epoch: Epoch,
     /// Owner before (`None`: none, or created).
+    #[schema(value_type = Option<u64>)]
     pub from: Option<NodeId>,
     /// Owner after (`None`: unplaced, no node was eligible).
+    #[schema(value_type = Option<u64>)]
     pub to: Option<NodeId>,
     /// Why.
     pub reason: MoveReason,

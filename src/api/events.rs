@@ -19,8 +19,9 @@ use axum::Json;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::{session_id, ApiError};
+use super::error::{session_id, ApiError, ErrorBody};
 use super::sessions::barrier;
 use crate::model::{Epoch, NodeId, Placement, Rejection, Session, SessionId, StateJson};
 use crate::service::Service;
@@ -29,18 +30,22 @@ use crate::store::Update;
 type AppState = Arc<Service>;
 
 /// `GET /v1/sessions/{id}/history`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = History)]
 pub struct HistoryView {
     /// The session.
+    #[schema(value_type = String)]
     pub session: SessionId,
     /// Its changes of owner, oldest first (the last ones kept).
     pub events: Vec<Placement>,
 }
 
 /// One change of owner in `GET /v1/events`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Event)]
 pub struct EventView {
     /// The session that moved.
+    #[schema(value_type = String)]
     pub session: SessionId,
     /// The change.
     #[serde(flatten)]
@@ -48,7 +53,7 @@ pub struct EventView {
 }
 
 /// `GET /v1/events`: a page of recent moves.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventPage {
     /// Moves after `after`, oldest first.
     pub events: Vec<EventView>,
@@ -61,6 +66,22 @@ pub struct EventPage {
     pub missed: bool,
 }
 
+/// Placement history of a session
+///
+/// Its last changes of owner with their reasons, from the committed log
+/// (every node answers alike).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/history",
+    tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The history", body = HistoryView),
+        (status = 400, description = "Invalid id", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "No quorum for a linearizable read", body = ErrorBody),
+    )
+)]
 pub(super) async fn session_history(
     State(core): State<AppState>,
     Path(id): Path<String>,
@@ -78,10 +99,14 @@ pub(super) async fn session_history(
         .ok_or_else(|| Rejection::NoSuchSession(id).into())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// Moves with a `seq` above this one (default 0; the watch: from now).
     after: Option<u64>,
+    /// Page size, 1 to 1000 (default 100; not for the watch).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -117,6 +142,20 @@ fn events_after(core: &Service, after: u64, limit: usize) -> EventPage {
     })
 }
 
+/// Recent moves
+///
+/// The cluster's moves after `after`, oldest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "sessions",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "A page of moves", body = EventPage),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 503, description = "No quorum for a linearizable read", body = ErrorBody),
+    )
+)]
 pub(super) async fn list_events(
     State(core): State<AppState>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
@@ -152,6 +191,17 @@ fn sse(
 /// events `move` (an [`EventView`]); `gap` (`{"missed_after": SEQ,
 /// "oldest": SEQ}`) when the table no longer keeps some moves the watcher
 /// has not seen; the stream ends with `end` when the node stops.
+#[utoipa::path(
+    get,
+    path = "/v1/events/watch",
+    tag = "sessions",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "Server-Sent Events: `move` (an Event), `gap`, `end`", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 503, description = "No quorum for a linearizable read", body = ErrorBody),
+    )
+)]
 pub(super) async fn watch_events(
     State(core): State<AppState>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
@@ -340,15 +390,29 @@ pub(crate) fn follow_session(
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct WatchQuery {
+    /// Resume after this version (changes up to it are not sent again).
     from_version: Option<u64>,
 }
 
 /// `GET /v1/sessions/{id}/watch?from_version=V`: SSE events `change` (a
 /// [`SessionChange`]) for each committed change (the current row first
 /// when it is newer than `from_version`), then one `end` ([`WatchEnd`]).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/watch",
+    tag = "sessions",
+    params(("id" = String, Path, description = "Session id"), WatchQuery),
+    responses(
+        (status = 200, description = "Server-Sent Events: `change` per committed change, then `end` (`deleted`, `lagged`, `node_stopping`)", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad id or query", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "No quorum for a linearizable read", body = ErrorBody),
+    )
+)]
 pub(super) async fn watch_session(
     State(core): State<AppState>,
     Path(id): Path<String>,

@@ -13,7 +13,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::needed_role;
-use super::{cluster, page, sessions};
+use super::{cluster, events, page, sessions};
 use crate::auth::Role;
 
 #[derive(OpenApi)]
@@ -30,6 +30,10 @@ Every node answers every route. Errors are `{\"error\": {\"code\", \"message\"}}
         sessions::get_session,
         sessions::delete_session,
         sessions::call_session,
+        events::session_history,
+        events::watch_session,
+        events::list_events,
+        events::watch_events,
         cluster::cluster_status,
         cluster::rebalance,
         cluster::drain_node,
