@@ -1,6 +1,6 @@
 //! A node's metrics: one `Metrics` of typed handles, made at start and
 //! passed to the parts that measure (the session tasks, the write path, the
-//! read index, the lease grant, the scheduler), and rendered by
+//! read index, the lease grant), and rendered by
 //! `GET /metrics` in the OpenMetrics text format, which Prometheus scrapes.
 //!
 //! Conventions (Prometheus'): base units in the name (`_seconds`), `_total`
