@@ -303,18 +303,25 @@ impl Client {
         // A kept-alive connection the node closed just as the call was sent
         // (a node stopping, an idle timeout) fails in transport. With a key
         // the call is safe to send again (it takes effect at most once); a
-        // refused connection is not retried (the node is not there).
+        // refused connection is not retried (the node is not there), and
+        // once an attempt may have been delivered, a later refusal reports
+        // that attempt's error: the call may have run.
         let mut attempts = 0;
+        let mut maybe_delivered: Option<ClientError> = None;
         loop {
             attempts += 1;
             match self.send(request()).await {
-                Err(ClientError::Transport { source, .. })
+                Err(ClientError::Transport { source, addr })
                     if key.is_some()
                         && !source.is_connect()
                         && !source.is_timeout()
                         && attempts < CALL_ATTEMPTS =>
                 {
+                    maybe_delivered.get_or_insert(ClientError::Transport { source, addr });
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(ClientError::Transport { source, addr }) if source.is_connect() => {
+                    return Err(maybe_delivered.unwrap_or(ClientError::Transport { source, addr }));
                 }
                 other => return other,
             }

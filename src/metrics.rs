@@ -123,6 +123,56 @@ pub const NAMES: &[&str] = &[
     "minos_lease_valid",
 ];
 
+/// The gauges, registered.
+fn register_gauges(registry: &mut Registry) -> Gauges {
+    let gauges = Gauges::default();
+    let g = &gauges;
+    for (name, help, gauge) in [
+        ("node_id", "This node's id.", &g.node_id),
+        ("raft_term", "Current Raft term.", &g.raft_term),
+        (
+            "raft_leader",
+            "Current leader id (0 when unknown).",
+            &g.raft_leader,
+        ),
+        (
+            "raft_is_leader",
+            "1 when this node is the leader.",
+            &g.raft_is_leader,
+        ),
+        (
+            "raft_last_log_index",
+            "Last log index.",
+            &g.raft_last_log_index,
+        ),
+        (
+            "raft_applied_index",
+            "Last applied log index.",
+            &g.raft_applied_index,
+        ),
+        ("sessions", "Sessions in the table.", &g.sessions),
+        (
+            "sessions_owned",
+            "Sessions this node owns in the table.",
+            &g.sessions_owned,
+        ),
+        (
+            "sessions_running",
+            "Session tasks running on this node.",
+            &g.sessions_running,
+        ),
+        ("nodes_up", "Nodes Up in the table.", &g.nodes_up),
+        (
+            "lease_valid",
+            "1 while this node holds a valid lease.",
+            &g.lease_valid,
+        ),
+    ] {
+        registry.register(name, help, gauge.clone());
+    }
+    gauges
+}
+
 impl Metrics {
     /// A registry with every metric at zero.
     pub(crate) fn new() -> Self {
@@ -135,33 +185,31 @@ impl Metrics {
         let rejected = Family::<ReasonLabel, Counter>::default();
         let lease_grants = Counter::default();
         let lease_denials = Family::<ReasonLabel, Counter>::default();
-        let seconds = |r: &mut Registry, name: &str, help: &str, m: Histogram| {
-            r.register_with_unit(name, help, Unit::Seconds, m)
-        };
         registry.register_with_unit(
             "call_duration",
             "Calls handled by this node's session tasks, handler and commit, by kind and outcome.",
             Unit::Seconds,
             calls.clone(),
         );
-        seconds(
-            &mut registry,
-            "commit_duration",
-            "Batches this node wrote as leader, until committed and applied.",
-            commit.clone(),
-        );
-        seconds(
-            &mut registry,
-            "read_index_duration",
-            "Read indexes this node obtained for linearizable reads.",
-            read_index.clone(),
-        );
-        seconds(
-            &mut registry,
-            "failover_duration",
-            "From the commit of a session's move to this node to its task running here.",
-            failover.clone(),
-        );
+        for (name, help, histogram) in [
+            (
+                "commit_duration",
+                "Batches this node wrote as leader, until committed and applied.",
+                &commit,
+            ),
+            (
+                "read_index_duration",
+                "Read indexes this node obtained for linearizable reads.",
+                &read_index,
+            ),
+            (
+                "failover_duration",
+                "From the commit of a session's move to this node to its task running here.",
+                &failover,
+            ),
+        ] {
+            registry.register_with_unit(name, help, Unit::Seconds, histogram.clone());
+        }
         registry.register(
             "session_moves",
             "Sessions moved by entries this node wrote as leader, by reason.",
@@ -182,51 +230,7 @@ impl Metrics {
             "Lease requests this node refused as leader, by reason.",
             lease_denials.clone(),
         );
-        let gauges = Gauges::default();
-        let g = &gauges;
-        for (name, help, gauge) in [
-            ("node_id", "This node's id.", &g.node_id),
-            ("raft_term", "Current Raft term.", &g.raft_term),
-            (
-                "raft_leader",
-                "Current leader id (0 when unknown).",
-                &g.raft_leader,
-            ),
-            (
-                "raft_is_leader",
-                "1 when this node is the leader.",
-                &g.raft_is_leader,
-            ),
-            (
-                "raft_last_log_index",
-                "Last log index.",
-                &g.raft_last_log_index,
-            ),
-            (
-                "raft_applied_index",
-                "Last applied log index.",
-                &g.raft_applied_index,
-            ),
-            ("sessions", "Sessions in the table.", &g.sessions),
-            (
-                "sessions_owned",
-                "Sessions this node owns in the table.",
-                &g.sessions_owned,
-            ),
-            (
-                "sessions_running",
-                "Session tasks running on this node.",
-                &g.sessions_running,
-            ),
-            ("nodes_up", "Nodes Up in the table.", &g.nodes_up),
-            (
-                "lease_valid",
-                "1 while this node holds a valid lease.",
-                &g.lease_valid,
-            ),
-        ] {
-            registry.register(name, help, gauge.clone());
-        }
+        let gauges = register_gauges(&mut registry);
         Self {
             registry,
             calls,

@@ -102,26 +102,7 @@ async fn run(env: Arc<SchedulerEnv>, term: u64) {
         if env.raft.metrics().borrow().current_term != term {
             break;
         }
-        // Keep one presence watcher per other member.
-        let members: Vec<(NodeId, String)> = env.view.read(|a| {
-            a.state
-                .nodes
-                .values()
-                .filter(|n| n.id != env.me)
-                .map(|n| (n.id, n.addr.clone()))
-                .collect()
-        });
-        watchers.retain(|id, _| members.iter().any(|(m, _)| m == id));
-        for (id, addr) in &members {
-            watchers.entry(*id).or_insert_with(|| {
-                AbortOnDrop(tokio::spawn(watch_presence(
-                    env.clone(),
-                    *id,
-                    addr.clone(),
-                    dead_tx.clone(),
-                )))
-            });
-        }
+        keep_watchers(&env, &mut watchers, &dead_tx);
 
         auto.poll(&env, Instant::now());
         let index = env.view.applied_index();
@@ -130,31 +111,71 @@ async fn run(env: Arc<SchedulerEnv>, term: u64) {
             repaired_at = Some(index);
             continue;
         }
-        let started = Instant::now();
-        let summary: Vec<String> = commands.iter().map(summarize).collect();
-        let results = env.proposer.propose_all(commands.clone()).await;
-        let mut all_written = true;
-        for ((command, result), text) in commands.iter().zip(&results).zip(&summary) {
-            if let Err(e) = result {
-                all_written = false;
-                failures.report(text, e);
-                if let Command::NodeUp { id } = command {
-                    env.liveness.retry_up(*id);
-                }
-            } else if let Command::NodeUp { .. } = command {
-                auto.node_up(Instant::now());
+        write_plan(&env, commands, nodes_changed, &mut failures, &mut auto).await;
+    }
+}
+
+/// Keeps one presence watcher per other member.
+fn keep_watchers(
+    env: &Arc<SchedulerEnv>,
+    watchers: &mut BTreeMap<NodeId, AbortOnDrop>,
+    dead_tx: &mpsc::Sender<NodeId>,
+) {
+    let members: Vec<(NodeId, String)> = env.view.read(|a| {
+        a.state
+            .nodes
+            .values()
+            .filter(|n| n.id != env.me)
+            .map(|n| (n.id, n.addr.clone()))
+            .collect()
+    });
+    watchers.retain(|id, _| members.iter().any(|(m, _)| m == id));
+    for (id, addr) in &members {
+        watchers.entry(*id).or_insert_with(|| {
+            AbortOnDrop(tokio::spawn(watch_presence(
+                env.clone(),
+                *id,
+                addr.clone(),
+                dead_tx.clone(),
+            )))
+        });
+    }
+}
+
+/// Writes the scheduler's commands: a NodeUp not written is asked again,
+/// one written arms the automatic rebalance; failures are logged once and
+/// then counted, and "committed" is logged only when all went through.
+async fn write_plan(
+    env: &SchedulerEnv,
+    commands: Vec<Command>,
+    nodes_changed: bool,
+    failures: &mut FailureLog,
+    auto: &mut AutoRebalance,
+) {
+    let started = Instant::now();
+    let summary: Vec<String> = commands.iter().map(summarize).collect();
+    let results = env.proposer.propose_all(commands.clone()).await;
+    let mut all_written = true;
+    for ((command, result), text) in commands.iter().zip(&results).zip(&summary) {
+        if let Err(e) = result {
+            all_written = false;
+            failures.report(text, e);
+            if let Command::NodeUp { id } = command {
+                env.liveness.retry_up(*id);
             }
+        } else if let Command::NodeUp { .. } = command {
+            auto.node_up(Instant::now());
         }
-        if all_written {
-            failures.recovered();
-        }
-        if nodes_changed && all_written {
-            info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                commands = ?summary,
-                "scheduler committed"
-            );
-        }
+    }
+    if all_written {
+        failures.recovered();
+    }
+    if nodes_changed && all_written {
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            commands = ?summary,
+            "scheduler committed"
+        );
     }
 }
 

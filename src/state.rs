@@ -299,20 +299,7 @@ impl ClusterState {
     fn apply_one(&mut self, command: &Command, ctx: &Ctx, changes: &mut Changes) -> CommandResult {
         let at = ctx.at;
         match command {
-            Command::AddNode { id, addr } => {
-                // Re-registering keeps the status: it must not cancel a drain
-                // or revive a Down node without NodeUp.
-                self.nodes
-                    .entry(*id)
-                    .and_modify(|node| node.addr = addr.clone())
-                    .or_insert_with(|| NodeInfo {
-                        id: *id,
-                        addr: addr.clone(),
-                        status: NodeStatus::Up,
-                        since: at,
-                    });
-                Ok(Applied::Done)
-            }
+            Command::AddNode { id, addr } => self.add_node(*id, addr, at),
             Command::RemoveNode { id } => self.remove_node(*id, ctx, changes),
             Command::NodeDown { id } => self.set_status(*id, NodeStatus::Down, at),
             Command::NodeUp { id } => self.set_status(*id, NodeStatus::Up, at),
@@ -366,6 +353,22 @@ impl ClusterState {
                 None => Err(Rejection::NoSuchSession(id.clone())),
             },
         }
+    }
+
+    /// Adds a member as Up, or changes its address. Re-registering keeps
+    /// the status: it must not cancel a drain or revive a Down node without
+    /// NodeUp.
+    fn add_node(&mut self, id: NodeId, addr: &str, at: DateTime<Utc>) -> CommandResult {
+        self.nodes
+            .entry(id)
+            .and_modify(|node| node.addr = addr.to_string())
+            .or_insert_with(|| NodeInfo {
+                id,
+                addr: addr.to_string(),
+                status: NodeStatus::Up,
+                since: at,
+            });
+        Ok(Applied::Done)
     }
 
     /// An owner's write of a new state, on its epoch and version; a keyed

@@ -306,88 +306,92 @@ pub(crate) fn follow_session(
 ) -> impl Stream<Item = Result<SessionChange, WatchEnd>> + Send + 'static {
     // Subscribed before the row is read: no change falls in between.
     let updates = core.view.watch_updates();
-    let shutdown = core.shutdown.clone();
     let first = core
         .view
         .read(|a| a.state.sessions.get(&id).map(SessionChange::of));
-    // The last (version, epoch) sent: a change of either is sent (a move
-    // changes the epoch and owner, a write the version and state).
-    let sent: Option<(u64, Epoch)> = None;
-    let state = (core, id, updates, shutdown, sent, Some(first), false);
-    futures::stream::unfold(
-        state,
-        move |(core, id, mut updates, mut shutdown, mut sent, mut first, ended)| async move {
-            if ended {
-                return None;
-            }
-            let end = |reason: &str| {
-                Err(WatchEnd {
-                    reason: reason.into(),
-                })
+    let follower = SessionFollower {
+        shutdown: core.shutdown.clone(),
+        core,
+        id,
+        updates,
+        first: Some(first),
+        from_version,
+        sent: None,
+        ended: false,
+    };
+    futures::stream::unfold(follower, |mut follower| async move {
+        let item = follower.next().await?;
+        Some((item, follower))
+    })
+}
+
+/// The state of one session's watch.
+struct SessionFollower {
+    core: Arc<Service>,
+    id: SessionId,
+    updates: broadcast::Receiver<Update>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The row when the watch began (`Some(None)`: it did not exist).
+    first: Option<Option<SessionChange>>,
+    from_version: Option<u64>,
+    /// The last (version, epoch) sent: a change of either is sent (a move
+    /// changes the epoch and owner, a write the version and state).
+    sent: Option<(u64, Epoch)>,
+    ended: bool,
+}
+
+impl SessionFollower {
+    fn end(&mut self, reason: &str) -> Option<Result<SessionChange, WatchEnd>> {
+        self.ended = true;
+        Some(Err(WatchEnd {
+            reason: reason.into(),
+        }))
+    }
+
+    /// The next item of the stream (`None`: it is over).
+    async fn next(&mut self) -> Option<Result<SessionChange, WatchEnd>> {
+        if self.ended {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            let Some(change) = first else {
+                return self.end("deleted");
             };
-            if let Some(row) = first.take() {
-                match row {
-                    None => {
-                        return Some((
-                            end("deleted"),
-                            (core, id, updates, shutdown, sent, None, true),
-                        ))
-                    }
-                    Some(change) => {
-                        sent = Some((change.version, change.epoch));
-                        // Resuming: the current row only if newer than what the
-                        // watcher has (versions in between are not kept).
-                        if from_version.is_none_or(|v| change.version > v) {
-                            return Some((
-                                Ok(change),
-                                (core, id, updates, shutdown, sent, None, false),
-                            ));
-                        }
+            self.sent = Some((change.version, change.epoch));
+            // Resuming: the current row only if newer than what the watcher
+            // has (versions in between are not kept).
+            if self.from_version.is_none_or(|v| change.version > v) {
+                return Some(Ok(change));
+            }
+        }
+        loop {
+            let update = tokio::select! {
+                update = self.updates.recv() => update,
+                _ = self.shutdown.changed() => return self.end("node_stopping"),
+            };
+            let row = match update {
+                Ok(Update::Sessions(rows)) => {
+                    match rows.iter().find(|(changed, _)| *changed == self.id) {
+                        Some((_, row)) => row.as_deref().map(SessionChange::of),
+                        None => continue,
                     }
                 }
+                Ok(Update::Reset) => self
+                    .core
+                    .view
+                    .read(|a| a.state.sessions.get(&self.id).map(SessionChange::of)),
+                Err(broadcast::error::RecvError::Lagged(_)) => return self.end("lagged"),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            let Some(change) = row else {
+                return self.end("deleted");
+            };
+            if self.sent != Some((change.version, change.epoch)) {
+                self.sent = Some((change.version, change.epoch));
+                return Some(Ok(change));
             }
-            loop {
-                let update = tokio::select! {
-                    update = updates.recv() => update,
-                    _ = shutdown.changed() => return Some((end("node_stopping"), (core, id, updates, shutdown, sent, None, true))),
-                };
-                let row = match update {
-                    Ok(Update::Sessions(rows)) => {
-                        match rows.iter().find(|(changed, _)| *changed == id) {
-                            Some((_, row)) => row.as_deref().map(SessionChange::of),
-                            None => continue,
-                        }
-                    }
-                    Ok(Update::Reset) => core
-                        .view
-                        .read(|a| a.state.sessions.get(&id).map(SessionChange::of)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some((
-                            end("lagged"),
-                            (core, id, updates, shutdown, sent, None, true),
-                        ))
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                };
-                match row {
-                    None => {
-                        return Some((
-                            end("deleted"),
-                            (core, id, updates, shutdown, sent, None, true),
-                        ))
-                    }
-                    Some(change) if sent != Some((change.version, change.epoch)) => {
-                        sent = Some((change.version, change.epoch));
-                        return Some((
-                            Ok(change),
-                            (core, id, updates, shutdown, sent, None, false),
-                        ));
-                    }
-                    Some(_) => continue,
-                }
-            }
-        },
-    )
+        }
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -63,19 +63,9 @@ impl SessionTask {
 
     pub(super) async fn run(mut self, mut calls: mpsc::Receiver<Box<Call>>) {
         debug!(node = self.env.me, session = %self.id, epoch = %self.epoch, "session task started");
-        if !self.settled {
-            // Calls wait in the mailbox meanwhile; if this fails they are
-            // dropped unanswered (never run) and their routers retry.
-            if Box::pin(self.settle()).await.is_err() {
-                debug!(node = self.env.me, session = %self.id, "session task could not settle; stopped");
-                self.env.kick.notify_one();
-                return;
-            }
-            self.restore();
-        }
-        if let Some(at) = self.moved_at.take() {
-            let took = (Utc::now() - at).to_std().unwrap_or(Duration::ZERO);
-            self.env.metrics.failover.observe(took.as_secs_f64());
+        if !self.begin().await {
+            self.env.kick.notify_one();
+            return;
         }
         let mut lease = self.env.lease.clone();
         loop {
@@ -85,50 +75,13 @@ impl SessionTask {
                     self.live = None;
                 }
             }
-            let deadline = self.deadline;
-            let lease_ok = self.env.lease_valid();
-            // Timers fire only under a valid lease; without one, wait for the
-            // next renewal instead (the reconciler may stop this task first).
-            let timer = async {
-                if !lease_ok {
-                    let _ = lease.changed().await;
-                    return false;
-                }
-                match deadline {
-                    Some(at) => {
-                        let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                        tokio::time::sleep(wait).await;
-                        true
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let timer = timer(&mut lease, self.env.lease_valid(), self.deadline);
             tokio::select! {
                 call = calls.recv() => {
                     let Some(call) = call else { break };
-                    if call.reply.is_closed() {
-                        // Its caller gave up before it was taken: never run.
-                        continue;
-                    }
-                    if !self.env.lease_valid() || self.stop.load(Ordering::SeqCst) {
-                        let _ = call.reply.send(Err(CallError::NotHere));
-                        continue;
-                    }
                     // Boxed: the idle task then holds no room for a call's
                     // future (1.7 KB unboxed).
-                    if let Commit::Stop(_) = Box::pin(self.fire_due_deadline()).await {
-                        let _ = call.reply.send(Err(CallError::NotHere));
-                        break;
-                    }
-                    let call = *call;
-                    let span = tracing::debug_span!("call", node = self.env.me, session = %self.id, epoch = %self.epoch);
-                    let started = tokio::time::Instant::now();
-                    let (answer, stop) = Box::pin(self.handle(call.msg, call.key)).instrument(span.clone()).await;
-                    let (outcome, took) = (crate::metrics::call_outcome(&answer), started.elapsed());
-                    self.env.metrics.call(self.kind.as_str(), outcome, took);
-                    span.in_scope(|| debug!(outcome, micros = took.as_micros() as u64, "call handled"));
-                    let _ = call.reply.send(answer);
-                    if stop {
+                    if Box::pin(self.take_call(*call)).await {
                         break;
                     }
                 }
@@ -143,6 +96,53 @@ impl SessionTask {
         }
         debug!(node = self.env.me, session = %self.id, "session task stopped");
         self.env.kick.notify_one();
+    }
+
+    /// Settles the row first unless this epoch is new here (calls wait in
+    /// the mailbox meanwhile; if it fails they are dropped unanswered, never
+    /// run, and their routers retry), and records the failover duration.
+    /// False when the task must stop.
+    async fn begin(&mut self) -> bool {
+        if !self.settled {
+            if Box::pin(self.settle()).await.is_err() {
+                debug!(node = self.env.me, session = %self.id, "session task could not settle; stopped");
+                return false;
+            }
+            self.restore();
+        }
+        if let Some(at) = self.moved_at.take() {
+            let took = (Utc::now() - at).to_std().unwrap_or(Duration::ZERO);
+            self.env.metrics.failover.observe(took.as_secs_f64());
+        }
+        true
+    }
+
+    /// Handles one call from the mailbox and answers it; true when the
+    /// task must stop.
+    async fn take_call(&mut self, call: Call) -> bool {
+        if call.reply.is_closed() {
+            // Its caller gave up before it was taken: never run.
+            return false;
+        }
+        if !self.env.lease_valid() || self.stop.load(Ordering::SeqCst) {
+            let _ = call.reply.send(Err(CallError::NotHere));
+            return false;
+        }
+        if let Commit::Stop(_) = self.fire_due_deadline().await {
+            let _ = call.reply.send(Err(CallError::NotHere));
+            return true;
+        }
+        let span = tracing::debug_span!("call", node = self.env.me, session = %self.id, epoch = %self.epoch);
+        let started = tokio::time::Instant::now();
+        let (answer, stop) = self
+            .handle(call.msg, call.key)
+            .instrument(span.clone())
+            .await;
+        let (outcome, took) = (crate::metrics::call_outcome(&answer), started.elapsed());
+        self.env.metrics.call(self.kind.as_str(), outcome, took);
+        span.in_scope(|| debug!(outcome, micros = took.as_micros() as u64, "call handled"));
+        let _ = call.reply.send(answer);
+        stop
     }
 
     /// Commits a [`Command::Settle`] for this task's epoch and takes the
@@ -376,5 +376,27 @@ impl SessionTask {
             }
         }
         self.live.as_mut()
+    }
+}
+
+/// Waits for the session's deadline (true), or, without a valid lease, for
+/// the next renewal (false): timers fire only under a valid lease (the
+/// reconciler may stop the task first).
+async fn timer(
+    lease: &mut tokio::sync::watch::Receiver<crate::lease::Lease>,
+    lease_ok: bool,
+    deadline: Option<chrono::DateTime<Utc>>,
+) -> bool {
+    if !lease_ok {
+        let _ = lease.changed().await;
+        return false;
+    }
+    match deadline {
+        Some(at) => {
+            let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await;
+            true
+        }
+        None => std::future::pending().await,
     }
 }

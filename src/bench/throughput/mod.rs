@@ -13,6 +13,7 @@
 
 mod etcd;
 mod load;
+mod phases;
 mod probe;
 mod report;
 
@@ -23,12 +24,11 @@ use tokio::time::Instant;
 
 use self::etcd::EtcdCluster;
 use self::load::{run_cell, Backend, Cell, CellResult, Op};
-use self::probe::{cpu_seconds, rss_bytes};
 pub use self::report::ThroughputReport;
-use self::report::{CellRow, FailoverRow, IdleRow, LoadRow, MemoryRow, RestartRow};
+use self::report::{CellRow, MemoryRow};
 use crate::bench::BenchError;
 use crate::model::NodeId;
-use crate::testkit::process::{ProcessCluster, ProcessOptions, Signal};
+use crate::testkit::process::{ProcessCluster, ProcessOptions};
 
 /// Flags of `minos bench throughput`.
 #[derive(clap::Args, Clone, Debug)]
@@ -111,16 +111,7 @@ fn failed(e: impl std::fmt::Display) -> BenchError {
 
 /// Runs the benchmark.
 pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> {
-    if args.clients.is_empty() || args.clients.iter().any(|c| *c == 0 || *c > 1024) {
-        return Err(BenchError::Usage(
-            "--clients takes counts from 1 to 1024".into(),
-        ));
-    }
-    if args.ops == 0 || args.cell_secs == 0 || args.value_bytes > 64 * 1024 {
-        return Err(BenchError::Usage(
-            "--ops and --cell-secs must be positive, --value-bytes at most 65536".into(),
-        ));
-    }
+    check(args)?;
     let bin = match &args.bin {
         Some(bin) => bin.clone(),
         None => std::env::current_exe().map_err(failed)?,
@@ -137,6 +128,69 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> 
         })?;
         Some(cluster)
     };
+    let (mut cluster, leader, minos) = start_minos(bin).await?;
+    let mut systems = vec![minos];
+    if let Some(etcd) = &etcd {
+        systems.insert(
+            0,
+            System {
+                backend: Backend::Etcd,
+                endpoints: etcd.endpoints.clone(),
+                leader: etcd.leader().await.map_err(failed)?,
+                pids: etcd.pids(),
+            },
+        );
+    }
+    let value = "x".repeat(args.value_bytes);
+    for system in &systems {
+        report.memory.push(phases::memory_row(system, 0));
+    }
+    phases::matrix(args, &systems, &value, &mut report).await;
+    if args.load > 0 {
+        loaded(args, &systems, &value, &mut report).await;
+    }
+    for system in &systems {
+        let window = Duration::from_secs(args.idle_secs);
+        report
+            .idle
+            .push(phases::idle_row(system, args.load, window).await);
+        if args.load > 0 {
+            report.memory.push(phases::memory_row(system, args.load));
+        }
+    }
+    let sessions = args.load + systems.last().map_or(0, |s| report_sessions_of(&report, s));
+    report.placement = phases::placement(&cluster).await.map_err(failed)?;
+    if !args.no_failover && sessions > 0 {
+        report.failover = Some(
+            phases::mass_failover(&mut cluster, leader)
+                .await
+                .map_err(failed)?,
+        );
+        report.restart = Some(phases::restart(&mut cluster).await.map_err(failed)?);
+        report
+            .memory
+            .push(restarted_memory(&cluster, &systems, sessions).await?);
+    }
+    drop(etcd);
+    Ok(report)
+}
+
+fn check(args: &ThroughputArgs) -> Result<(), BenchError> {
+    if args.clients.is_empty() || args.clients.iter().any(|c| *c == 0 || *c > 1024) {
+        return Err(BenchError::Usage(
+            "--clients takes counts from 1 to 1024".into(),
+        ));
+    }
+    if args.ops == 0 || args.cell_secs == 0 || args.value_bytes > 64 * 1024 {
+        return Err(BenchError::Usage(
+            "--ops and --cell-secs must be positive, --value-bytes at most 65536".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Starts the minos cluster; its leader and the system to measure.
+async fn start_minos(bin: PathBuf) -> Result<(ProcessCluster, NodeId, System), BenchError> {
     say("starting a 3-node minos cluster");
     let mut options = ProcessOptions::new(bin);
     options.start_timeout = Duration::from_secs(60);
@@ -156,82 +210,56 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> 
         leader: ids.iter().position(|id| *id == leader).unwrap_or(0),
         pids: ids.iter().filter_map(|id| cluster.pid(*id)).collect(),
     };
-    let mut systems = vec![minos];
-    if let Some(etcd) = &etcd {
-        systems.insert(
-            0,
-            System {
-                backend: Backend::Etcd,
-                endpoints: etcd.endpoints.clone(),
-                leader: etcd.leader().await.map_err(failed)?,
-                pids: etcd.pids(),
-            },
-        );
+    Ok((cluster, leader, minos))
+}
+
+/// Phases 2 and 3: the bulk load, then writes again on the loaded table.
+async fn loaded(
+    args: &ThroughputArgs,
+    systems: &[System],
+    value: &str,
+    report: &mut ThroughputReport,
+) {
+    for system in systems {
+        phases::bulk_load(args, system, value, report).await;
     }
-    let value = "x".repeat(args.value_bytes);
-    for system in &systems {
-        report.memory.push(memory_row(system, 0));
-    }
-    matrix(args, &systems, &value, &mut report).await;
-    if args.load > 0 {
-        for system in &systems {
-            bulk_load(args, system, &value, &mut report).await;
-        }
-        let keys: Vec<String> = (0..args.load.min(10_000)).map(load_key).collect();
-        for system in &systems {
-            for clients in [1, *args.clients.iter().max().unwrap_or(&64)] {
-                let result = cell(
-                    args,
-                    system,
-                    Op::Write,
-                    clients,
-                    Targets::All,
-                    &keys,
-                    &value,
-                )
-                .await;
-                report.cells.push(CellRow::new(
-                    system,
-                    Op::Write,
-                    clients,
-                    Targets::All,
-                    ("loaded", args.load + report_sessions_of(&report, system)),
-                    result,
-                ));
-            }
+    let keys: Vec<String> = (0..args.load.min(10_000)).map(load_key).collect();
+    for system in systems {
+        for clients in [1, *args.clients.iter().max().unwrap_or(&64)] {
+            let result = cell(args, system, Op::Write, clients, Targets::All, &keys, value).await;
+            let table = args.load + report_sessions_of(report, system);
+            report.cells.push(CellRow::new(
+                system,
+                Op::Write,
+                clients,
+                Targets::All,
+                ("loaded", table),
+                result,
+            ));
         }
     }
-    for system in &systems {
-        report
-            .idle
-            .push(idle_row(system, args.load, Duration::from_secs(args.idle_secs)).await);
-        if args.load > 0 {
-            report.memory.push(memory_row(system, args.load));
-        }
-    }
-    let sessions = args.load + systems.last().map_or(0, |s| report_sessions_of(&report, s));
-    report.placement = placement(&cluster).await.map_err(failed)?;
-    if !args.no_failover && sessions > 0 {
-        report.failover = Some(mass_failover(&mut cluster, leader).await.map_err(failed)?);
-        report.restart = Some(restart(&mut cluster).await.map_err(failed)?);
-        // Memory of processes that loaded the table from disk, without the
-        // garbage a bulk load leaves in the allocator.
-        let ids = cluster.ids();
-        await_running(&cluster, &ids, sessions)
-            .await
-            .map_err(failed)?;
-        let restarted = System {
-            backend: systems[systems.len() - 1].backend.clone(),
-            endpoints: Vec::new(),
-            leader: 0,
-            pids: ids.iter().filter_map(|id| cluster.pid(*id)).collect(),
-        };
-        let mut row = memory_row(&restarted, sessions);
-        row.when = "restarted";
-        report.memory.push(row);
-    }
-    drop(etcd);
-    Ok(report)
+}
+
+/// Memory of processes that loaded the table from disk (every node was
+/// restarted), without the garbage a bulk load leaves in the allocator.
+async fn restarted_memory(
+    cluster: &ProcessCluster,
+    systems: &[System],
+    sessions: usize,
+) -> Result<MemoryRow, BenchError> {
+    let ids = cluster.ids();
+    phases::await_running(cluster, &ids, sessions)
+        .await
+        .map_err(failed)?;
+    let restarted = System {
+        backend: systems[systems.len() - 1].backend.clone(),
+        endpoints: Vec::new(),
+        leader: 0,
+        pids: ids.iter().filter_map(|id| cluster.pid(*id)).collect(),
+    };
+    let mut row = phases::memory_row(&restarted, sessions);
+    row.when = "restarted";
+    Ok(row)
 }
 
 /// Sessions (keys) the matrix created on `system`.
@@ -281,330 +309,4 @@ async fn cell(
         result.failed
     ));
     result
-}
-
-/// Phase 1: every operation at every client count, to the leader and to
-/// all nodes, on every system. Creates make the keys the other cells use.
-async fn matrix(
-    args: &ThroughputArgs,
-    systems: &[System],
-    value: &str,
-    report: &mut ThroughputReport,
-) {
-    say("matrix: creates, state-changing calls, linearizable reads");
-    for system in systems {
-        let mut created: Vec<String> = Vec::new();
-        let mut round = 0;
-        for op in [Op::Create, Op::Write, Op::Read] {
-            for clients in &args.clients {
-                for targets in [Targets::Leader, Targets::All] {
-                    round += 1;
-                    let result = if op == Op::Create {
-                        let fresh: Vec<String> =
-                            (0..args.ops).map(|n| format!("m{round}-{n}")).collect();
-                        let result = cell(args, system, op, *clients, targets, &fresh, value).await;
-                        created.extend(fresh.into_iter().take(result.ok));
-                        result
-                    } else {
-                        cell(args, system, op, *clients, targets, &created, value).await
-                    };
-                    let size = created.len();
-                    report.cells.push(CellRow::new(
-                        system,
-                        op,
-                        *clients,
-                        targets,
-                        ("matrix", size),
-                        result,
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// Phase 2: `--load` creates by the largest client count, over all nodes.
-async fn bulk_load(
-    args: &ThroughputArgs,
-    system: &System,
-    value: &str,
-    report: &mut ThroughputReport,
-) {
-    say(&format!(
-        "bulk load: {} {} sessions/keys",
-        system.backend.name(),
-        args.load
-    ));
-    let keys: Vec<String> = (0..args.load).map(load_key).collect();
-    let endpoints = system.targets(Targets::All);
-    let clients = *args.clients.iter().max().unwrap_or(&64);
-    let result = run_cell(Cell {
-        backend: &system.backend,
-        op: Op::Create,
-        clients,
-        endpoints: &endpoints,
-        keys: &keys,
-        ops: args.load,
-        limit: Duration::from_secs(args.load_secs),
-        value,
-    })
-    .await;
-    say(&format!(
-        "  {:<5} loaded {} in {:.1} s: {:.0}/s, p99 {:.1} ms, max {:.1} ms, {} failed",
-        system.backend.name(),
-        result.ok,
-        result.seconds,
-        result.rate,
-        result.p99_ms,
-        result.max_ms,
-        result.failed
-    ));
-    report.load.push(LoadRow {
-        backend: system.backend.name().into(),
-        clients,
-        result,
-    });
-}
-
-/// Phase 4a: CPU used by the idle system over `window`, in cores.
-async fn idle_row(system: &System, sessions: usize, window: Duration) -> IdleRow {
-    // Let the load's tail (replication, snapshots) finish first.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before: Vec<f64> = system
-        .pids
-        .iter()
-        .map(|p| cpu_seconds(*p).unwrap_or(0.0))
-        .collect();
-    let started = Instant::now();
-    tokio::time::sleep(window).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let cores: Vec<f64> = system
-        .pids
-        .iter()
-        .zip(&before)
-        .map(|(pid, b)| (cpu_seconds(*pid).unwrap_or(0.0) - b) / seconds)
-        .collect();
-    say(&format!(
-        "idle: {} with {sessions} sessions: {:.3} cores in all ({:?})",
-        system.backend.name(),
-        cores.iter().sum::<f64>(),
-        cores.iter().map(|c| format!("{c:.3}")).collect::<Vec<_>>()
-    ));
-    IdleRow {
-        backend: system.backend.name().into(),
-        sessions,
-        seconds,
-        cores_total: cores.iter().sum(),
-        cores,
-    }
-}
-
-/// Phase 4b: resident memory of every process.
-fn memory_row(system: &System, sessions: usize) -> MemoryRow {
-    let rss: Vec<u64> = system
-        .pids
-        .iter()
-        .map(|p| rss_bytes(*p).unwrap_or(0))
-        .collect();
-    MemoryRow {
-        backend: system.backend.name().into(),
-        sessions,
-        when: if sessions == 0 { "empty" } else { "loaded" },
-        rss_bytes: rss,
-    }
-}
-
-/// Phase 5: sessions per node (the table's owners, from the leader's view).
-async fn placement(cluster: &ProcessCluster) -> Result<Vec<(NodeId, usize)>, String> {
-    let view = cluster
-        .client(cluster.ids()[0])
-        .cluster()
-        .await
-        .map_err(|e| format!("cluster status: {e}"))?;
-    let counts: Vec<(NodeId, usize)> = view.nodes.iter().map(|n| (n.id, n.sessions)).collect();
-    let total: usize = counts.iter().map(|(_, c)| c).sum::<usize>().max(1);
-    say(&format!(
-        "placement: {}",
-        counts
-            .iter()
-            .map(|(id, c)| format!("node {id} {c} ({:.1} %)", *c as f64 * 100.0 / total as f64))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    Ok(counts)
-}
-
-/// The sum of one gauge over the nodes in `ids` (missing counts as 0).
-async fn gauge_sum(cluster: &ProcessCluster, ids: &[NodeId], name: &str) -> f64 {
-    let token = &cluster.credentials().admin_token;
-    let mut sum = 0.0;
-    for id in ids {
-        if let Some(text) = probe::metrics(&cluster.addr(*id), token).await {
-            sum += probe::gauge(&text, name).unwrap_or(0.0);
-        }
-    }
-    sum
-}
-
-/// Waits (up to 60 s) until the nodes `ids` run `total` session tasks.
-async fn await_running(
-    cluster: &ProcessCluster,
-    ids: &[NodeId],
-    total: usize,
-) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let running = gauge_sum(cluster, ids, "minos_sessions_running").await;
-        if running as usize >= total {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "only {running} of {total} sessions running within 60 s"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Phase 6: SIGKILL of the non-leader node owning the most sessions.
-async fn mass_failover(
-    cluster: &mut ProcessCluster,
-    leader: NodeId,
-) -> Result<FailoverRow, String> {
-    let view = cluster
-        .client(leader)
-        .cluster()
-        .await
-        .map_err(|e| format!("cluster status: {e}"))?;
-    let victim = view
-        .nodes
-        .iter()
-        .filter(|n| n.id != leader)
-        .max_by_key(|n| n.sessions)
-        .map(|n| (n.id, n.sessions))
-        .ok_or("no follower to kill")?;
-    let (victim, owned) = victim;
-    let sample: Vec<String> = cluster
-        .client(leader)
-        .list_sessions(Some(victim), None, Some(200))
-        .await
-        .map_err(|e| format!("list sessions: {e}"))?
-        .sessions
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    let total = view.sessions;
-    let survivors: Vec<NodeId> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != victim)
-        .collect();
-    say(&format!(
-        "mass failover: SIGKILL of node {victim}, which owns {owned} of {total} sessions"
-    ));
-    let signalled = Instant::now();
-    let deadline = signalled + Duration::from_secs(60);
-    cluster.signal(victim, Signal::Kill)?;
-    let observer = cluster.client(leader);
-    let reassigned = loop {
-        if let Ok(view) = observer.cluster().await {
-            let left = view
-                .nodes
-                .iter()
-                .find(|n| n.id == victim)
-                .map_or(0, |n| n.sessions);
-            if left == 0 {
-                break signalled.elapsed();
-            }
-        }
-        if Instant::now() > deadline {
-            return Err("the victim's sessions were not reassigned within 60 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    await_running(cluster, &survivors, total).await?;
-    let running = signalled.elapsed();
-    let mut failed_calls = 0;
-    for id in &sample {
-        let answer = observer
-            .call(
-                id,
-                &serde_json::json!({"op": "get"}),
-                Some(Duration::from_secs(5)),
-            )
-            .await;
-        if answer.is_err() {
-            failed_calls += 1;
-        }
-    }
-    let answered = signalled.elapsed();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    say(&format!(
-        "  reassigned in {:.0} ms, all running in {:.0} ms, {} sampled calls answered by {:.0} ms ({failed_calls} failed)",
-        ms(reassigned),
-        ms(running),
-        sample.len(),
-        ms(answered)
-    ));
-    cluster.await_exit(victim, Duration::from_secs(10)).await?;
-    Ok(FailoverRow {
-        victim,
-        sessions_moved: owned,
-        sessions_total: total,
-        reassigned_ms: ms(reassigned),
-        running_ms: ms(running),
-        sampled_calls: sample.len(),
-        failed_calls,
-        answered_ms: ms(answered),
-    })
-}
-
-/// Phase 7: the killed node back (health and a read through it), then all
-/// three killed and started again.
-async fn restart(cluster: &mut ProcessCluster) -> Result<RestartRow, String> {
-    let ids = cluster.ids();
-    let victim = *ids
-        .iter()
-        .find(|id| !cluster.is_running(**id))
-        .unwrap_or(&ids[0]);
-    let one = back_up(cluster, &[victim]).await?;
-    for id in &ids {
-        cluster.kill(*id).await?;
-    }
-    let all = back_up(cluster, &ids).await?;
-    say(&format!(
-        "restart: node {victim} back in {:.0} ms, all three in {:.0} ms",
-        one, all
-    ));
-    Ok(RestartRow {
-        one_node_ms: one,
-        all_nodes_ms: all,
-    })
-}
-
-/// Starts `ids` and returns the milliseconds until each is healthy and
-/// serves a linearizable read.
-async fn back_up(cluster: &mut ProcessCluster, ids: &[NodeId]) -> Result<f64, String> {
-    let started = Instant::now();
-    for id in ids {
-        cluster.launch(*id)?;
-    }
-    let deadline = started + Duration::from_secs(60);
-    for id in ids {
-        cluster.await_healthy(*id, deadline).await?;
-        let client = cluster.client(*id);
-        loop {
-            if client.get_session(&load_key(0)).await.is_ok()
-                || client.list_sessions(None, None, Some(1)).await.is_ok()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("node {id} serves no read within 60 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    Ok(started.elapsed().as_secs_f64() * 1000.0)
 }

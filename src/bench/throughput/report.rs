@@ -198,6 +198,12 @@ impl ThroughputReport {
                 row.result.failed
             );
         }
+        self.summary_lines(&mut out);
+        out
+    }
+
+    /// Load, idle, memory, placement, failover and restart lines.
+    fn summary_lines(&self, out: &mut String) {
         for load in &self.load {
             let _ = writeln!(
                 out,
@@ -218,7 +224,7 @@ impl ThroughputReport {
                 idle.backend, idle.sessions, idle.cores_total
             );
         }
-        self.memory_lines(&mut out);
+        self.memory_lines(out);
         if !self.placement.is_empty() {
             let total: usize = self.placement.iter().map(|(_, c)| c).sum::<usize>().max(1);
             let shares: Vec<String> = self
@@ -245,7 +251,6 @@ impl ThroughputReport {
                 r.one_node_ms, r.all_nodes_ms
             );
         }
-        out
     }
 
     fn memory_lines(&self, out: &mut String) {
@@ -314,26 +319,7 @@ impl ThroughputReport {
             .y_label_area_size(70)
             .build_cartesian_2d(0f64..rows.len() as f64, 0f64..top)
             .map_err(|e| e.to_string())?;
-        let labels: Vec<String> = rows
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} {}c {}{}",
-                    r.op.name(),
-                    r.clients,
-                    if r.targets == Targets::All {
-                        "all"
-                    } else {
-                        "leader"
-                    },
-                    if r.phase == "loaded" {
-                        format!(" @{}", r.table)
-                    } else {
-                        String::new()
-                    }
-                )
-            })
-            .collect();
+        let labels: Vec<String> = rows.iter().map(|r| bar_label(r)).collect();
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -376,4 +362,24 @@ impl ThroughputReport {
         .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())
     }
+}
+
+/// The label of a bar group: operation, clients, targets, table size when
+/// loaded.
+fn bar_label(row: &CellRow) -> String {
+    format!(
+        "{} {}c {}{}",
+        row.op.name(),
+        row.clients,
+        if row.targets == Targets::All {
+            "all"
+        } else {
+            "leader"
+        },
+        if row.phase == "loaded" {
+            format!(" @{}", row.table)
+        } else {
+            String::new()
+        }
+    )
 }
