@@ -8,9 +8,13 @@
 //! The JSON samples and the CDF plot go to Cargo's target tmp directory
 //! unless `--json` / `--plot` say otherwise.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::process::ExitCode;
 
 use clap::Parser;
+use common::given;
 use minos::bench::{publish, FailoverArgs};
 
 #[derive(Parser)]
@@ -20,17 +24,8 @@ struct Cli {
     args: FailoverArgs,
 }
 
-fn given(user: &[String], flag: &str) -> bool {
-    user.iter()
-        .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
-}
-
 fn main() -> ExitCode {
-    // Cargo passes `--bench` to a bench without the libtest harness.
-    let user: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let user = common::user_flags();
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let mut argv: Vec<String> = ["failover-bench", "--sessions", "20", "--trials", "3"]
         .into_iter()
@@ -59,26 +54,9 @@ fn main() -> ExitCode {
     };
     let json = cli.args.json.clone();
     let plot = cli.args.plot.clone();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start a tokio runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
+    common::run(async {
         let config = cli.args.into_config()?;
         let report = minos::bench::failover::run(&config).await?;
         publish(&report, json.as_deref(), plot.as_deref())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(e.exit_code())
-        }
-    }
+    })
 }

@@ -10,9 +10,13 @@
 //! The JSON and the bar chart go to Cargo's target tmp directory unless
 //! `--json` / `--plot` say otherwise.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::process::ExitCode;
 
 use clap::Parser;
+use common::given;
 use minos::bench::throughput::ThroughputArgs;
 
 #[derive(Parser)]
@@ -22,22 +26,13 @@ struct Cli {
     args: ThroughputArgs,
 }
 
-fn given(user: &[String], flag: &str) -> bool {
-    user.iter()
-        .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
-}
-
 fn etcd_on_path() -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("etcd").is_file()))
 }
 
 fn main() -> ExitCode {
-    // Cargo passes `--bench` to a bench without the libtest harness.
-    let user: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let user = common::user_flags();
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let mut argv: Vec<String> = vec!["throughput-bench".into()];
     let mut default = |flag: &str, value: Option<String>| {
@@ -70,26 +65,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start a tokio runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let args = cli.args;
-    let result = runtime.block_on(async {
+    common::run(async {
         let report = minos::bench::throughput::run(&args).await?;
         minos::bench::publish_throughput(&report, args.json.as_deref(), args.plot.as_deref())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(e.exit_code())
-        }
-    }
+    })
 }
