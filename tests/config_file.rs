@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use minos::testkit::await_until;
 use minos::testkit::process::{free_ports, write_private};
-use tokio::time::Instant;
 
 fn minos() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_minos"));
@@ -218,16 +218,19 @@ async fn a_node_starts_from_a_config_file() {
         .spawn()
         .unwrap();
     let client = minos::Client::new(format!("127.0.0.1:{port}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let healthy = loop {
-        if client.health().await.is_ok() {
-            break true;
+    // Healthy (true) or exited (false), whichever comes first.
+    let healthy = await_until("the node healthy", Duration::from_secs(30), || {
+        let exited = child.try_wait().unwrap().is_some();
+        let client = client.clone();
+        async move {
+            if client.health().await.is_ok() {
+                return Some(true);
+            }
+            exited.then_some(false)
         }
-        if Instant::now() >= deadline || child.try_wait().unwrap().is_some() {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await
+    .unwrap_or(false);
     let _ = child.kill();
     let _ = child.wait();
     assert!(healthy, "the node did not become healthy");

@@ -189,17 +189,24 @@ async fn the_pre_stop_hook_drains_its_own_node() {
     );
     // The drain returns once the moves are committed; the node asked sees
     // them as soon as it has applied them.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let view = cluster.client(2).cluster().await.expect("cluster view");
-        let node = view.nodes.iter().find(|n| n.id == 2).expect("node 2");
-        if node.status == minos::model::NodeStatus::Draining && node.sessions == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node 2 not drained: {view:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let last = std::sync::Mutex::new(String::new());
+    let drained =
+        minos::testkit::await_until("node 2 drained", std::time::Duration::from_secs(30), || {
+            let client = cluster.client(2);
+            let last = &last;
+            async move {
+                let view = client.cluster().await.expect("cluster view");
+                let node = view.nodes.iter().find(|n| n.id == 2).expect("node 2");
+                let drained =
+                    node.status == minos::model::NodeStatus::Draining && node.sessions == 0;
+                *last.lock().unwrap() = format!("{view:?}");
+                drained.then_some(())
+            }
+        })
+        .await;
+    assert!(
+        drained.is_ok(),
+        "node 2 not drained: {}",
+        last.lock().unwrap()
+    );
 }

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use minos::api::{ClusterView, NodeViewStatus};
 use minos::model::NodeId;
+use minos::testkit::await_until;
 use minos::testkit::process::{ProcessCluster, ProcessOptions};
 use process_common::BIN;
-use tokio::time::Instant;
 
 const README: &str = include_str!("../README.md");
 
@@ -211,22 +211,33 @@ async fn await_status(
     id: NodeId,
     status: NodeViewStatus,
 ) -> Result<ClusterView, String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let last = match cluster.client(ask).cluster().await {
-            Ok(view) if view.nodes.iter().any(|n| n.id == id && n.status == status) => {
-                return Ok(view)
+    let last = std::sync::Mutex::new(String::new());
+    await_until("a node status", Duration::from_secs(20), || {
+        let client = cluster.client(ask);
+        let last = &last;
+        async move {
+            match client.cluster().await {
+                Ok(view) if view.nodes.iter().any(|n| n.id == id && n.status == status) => {
+                    Some(view)
+                }
+                Ok(view) => {
+                    *last.lock().unwrap() = format!("{view:?}");
+                    None
+                }
+                Err(e) => {
+                    *last.lock().unwrap() = e.to_string();
+                    None
+                }
             }
-            Ok(view) => format!("{view:?}"),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "node {ask} did not show node {id} {status:?} within 20 s; last: {last}"
-            ));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "node {ask} did not show node {id} {status:?} within 20 s; last: {}",
+            last.lock().unwrap()
+        )
+    })
 }
 
 /// Output as compared with README's samples. Normalised, and nothing else:
@@ -629,27 +640,35 @@ async fn undrain_undoes_a_drain_and_status_without_quorum_is_unknown() -> Result
     // would show `up` forever.
     shell.cluster.kill(2).await?;
     shell.cluster.kill(3).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let view = loop {
-        let ran = shell.run("minos cluster status --json").await?;
-        if let Ok(view) = serde_json::from_str::<ClusterView>(&ran.out) {
+    let last = std::sync::Mutex::new(String::new());
+    // `run` needs the shell mutably; each probe borrows it in turn.
+    let shared = tokio::sync::Mutex::new(&mut *shell);
+    let view = await_until("the dead nodes unknown", Duration::from_secs(20), || {
+        let (shared, last) = (&shared, &last);
+        async move {
+            let ran = shared
+                .lock()
+                .await
+                .run("minos cluster status --json")
+                .await
+                .ok()?;
+            *last.lock().unwrap() = ran.out.clone();
+            let view = serde_json::from_str::<ClusterView>(&ran.out).ok()?;
             let unknown = |id| {
                 view.nodes
                     .iter()
                     .any(|n| n.id == id && n.status == NodeViewStatus::Unknown)
             };
-            if unknown(2) && unknown(3) {
-                break view;
-            }
+            (unknown(2) && unknown(3)).then_some(view)
         }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "node 1 still shows the dead nodes as known after 20 s: {}",
-                ran.out
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "node 1 still shows the dead nodes as known after 20 s: {}",
+            last.lock().unwrap()
+        )
+    })?;
     assert!(!view.quorum, "{view:?}");
     let me = view.nodes.iter().find(|n| n.id == 1).map(|n| n.status);
     assert_ne!(

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use minos::client::{Client, ClientError, NewSession};
 use minos::model::{NodeId, NodeStatus};
+use minos::testkit::await_until;
 use minos::testkit::process::{ProcessCluster, ProcessOptions};
 use serde_json::json;
 use tokio::time::Instant;
@@ -153,21 +154,16 @@ async fn await_status(
     status: NodeStatus,
     deadline: Instant,
 ) -> Result<(), String> {
-    loop {
-        if let Ok(view) = via.cluster().await {
-            if view
-                .nodes
-                .iter()
-                .any(|n| n.id == target && n.status == status)
-            {
-                return Ok(());
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("node {target} not {status:?} in time"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let within = deadline.saturating_duration_since(Instant::now());
+    await_until("a node status", within, || async {
+        let view = via.cluster().await.ok()?;
+        view.nodes
+            .iter()
+            .any(|n| n.id == target && n.status == status)
+            .then_some(())
+    })
+    .await
+    .map_err(|_| format!("node {target} not {status:?} in time"))
 }
 
 /// Restarts `node` as `scripts/cluster.sh rolling-restart` does, after
@@ -180,12 +176,11 @@ async fn restart_one(
     let deadline = Instant::now() + WAIT;
     let via = cluster.client(if node == 1 { 2 } else { 1 });
     load.avoid.store(node, Ordering::SeqCst);
-    while load.in_flight[node as usize - 1].load(Ordering::SeqCst) > 0 {
-        if Instant::now() >= deadline {
-            return Err(format!("calls to node {node} did not end"));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    await_until("calls to the node to end", WAIT, || async {
+        (load.in_flight[node as usize - 1].load(Ordering::SeqCst) == 0).then_some(())
+    })
+    .await
+    .map_err(|_| format!("calls to node {node} did not end"))?;
     let report = via
         .drain(node)
         .await
@@ -240,10 +235,10 @@ async fn start_load(
         .map(|w| tokio::spawn(load.clone().worker(w)))
         .collect();
     // Some load before the first restart.
-    let deadline = Instant::now() + WAIT;
-    while load.started.load(Ordering::SeqCst) < 200 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let _ = await_until("some load", WAIT, || async {
+        (load.started.load(Ordering::SeqCst) >= 200).then_some(())
+    })
+    .await;
     Ok((load, workers))
 }
 

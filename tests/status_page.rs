@@ -20,6 +20,7 @@ use std::time::Duration;
 use minos::api::NodeViewStatus;
 use minos::client::NewSession;
 use minos::model::NodeId;
+use minos::testkit::await_until;
 use minos::testkit::process::{ProcessCluster, ProcessOptions};
 use tokio::time::Instant;
 
@@ -194,20 +195,21 @@ async fn the_status_page_shows_a_killed_node_down_and_its_moves() -> Result<(), 
     cluster.kill(victim).await?;
     // Wait, through the API, until the table shows the victim down and its
     // sessions placed elsewhere.
-    loop {
-        let view = client.cluster().await.map_err(|e| e.to_string())?;
-        let down = view
-            .nodes
-            .iter()
-            .any(|n| n.id == victim && n.status == NodeViewStatus::Down && n.sessions == 0);
-        if down {
-            break;
+    let last = std::sync::Mutex::new(String::new());
+    let within = deadline.saturating_duration_since(Instant::now());
+    await_until("the victim shown down", within, || {
+        let (client, last) = (&client, &last);
+        async move {
+            let view = client.cluster().await.ok()?;
+            *last.lock().unwrap() = format!("{view:?}");
+            view.nodes
+                .iter()
+                .any(|n| n.id == victim && n.status == NodeViewStatus::Down && n.sessions == 0)
+                .then_some(())
         }
-        if Instant::now() > deadline {
-            return Err(format!("node {victim} never shown down: {view:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
+    .map_err(|_| format!("node {victim} never shown down: {}", last.lock().unwrap()))?;
 
     let http = admin_http(&cluster);
     let events = http
