@@ -130,7 +130,10 @@ async fn settled(cluster: &ProcessCluster, admin: &reqwest::Client) -> Result<Fo
         "every node to apply the same last log entry",
         DEADLINE,
         || async {
-            let print = footprint(cluster, admin).await.ok()?;
+            // Applied indexes first, then the footprint: a footprint whose
+            // last log equals an index already applied was read after that
+            // entry took effect (read the other way round, a node's session
+            // count could predate the apply of its last entry).
             let mut applied = Vec::new();
             for id in cluster.ids() {
                 applied.push(
@@ -139,6 +142,7 @@ async fn settled(cluster: &ProcessCluster, admin: &reqwest::Client) -> Result<Fo
                         .ok()? as u64,
                 );
             }
+            let print = footprint(cluster, admin).await.ok()?;
             let uniform = print.last_logs.iter().all(|l| *l == print.last_logs[0]);
             (uniform && applied == print.last_logs).then_some(print)
         },
