@@ -124,6 +124,23 @@ pub struct NewSession {
     pub state: Option<serde_json::Value>,
 }
 
+/// The error of a non-2xx answer: its `{"error": {code, message}}` body, or
+/// the raw text under code `http` when the body is not one.
+fn api_error(status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api {
+            status,
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "http".into(),
+            message: String::from_utf8_lossy(bytes).into_owned(),
+        },
+    }
+}
+
 /// Attempts of a keyed call whose connection broke in transport.
 const CALL_ATTEMPTS: u32 = 3;
 
@@ -185,14 +202,19 @@ impl Client {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `request` with this client's bearer token, if it has one.
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let request = match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        };
+        let request = self.authorized(request);
         let response = request
             .send()
             .await
@@ -214,18 +236,7 @@ impl Client {
                 message: e.to_string(),
             });
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => Err(ClientError::Api {
-                status: status.as_u16(),
-                code: body.error.code,
-                message: body.error.message,
-            }),
-            Err(_) => Err(ClientError::Api {
-                status: status.as_u16(),
-                code: "http".into(),
-                message: String::from_utf8_lossy(&bytes).into_owned(),
-            }),
-        }
+        Err(api_error(status.as_u16(), &bytes))
     }
 
     /// Creates a session.
@@ -369,11 +380,7 @@ impl Client {
         path: &str,
         mut each: impl FnMut(&str, &str) -> bool,
     ) -> Result<(), ClientError> {
-        let request = self.http.get(self.url(path));
-        let request = match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        };
+        let request = self.authorized(self.http.get(self.url(path)));
         let transport = |source| ClientError::Transport {
             addr: self.addr.clone(),
             source,
@@ -382,18 +389,7 @@ impl Client {
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let bytes = response.bytes().await.map_err(transport)?;
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => ClientError::Api {
-                    status,
-                    code: body.error.code,
-                    message: body.error.message,
-                },
-                Err(_) => ClientError::Api {
-                    status,
-                    code: "http".into(),
-                    message: String::from_utf8_lossy(&bytes).into_owned(),
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         let mut buffer = String::new();
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
