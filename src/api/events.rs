@@ -211,53 +211,63 @@ pub(super) async fn watch_events(
     let after = query
         .after
         .unwrap_or_else(|| core.view.read(|a| a.state.last_event));
-    let applied = core.view.subscribe();
-    let shutdown = core.shutdown.clone();
-    let state = (
+    let follower = EventFollower {
+        applied: core.view.subscribe(),
+        shutdown: core.shutdown.clone(),
         core,
         after,
-        applied,
-        shutdown,
-        Vec::<SseEvent>::new(),
-        false,
-    );
-    let stream = futures::stream::unfold(
-        state,
-        |(core, mut after, mut applied, mut shutdown, mut queued, ended)| async move {
-            loop {
-                if let Some(event) = queued.pop() {
-                    return Some((event, (core, after, applied, shutdown, queued, ended)));
-                }
-                if ended {
-                    return None;
-                }
-                let page = events_after(&core, after, EVENTS_PAGE_MAX);
-                if page.missed {
-                    queued.push(sse_json(
-                        "gap",
-                        &serde_json::json!({"missed_after": after, "oldest": page.oldest}),
-                    ));
-                }
-                after = page.next;
-                // Sent in order: the queue is popped from the back.
-                let mut batch: Vec<SseEvent> =
-                    page.events.iter().map(|e| sse_json("move", e)).collect();
-                batch.reverse();
-                queued.splice(0..0, batch);
-                if !queued.is_empty() {
-                    continue;
-                }
-                tokio::select! {
-                    changed = applied.changed() => if changed.is_err() { return None },
-                    _ = shutdown.changed() => {
-                        let end = sse_json("end", &serde_json::json!({"reason": "node_stopping"}));
-                        return Some((end, (core, after, applied, shutdown, queued, true)));
-                    }
+        queued: std::collections::VecDeque::new(),
+        ended: false,
+    };
+    let stream = futures::stream::unfold(follower, |mut follower| async move {
+        let event = follower.next().await?;
+        Some((event, follower))
+    });
+    Ok(sse(stream))
+}
+
+/// The state of one watch of the cluster's moves.
+struct EventFollower {
+    core: Arc<Service>,
+    /// The last `seq` queued.
+    after: u64,
+    applied: tokio::sync::watch::Receiver<u64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Events read from the table, not sent yet, in order.
+    queued: std::collections::VecDeque<SseEvent>,
+    ended: bool,
+}
+
+impl EventFollower {
+    /// The next event of the stream (`None`: it is over).
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(event) = self.queued.pop_front() {
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            let page = events_after(&self.core, self.after, EVENTS_PAGE_MAX);
+            if page.missed {
+                let gap = serde_json::json!({"missed_after": self.after, "oldest": page.oldest});
+                self.queued.push_back(sse_json("gap", &gap));
+            }
+            self.after = page.next;
+            self.queued
+                .extend(page.events.iter().map(|e| sse_json("move", e)));
+            if !self.queued.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                changed = self.applied.changed() => if changed.is_err() { return None },
+                _ = self.shutdown.changed() => {
+                    self.ended = true;
+                    return Some(sse_json("end", &serde_json::json!({"reason": "node_stopping"})));
                 }
             }
-        },
-    );
-    Ok(sse(stream))
+        }
+    }
 }
 
 /// One committed change of a session, in its watch stream.
