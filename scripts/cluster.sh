@@ -16,7 +16,8 @@
 # MINOS_CLUSTER_DIR data, logs and pid files                  (default .minos-cluster)
 # MINOS_BIN         the minos binary (default: target/release/minos, built if missing)
 # MINOS_NODES       number of nodes (default 3)
-# Extra `minos serve` flags can be given in MINOS_SERVE_FLAGS.
+# Extra `minos serve` flags can be given in MINOS_SERVE_FLAGS; `{node}` in them
+# becomes each node's id.
 #
 # The first start writes credentials into MINOS_CLUSTER_DIR (mode 0600):
 # cluster.secret (peers), tokens (what the nodes accept), admin.token (what
@@ -58,10 +59,14 @@ start_node() {
   local n="$1"
   if pid_of "$n" >/dev/null; then echo "node $n already running"; return; fi
   mkdir -p "$dir/node$n"
+  # {node} in MINOS_SERVE_FLAGS is this node's id (each node its own app:
+  # --external-kind game=http://127.0.0.1:1780{node}/minos).
+  local flags="${MINOS_SERVE_FLAGS:-}"
+  flags="${flags//\{node\}/$n}"
   # shellcheck disable=SC2086
   nohup "$bin" serve --id "$n" --listen "$(addr_of "$n")" --data-dir "$dir/node$n" \
     --peers "$(peers)" --cluster-secret-file "$dir/cluster.secret" --token-file "$dir/tokens" \
-    ${MINOS_SERVE_FLAGS:-} >>"$dir/node$n.log" 2>&1 &
+    $flags >>"$dir/node$n.log" 2>&1 &
   echo $! >"$dir/node$n.pid"
 }
 

@@ -268,6 +268,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MINOS_HISTORY_PER_SESSION", default_value_t = minos::model::HISTORY_KEEP,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub(crate) history_per_session: u32,
+    /// A kind served by an app beside this node (docs/external-handlers.md);
+    /// repeatable, one KIND=URL each (an http:// URL, usually on loopback).
+    #[arg(long = "external-kind", env = "MINOS_EXTERNAL_KIND", value_name = "KIND=URL",
+          value_delimiter = ',')]
+    pub(crate) external_kind: Vec<minos::external::ExternalKind>,
+    /// Longest wait for an external app's answer, in milliseconds.
+    #[arg(long, env = "MINOS_EXTERNAL_TIMEOUT_MS", value_name = "MS",
+          default_value_t = minos::node::DEFAULT_EXTERNAL_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub(crate) external_timeout_ms: u64,
     /// Open HTTP connections this node accepts (more are closed at once).
     #[arg(long, env = "MINOS_MAX_CONNECTIONS", default_value_t = minos::node::ConnLimits::default().max_connections as u32,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

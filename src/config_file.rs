@@ -70,6 +70,10 @@ pub struct ServeFile {
     pub call_keys_max_age_s: Option<u64>,
     /// `--history-per-session`.
     pub history_per_session: Option<u64>,
+    /// `--external-kind` (a list of `KIND=URL`).
+    pub external_kind: Option<Vec<String>>,
+    /// `--external-timeout-ms`.
+    pub external_timeout_ms: Option<u64>,
     /// `--max-connections`.
     pub max_connections: Option<u64>,
     /// `--max-connections-per-ip`.
@@ -207,22 +211,27 @@ impl ServeFile {
         })
     }
 
-    /// The keys the file sets, each with the flag that gives its value
-    /// (`--key=value`; a `true` switch is `--key`, a `false` one nothing).
-    pub fn flags(&self) -> Vec<(String, Option<OsString>)> {
+    /// The keys the file sets, each with the flags that give its value
+    /// (`--key=value`; a `true` switch is `--key`, a `false` one nothing; a
+    /// list is the flag once per item).
+    pub fn flags(&self) -> Vec<(String, Vec<OsString>)> {
         let Ok(table) = toml::Table::try_from(self) else {
             return Vec::new();
         };
         table
             .into_iter()
             .map(|(key, value)| {
-                let flag = match value {
+                let flag = |value: toml::Value| match value {
                     toml::Value::Boolean(true) => Some(OsString::from(format!("--{key}"))),
                     toml::Value::Boolean(false) => None,
                     toml::Value::String(s) => Some(OsString::from(format!("--{key}={s}"))),
                     other => Some(OsString::from(format!("--{key}={other}"))),
                 };
-                (key, flag)
+                let flags = match value {
+                    toml::Value::Array(items) => items.into_iter().filter_map(flag).collect(),
+                    other => flag(other).into_iter().collect(),
+                };
+                (key, flags)
             })
             .collect()
     }
@@ -357,24 +366,27 @@ mod tests {
     fn flags_carry_values_and_switches() {
         let file = ServeFile::parse(
             "m.toml",
-            "id = 2\npeers = \"1=a:1,2=b:2\"\ninsecure = true\nheartbeat-ms = 40\n",
+            "id = 2\npeers = \"1=a:1,2=b:2\"\ninsecure = true\nheartbeat-ms = 40\n\
+             external-kind = [\"game=http://127.0.0.1:4000/m\", \"room=http://127.0.0.1:4001/\"]\n",
         )
         .unwrap();
         let flags: Vec<String> = file
             .flags()
             .into_iter()
-            .filter_map(|(_, f)| f.map(|f| f.to_string_lossy().into_owned()))
+            .flat_map(|(_, f)| f.into_iter().map(|f| f.to_string_lossy().into_owned()))
             .collect();
         for want in [
             "--id=2",
             "--peers=1=a:1,2=b:2",
             "--insecure",
             "--heartbeat-ms=40",
+            "--external-kind=game=http://127.0.0.1:4000/m",
+            "--external-kind=room=http://127.0.0.1:4001/",
         ] {
             assert!(flags.iter().any(|f| f == want), "{want} missing: {flags:?}");
         }
         let off = ServeFile::parse("m.toml", "insecure = false\n").unwrap();
-        assert_eq!(off.flags(), vec![("insecure".to_string(), None)]);
+        assert_eq!(off.flags(), vec![("insecure".to_string(), vec![])]);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! ([`SessionHandler::next_deadline`]), so they survive failover too.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -28,6 +30,8 @@ pub struct SessionContext {
     pub owner: NodeId,
     /// The ownership epoch the session runs under.
     pub epoch: Epoch,
+    /// The version of the committed state this call builds on (0 at create).
+    pub version: u64,
 }
 
 /// Why a handler refused a message or a first state. Answered as HTTP 422.
@@ -89,13 +93,35 @@ pub trait SessionHandler: Send + Sync + 'static {
     fn on_deadline(&self, _ctx: &SessionContext, _state: &mut Self::State) {}
 }
 
+/// Why a session's logic produced no new state (nothing is committed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The logic refused the message or first state (HTTP 422).
+    Rejected(String),
+    /// An external app gave no usable answer (HTTP 503).
+    Unavailable(String),
+    /// An external app could not be reached: the call never ran here and is
+    /// tried again where the session runs next.
+    Unreachable(String),
+}
+
+impl From<HandlerError> for Failure {
+    fn from(e: HandlerError) -> Self {
+        Failure::Rejected(e.0)
+    }
+}
+
+/// The answer of a session's logic, to be awaited: at once for a Rust
+/// handler, after a round trip for an external one.
+pub(crate) type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + 'a>>;
+
 /// A handler with its types erased to JSON, as the runtime stores it.
 pub(crate) trait DynHandler: Send + Sync + 'static {
-    fn create(
-        &self,
-        ctx: &SessionContext,
+    fn create<'a>(
+        &'a self,
+        ctx: &'a SessionContext,
         initial: Option<serde_json::Value>,
-    ) -> Result<StateJson, HandlerError>;
+    ) -> Pending<'a, StateJson>;
     fn start(&self, state: &StateJson) -> Result<Box<dyn LiveSession>, HandlerError>;
     /// [`SessionHandler::is_query`]; false for a message that does not fit.
     fn is_query(&self, msg: &serde_json::Value) -> bool;
@@ -103,14 +129,14 @@ pub(crate) trait DynHandler: Send + Sync + 'static {
 
 /// A running session's state and handler, type-erased.
 pub(crate) trait LiveSession: Send {
-    fn handle(
-        &mut self,
-        ctx: &SessionContext,
+    fn handle<'a>(
+        &'a mut self,
+        ctx: &'a SessionContext,
         msg: serde_json::Value,
-    ) -> Result<serde_json::Value, HandlerError>;
+    ) -> Pending<'a, serde_json::Value>;
     fn state(&self) -> StateJson;
     fn next_deadline(&self) -> Option<DateTime<Utc>>;
-    fn on_deadline(&mut self, ctx: &SessionContext);
+    fn on_deadline<'a>(&'a mut self, ctx: &'a SessionContext) -> Pending<'a, ()>;
 }
 
 struct Erased<H>(Arc<H>);
@@ -127,12 +153,17 @@ fn to_state_json<T: Serialize>(state: &T) -> Result<StateJson, HandlerError> {
 }
 
 impl<H: SessionHandler> DynHandler for Erased<H> {
-    fn create(
-        &self,
-        ctx: &SessionContext,
+    fn create<'a>(
+        &'a self,
+        ctx: &'a SessionContext,
         initial: Option<serde_json::Value>,
-    ) -> Result<StateJson, HandlerError> {
-        to_state_json(&self.0.create(ctx, initial)?)
+    ) -> Pending<'a, StateJson> {
+        let state = self
+            .0
+            .create(ctx, initial)
+            .and_then(|state| to_state_json(&state))
+            .map_err(Failure::from);
+        Box::pin(std::future::ready(state))
     }
 
     fn start(&self, state: &StateJson) -> Result<Box<dyn LiveSession>, HandlerError> {
@@ -149,8 +180,8 @@ impl<H: SessionHandler> DynHandler for Erased<H> {
     }
 }
 
-impl<H: SessionHandler> LiveSession for Live<H> {
-    fn handle(
+impl<H: SessionHandler> Live<H> {
+    fn handle_now(
         &mut self,
         ctx: &SessionContext,
         msg: serde_json::Value,
@@ -160,6 +191,18 @@ impl<H: SessionHandler> LiveSession for Live<H> {
         let reply = self.handler.handle(ctx, &mut self.state, msg)?;
         serde_json::to_value(reply)
             .map_err(|e| HandlerError::new(format!("reply does not serialize: {e}")))
+    }
+}
+
+impl<H: SessionHandler> LiveSession for Live<H> {
+    fn handle<'a>(
+        &'a mut self,
+        ctx: &'a SessionContext,
+        msg: serde_json::Value,
+    ) -> Pending<'a, serde_json::Value> {
+        Box::pin(std::future::ready(
+            self.handle_now(ctx, msg).map_err(Failure::from),
+        ))
     }
 
     fn state(&self) -> StateJson {
@@ -172,8 +215,9 @@ impl<H: SessionHandler> LiveSession for Live<H> {
         self.handler.next_deadline(&self.state)
     }
 
-    fn on_deadline(&mut self, ctx: &SessionContext) {
-        self.handler.on_deadline(ctx, &mut self.state)
+    fn on_deadline<'a>(&'a mut self, ctx: &'a SessionContext) -> Pending<'a, ()> {
+        self.handler.on_deadline(ctx, &mut self.state);
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -202,6 +246,11 @@ impl Registry {
     /// Names of the registered kinds.
     pub fn kinds(&self) -> impl Iterator<Item = &SessionKind> {
         self.kinds.keys()
+    }
+
+    /// Registers an already type-erased handler (an external kind).
+    pub(crate) fn register_dyn(&mut self, kind: SessionKind, handler: Arc<dyn DynHandler>) {
+        self.kinds.insert(kind, handler);
     }
 
     pub(crate) fn get(&self, kind: &SessionKind) -> Option<&Arc<dyn DynHandler>> {

@@ -72,6 +72,7 @@ pub mod config;
 pub mod config_file;
 pub(crate) mod control;
 pub mod error;
+pub mod external;
 pub mod handler;
 pub mod handlers;
 pub(crate) mod lease;

@@ -116,6 +116,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if let Some(advertise) = &args.advertise {
         builder = builder.advertise(advertise);
     }
+    for kind in &args.external_kind {
+        builder = builder.external_kind(kind.clone());
+    }
+    builder = builder.external_timeout(std::time::Duration::from_millis(args.external_timeout_ms));
     if let Some(peer_listen) = &args.peer_listen {
         builder = builder.peer_listen(peer_listen);
     }

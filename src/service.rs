@@ -23,7 +23,7 @@ use tracing::warn;
 use crate::auth::Security;
 use crate::config::{Limits, Timing};
 use crate::error::Error;
-use crate::handler::{Registry, SessionContext};
+use crate::handler::{Failure, Registry, SessionContext};
 use crate::lease::{Lease, LeaseEnv};
 use crate::model::{Applied, Command, Epoch, NodeId, NodeStatus, Session, SessionId, SessionKind};
 use crate::peer::server::PeerHandler;
@@ -49,6 +49,8 @@ pub(crate) struct Service {
     pub(crate) timing: Timing,
     pub(crate) limits: Limits,
     pub(crate) registry: Registry,
+    /// The apps of this node's external kinds.
+    pub(crate) apps: Vec<Arc<crate::external::App>>,
     pub(crate) security: Arc<Security>,
     pub(crate) lease: watch::Receiver<Lease>,
     pub(crate) runtime: Arc<Runtime>,
@@ -385,10 +387,12 @@ pub(crate) async fn create_session(
         now: Utc::now(),
         owner: core.me,
         epoch: Epoch(0),
+        version: 0,
     };
-    let state = handler
-        .create(&ctx, initial)
-        .map_err(|e| Error::Rejected(format!("initial state rejected: {e}")))?;
+    let state = handler.create(&ctx, initial).await.map_err(|e| match e {
+        Failure::Rejected(e) => Error::Rejected(format!("initial state rejected: {e}")),
+        Failure::Unavailable(e) | Failure::Unreachable(e) => Error::Unavailable(e),
+    })?;
     if state.len() > core.limits.max_state_bytes {
         return Err(Error::TooLarge {
             size: state.len(),

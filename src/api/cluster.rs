@@ -12,7 +12,7 @@ use openraft::ServerState;
 
 use super::error::{ApiError, ErrorBody};
 use super::views::{
-    ClusterView, HealthView, LiveView, NodeView, NodeViewStatus, RemovedView, UndrainedView,
+    AppView, ClusterView, HealthView, LiveView, NodeView, NodeViewStatus, RemovedView, UndrainedView,
 };
 use crate::error::Error;
 use crate::model::{NodeId, Rejection};
@@ -274,6 +274,8 @@ pub(super) async fn health(State(core): State<AppState>) -> Response {
     let voters = crate::raft::voters(&core.raft);
     let leader_is_member = leader.is_some_and(|l| voters.contains(&l));
     let quorum = has_quorum(&core, state, lease_valid);
+    let apps = app_views(&core);
+    let apps_ready = apps.iter().all(|app| app.ready);
     let body = HealthView {
         node: core.me,
         leader,
@@ -282,12 +284,25 @@ pub(super) async fn health(State(core): State<AppState>) -> Response {
         caught_up,
         quorum,
         lease_valid,
+        apps,
     };
-    if leader_is_member && caught_up && quorum && lease_valid {
+    if leader_is_member && caught_up && quorum && lease_valid && apps_ready {
         (StatusCode::OK, Json(body)).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
+}
+
+/// This node's external apps, as its health answer shows them.
+fn app_views(core: &Service) -> Vec<AppView> {
+    core.apps
+        .iter()
+        .map(|app| AppView {
+            kind: app.kind.to_string(),
+            ready: app.is_ready(),
+            error: app.error(),
+        })
+        .collect()
 }
 
 /// Metrics

@@ -182,6 +182,23 @@ pub(super) struct HealthView {
     pub quorum: bool,
     /// It holds a valid lease.
     pub lease_valid: bool,
+    /// This node's external apps (`--external-kind`); the node is ready only
+    /// while each answers its health checks. Empty without external kinds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<AppView>,
+}
+
+/// One external app of a node, in its health answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = App)]
+pub(super) struct AppView {
+    /// The kind it serves.
+    pub kind: String,
+    /// It answered its last health check.
+    pub ready: bool,
+    /// Why it counts as not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `/v1/health/live`: the process serves HTTP.

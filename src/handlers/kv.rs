@@ -143,6 +143,7 @@ mod tests {
             now: Utc::now(),
             owner: 1,
             epoch: Epoch(1),
+            version: 0,
         }
     }
 

@@ -229,6 +229,7 @@ mod tests {
             now,
             owner: 1,
             epoch: Epoch(1),
+            version: 0,
         }
     }
 

@@ -8,6 +8,7 @@
 //! background tasks. Shutdown is explicit: one watch channel, every task
 //! joined.
 
+mod apps;
 mod start;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,9 @@ pub enum Membership {
     Join(String),
 }
 
+/// Default of [`NodeBuilder::external_timeout`].
+pub const DEFAULT_EXTERNAL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Builds a [`Node`].
 pub struct NodeBuilder {
     id: NodeId,
@@ -79,6 +83,8 @@ pub struct NodeBuilder {
     faults: Faults,
     security: Option<Security>,
     conn_limits: ConnLimits,
+    externals: Vec<crate::external::ExternalKind>,
+    external_timeout: Duration,
 }
 
 impl NodeBuilder {
@@ -99,6 +105,8 @@ impl NodeBuilder {
             faults: Faults::default(),
             security: None,
             conn_limits: ConnLimits::default(),
+            externals: Vec::new(),
+            external_timeout: DEFAULT_EXTERNAL_TIMEOUT,
         }
     }
 
@@ -169,6 +177,21 @@ impl NodeBuilder {
     /// Registers one more handler kind.
     pub fn handler<H: crate::handler::SessionHandler>(mut self, kind: &str, handler: H) -> Self {
         self.registry.register(kind, handler);
+        self
+    }
+
+    /// A kind served by an app process beside this node (see
+    /// docs/external-handlers.md): calls, creates and timers of its
+    /// sessions owned here are sent to `url`. Every node declares the same
+    /// external kinds, each with its own app's URL.
+    pub fn external_kind(mut self, kind: crate::external::ExternalKind) -> Self {
+        self.externals.push(kind);
+        self
+    }
+
+    /// Longest wait for an external app's answer (default 2 s).
+    pub fn external_timeout(mut self, timeout: Duration) -> Self {
+        self.external_timeout = timeout;
         self
     }
 

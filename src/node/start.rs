@@ -115,6 +115,13 @@ fn check_config(builder: &NodeBuilder) -> Result<(Arc<Security>, Membership), St
         .membership
         .clone()
         .ok_or_else(|| StartError::Config("give either peers or a join address".into()))?;
+    let mut kinds = std::collections::BTreeSet::new();
+    if let Some(twice) = builder.externals.iter().find(|e| !kinds.insert(&e.kind)) {
+        return Err(StartError::Config(format!(
+            "external kind {} is given twice",
+            twice.kind
+        )));
+    }
     if let Membership::Peers(peers) = &membership {
         if !peers.contains_key(&builder.id) {
             return Err(StartError::Config(format!(
@@ -315,7 +322,14 @@ fn wire(
         kick: Arc::new(Notify::new()),
         metrics: metrics.clone(),
     };
-    let runtime = Runtime::new(task_env, builder.registry.clone(), transport.clone());
+    let mut registry = builder.registry.clone();
+    let apps = crate::external::register(
+        &mut registry,
+        &builder.externals,
+        builder.external_timeout,
+        builder.limits.max_state_bytes,
+    );
+    let runtime = Runtime::new(task_env, registry.clone(), transport.clone());
     let (lease_env, scheduler) = leader_envs(builder, opened, &proposer, &runtime, &metrics);
     let cluster = match (&stored.identity, membership) {
         (Some(identity), _) => identity.cluster.clone(),
@@ -331,7 +345,8 @@ fn wire(
         transport: transport.clone(),
         timing: builder.timing.clone(),
         limits: builder.limits.clone(),
-        registry: builder.registry.clone(),
+        registry,
+        apps,
         security,
         lease: lease_rx,
         runtime,
@@ -476,7 +491,8 @@ fn spawn_tasks(service: &Arc<Service>, lease_tx: watch::Sender<Lease>) -> Vec<Jo
         tokio::spawn(service.runtime.clone().reconcile_loop(shutdown.clone())),
         tokio::spawn(crate::scheduler::watch_leader(
             service.scheduler.clone(),
-            shutdown,
+            shutdown.clone(),
         )),
+        tokio::spawn(super::apps::watch(service.clone(), shutdown)),
     ]
 }

@@ -379,6 +379,7 @@ impl Runtime {
             epoch,
             handler,
             deadline: live.next_deadline(),
+            not_before: None,
             live: Some(live),
             committed: state,
             version,

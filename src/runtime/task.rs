@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
 use super::{Call, TaskEnv, SETTLE_PAUSE};
-use crate::handler::{DynHandler, HandlerError, LiveSession, SessionContext};
+use crate::handler::{DynHandler, Failure, LiveSession, SessionContext};
 use crate::model::{
     Applied, CallKey, Command, Epoch, RecordedCall, Rejection, SessionId, StateJson,
 };
@@ -29,6 +29,9 @@ pub(super) struct SessionTask {
     pub(super) live: Option<Box<dyn LiveSession>>,
     /// The live state's next deadline, kept while it is put away.
     pub(super) deadline: Option<chrono::DateTime<Utc>>,
+    /// No deadline fires before this: set when firing one failed (an
+    /// external app that refused or did not answer is asked again later).
+    pub(super) not_before: Option<chrono::DateTime<Utc>>,
     pub(super) committed: StateJson,
     /// Version of `committed` in the table: the next update builds on it.
     pub(super) version: u64,
@@ -45,6 +48,9 @@ pub(super) struct SessionTask {
     pub(super) moved_at: Option<chrono::DateTime<Utc>>,
 }
 
+/// Pause before a deadline whose handling failed is tried again.
+const DEADLINE_RETRY: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
 enum Commit {
     Done,
     /// This task must stop: fenced, deleted, or the outcome is unknown.
@@ -58,7 +64,15 @@ impl SessionTask {
             now: Utc::now(),
             owner: self.env.me,
             epoch: self.epoch,
+            version: self.version,
         }
+    }
+
+    /// When the next deadline fires: the live state's, held back after a
+    /// failed attempt.
+    fn due(&self) -> Option<chrono::DateTime<Utc>> {
+        let at = self.deadline?;
+        Some(self.not_before.map_or(at, |not_before| at.max(not_before)))
     }
 
     pub(super) async fn run(mut self, mut calls: mpsc::Receiver<Box<Call>>) {
@@ -75,7 +89,7 @@ impl SessionTask {
                     self.live = None;
                 }
             }
-            let timer = timer(&mut lease, self.env.lease_valid(), self.deadline);
+            let timer = timer(&mut lease, self.env.lease_valid(), self.due());
             tokio::select! {
                 call = calls.recv() => {
                     let Some(call) = call else { break };
@@ -188,12 +202,21 @@ impl SessionTask {
 
     async fn fire_due_deadline(&mut self) -> Commit {
         let ctx = self.context();
-        match self.deadline {
+        match self.due() {
             Some(at) if at <= ctx.now => {
                 let Some(live) = self.live_state() else {
                     return Commit::Stop(CallError::NotHere);
                 };
-                live.on_deadline(&ctx);
+                if let Err(failure) = live.on_deadline(&ctx).await {
+                    warn!(session = %self.id, ?failure, "deadline not handled; trying again in 1 s");
+                    self.restore();
+                    self.not_before = Some(ctx.now + DEADLINE_RETRY);
+                    return Commit::Done;
+                }
+                // A handler whose timer is still due after firing is asked
+                // again only after a pause, not in a busy loop.
+                let again = live.next_deadline().is_some_and(|next| next <= ctx.now);
+                self.not_before = again.then(|| ctx.now + DEADLINE_RETRY);
                 self.commit(None).await
             }
             _ => Commit::Done,
@@ -226,10 +249,17 @@ impl SessionTask {
         let Some(live) = self.live_state() else {
             return (Err(CallError::NotHere), true);
         };
-        match live.handle(&ctx, msg) {
-            Err(HandlerError(message)) => {
+        match live.handle(&ctx, msg).await {
+            Err(failure) => {
                 self.restore();
-                (Err(CallError::Rejected(message)), false)
+                let error = match failure {
+                    Failure::Rejected(message) => CallError::Rejected(message),
+                    Failure::Unavailable(message) => CallError::Unavailable(self.id.clone(), message),
+                    // Never ran: the router tries again (the node hands the
+                    // session over when its app stays unreachable).
+                    Failure::Unreachable(_) => CallError::NotHere,
+                };
+                (Err(error), false)
             }
             Ok(_)
                 if query
