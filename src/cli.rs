@@ -270,8 +270,12 @@ pub(crate) struct ServeArgs {
     pub(crate) history_per_session: u32,
     /// A kind served by an app beside this node (docs/external-handlers.md);
     /// repeatable, one KIND=URL each (an http:// URL, usually on loopback).
-    #[arg(long = "external-kind", env = "MINOS_EXTERNAL_KIND", value_name = "KIND=URL",
-          value_delimiter = ',')]
+    #[arg(
+        long = "external-kind",
+        env = "MINOS_EXTERNAL_KIND",
+        value_name = "KIND=URL",
+        value_delimiter = ','
+    )]
     pub(crate) external_kind: Vec<minos::external::ExternalKind>,
     /// Longest wait for an external app's answer, in milliseconds.
     #[arg(long, env = "MINOS_EXTERNAL_TIMEOUT_MS", value_name = "MS",

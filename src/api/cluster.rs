@@ -12,7 +12,8 @@ use openraft::ServerState;
 
 use super::error::{ApiError, ErrorBody};
 use super::views::{
-    AppView, ClusterView, HealthView, LiveView, NodeView, NodeViewStatus, RemovedView, UndrainedView,
+    AppView, ClusterView, HealthView, LiveView, NodeView, NodeViewStatus, RemovedView,
+    UndrainedView,
 };
 use crate::error::Error;
 use crate::model::{NodeId, Rejection};

@@ -17,7 +17,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::handler::{DynHandler, Failure, HandlerError, LiveSession, Pending, Registry, SessionContext};
+use crate::handler::{
+    DynHandler, Failure, HandlerError, LiveSession, Pending, Registry, SessionContext,
+};
 use crate::model::{SessionKind, StateJson};
 use crate::sync::Recover;
 
@@ -41,8 +43,8 @@ impl std::str::FromStr for ExternalKind {
         let (kind, url) = text
             .split_once('=')
             .ok_or_else(|| format!("{text:?} is not KIND=URL"))?;
-        let kind = SessionKind::new(kind.trim())
-            .map_err(|e| format!("kind {kind:?} in {text:?}: {e}"))?;
+        let kind =
+            SessionKind::new(kind.trim()).map_err(|e| format!("kind {kind:?} in {text:?}: {e}"))?;
         let url = reqwest::Url::parse(url.trim()).map_err(|e| format!("URL {url:?}: {e}"))?;
         if url.scheme() != "http" || url.host().is_none() {
             return Err(format!("URL {url}: give an http://host:port/path URL"));
@@ -113,7 +115,9 @@ impl App {
 
     /// Sends a health check; records and returns whether it was answered.
     pub(crate) async fn check(&self) -> bool {
-        let result = self.post(&protocol::ping(&self.kind), Some(PING_TIMEOUT)).await;
+        let result = self
+            .post(&protocol::ping(&self.kind), Some(PING_TIMEOUT))
+            .await;
         let error = result.err().map(|failure| match failure {
             Failure::Rejected(why) => format!("the app refused the health check: {why}"),
             Failure::Unavailable(why) | Failure::Unreachable(why) => why,
@@ -159,7 +163,10 @@ impl App {
     /// else (refused, reset) means the app may be gone: checked at once.
     fn failed(&self, e: reqwest::Error) -> Failure {
         if e.is_timeout() {
-            return Failure::Unavailable(format!("the app for kind {} did not answer in time", self.kind));
+            return Failure::Unavailable(format!(
+                "the app for kind {} did not answer in time",
+                self.kind
+            ));
         }
         self.nudge.notify_one();
         let mut why = e.to_string();
@@ -168,7 +175,10 @@ impl App {
             why = format!("{why}: {inner}");
             source = inner.source();
         }
-        Failure::Unreachable(format!("the app for kind {} at {} is unreachable: {why}", self.kind, self.url))
+        Failure::Unreachable(format!(
+            "the app for kind {} at {} is unreachable: {why}",
+            self.kind, self.url
+        ))
     }
 }
 

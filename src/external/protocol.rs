@@ -41,7 +41,11 @@ pub(crate) fn ping(kind: &SessionKind) -> Value {
 }
 
 /// The fields every session op carries.
-fn session_request(op: &str, kind: &SessionKind, ctx: &SessionContext) -> serde_json::Map<String, Value> {
+fn session_request(
+    op: &str,
+    kind: &SessionKind,
+    ctx: &SessionContext,
+) -> serde_json::Map<String, Value> {
     let value = json!({
         "op": op,
         "kind": kind.as_str(),
@@ -76,7 +80,9 @@ pub(crate) fn on_state(
     body.insert("state".into(), envelope.state.clone());
     body.insert(
         "deadline".into(),
-        envelope.deadline.map_or(Value::Null, |at| Value::String(time(at))),
+        envelope
+            .deadline
+            .map_or(Value::Null, |at| Value::String(time(at))),
     );
     if let Some(msg) = msg {
         body.insert("msg".into(), msg);
@@ -97,16 +103,17 @@ struct Answer {
 }
 
 fn parse(body: &[u8]) -> Result<Answer, Failure> {
-    serde_json::from_slice(body)
-        .map_err(|e| Failure::Unavailable(format!("the app's answer does not fit the protocol: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        Failure::Unavailable(format!("the app's answer does not fit the protocol: {e}"))
+    })
 }
 
 /// The first envelope from a `create` answer.
 pub(crate) fn created(body: &[u8]) -> Result<Envelope, Failure> {
     let answer = parse(body)?;
-    let state = answer.state.ok_or_else(|| {
-        Failure::Unavailable("the app's create answer has no \"state\"".into())
-    })?;
+    let state = answer
+        .state
+        .ok_or_else(|| Failure::Unavailable("the app's create answer has no \"state\"".into()))?;
     Ok(Envelope {
         state,
         deadline: answer.deadline,
@@ -191,7 +198,10 @@ mod tests {
             b"not json",
             b"[1]",
         ] {
-            assert!(matches!(answered(bad, &ctx()), Err(Failure::Unavailable(_))));
+            assert!(matches!(
+                answered(bad, &ctx()),
+                Err(Failure::Unavailable(_))
+            ));
         }
     }
 
@@ -203,9 +213,13 @@ mod tests {
 
     #[test]
     fn the_envelope_round_trips_with_its_deadline() {
-        let envelope = created(br#"{"state": [1], "deadline": "2026-12-01T18:00:00+01:00"}"#).unwrap();
+        let envelope =
+            created(br#"{"state": [1], "deadline": "2026-12-01T18:00:00+01:00"}"#).unwrap();
         let text = envelope.to_state();
-        assert_eq!(&*text.0, r#"{"state":[1],"deadline":"2026-12-01T17:00:00Z"}"#);
+        assert_eq!(
+            &*text.0,
+            r#"{"state":[1],"deadline":"2026-12-01T17:00:00Z"}"#
+        );
         assert_eq!(Envelope::parse(&text).unwrap(), envelope);
         assert!(Envelope::parse(&StateJson("{\"n\":1}".into())).is_err());
     }

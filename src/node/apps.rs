@@ -46,8 +46,12 @@ pub(super) async fn watch(service: Arc<Service>, mut shutdown: watch::Receiver<b
         }
         // A failure is checked again soon, once; then at the usual pace.
         let pause = if failures == 1 { RECHECK } else { CHECK_EVERY };
-        let nudged =
-            futures::future::select_all(service.apps.iter().map(|app| Box::pin(app.nudge.notified())));
+        let nudged = futures::future::select_all(
+            service
+                .apps
+                .iter()
+                .map(|app| Box::pin(app.nudge.notified())),
+        );
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = nudged, if all_ready => {}
@@ -70,7 +74,11 @@ async fn drain(service: &Service) -> bool {
     };
     match service.drain(request).await {
         Ok(report) => {
-            info!(node = service.me, moved = report.moved, "drained while an app does not answer");
+            info!(
+                node = service.me,
+                moved = report.moved,
+                "drained while an app does not answer"
+            );
             true
         }
         Err(e) => {
@@ -88,7 +96,10 @@ async fn undrain(service: &Service, status: Option<NodeStatus>) -> bool {
     }
     match service.undrain(service.me).await {
         Ok(()) => {
-            info!(node = service.me, "every external app answers again: undrained");
+            info!(
+                node = service.me,
+                "every external app answers again: undrained"
+            );
             true
         }
         Err(e) => {

@@ -322,13 +322,7 @@ fn wire(
         kick: Arc::new(Notify::new()),
         metrics: metrics.clone(),
     };
-    let mut registry = builder.registry.clone();
-    let apps = crate::external::register(
-        &mut registry,
-        &builder.externals,
-        builder.external_timeout,
-        builder.limits.max_state_bytes,
-    );
+    let (registry, apps) = kinds(builder);
     let runtime = Runtime::new(task_env, registry.clone(), transport.clone());
     let (lease_env, scheduler) = leader_envs(builder, opened, &proposer, &runtime, &metrics);
     let cluster = match (&stored.identity, membership) {
@@ -362,6 +356,18 @@ fn wire(
         lease_tx,
         shutdown_tx,
     }
+}
+
+/// The handler kinds, the external ones among them with their apps.
+fn kinds(builder: &NodeBuilder) -> (crate::handler::Registry, Vec<Arc<crate::external::App>>) {
+    let mut registry = builder.registry.clone();
+    let apps = crate::external::register(
+        &mut registry,
+        &builder.externals,
+        builder.external_timeout,
+        builder.limits.max_state_bytes,
+    );
+    (registry, apps)
 }
 
 /// The environments of the lease keeper and grant, and of the leader's

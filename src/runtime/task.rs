@@ -254,7 +254,9 @@ impl SessionTask {
                 self.restore();
                 let error = match failure {
                     Failure::Rejected(message) => CallError::Rejected(message),
-                    Failure::Unavailable(message) => CallError::Unavailable(self.id.clone(), message),
+                    Failure::Unavailable(message) => {
+                        CallError::Unavailable(self.id.clone(), message)
+                    }
                     // Never ran: the router tries again (the node hands the
                     // session over when its app stays unreachable).
                     Failure::Unreachable(_) => CallError::NotHere,
@@ -328,10 +330,15 @@ impl SessionTask {
                 }
                 // Fenced, outdated, deleted, or (keyed) applied already: the
                 // call did not take effect here; a retry finds its record.
-                Ok(Err(Rejection::StaleEpoch { .. }))
-                | Ok(Err(Rejection::StaleVersion { .. }))
-                | Ok(Err(Rejection::DuplicateCall { .. }))
-                | Ok(Err(Rejection::NoSuchSession(_))) => return Commit::Stop(CallError::NotHere),
+                Ok(Err(
+                    rejection @ (Rejection::StaleEpoch { .. }
+                    | Rejection::StaleVersion { .. }
+                    | Rejection::DuplicateCall { .. }
+                    | Rejection::NoSuchSession(_)),
+                )) => {
+                    debug!(session = %self.id, epoch = %self.epoch, %rejection, "the log refused the new state; it is dropped");
+                    return Commit::Stop(CallError::NotHere);
+                }
                 Ok(Err(other)) => other.to_string(),
                 Err(WriteError::NoLeader) | Err(WriteError::ShuttingDown) => {
                     // Nothing was written; a successor settles and restarts

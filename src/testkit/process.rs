@@ -44,6 +44,8 @@ pub struct ProcessOptions {
     pub nodes: u64,
     /// Extra flags for every `minos serve`.
     pub serve_args: Vec<String>,
+    /// Extra flags for one node's `minos serve` (after `serve_args`).
+    pub node_args: BTreeMap<NodeId, Vec<String>>,
     /// Where data and logs go (a temporary directory when `None`).
     pub dir: Option<PathBuf>,
     /// How long to wait for a leader and healthy nodes.
@@ -62,6 +64,7 @@ impl ProcessOptions {
             bin: bin.into(),
             nodes: 3,
             serve_args: Vec::new(),
+            node_args: BTreeMap::new(),
             dir: None,
             start_timeout: Duration::from_secs(30),
             peer_host: None,
@@ -231,6 +234,7 @@ impl ProcessCluster {
             .arg("--token-file")
             .arg(self.dir.join("tokens"))
             .args(&self.options.serve_args)
+            .args(self.options.node_args.get(&id).into_iter().flatten())
             .env(
                 "MINOS_LOG",
                 std::env::var("MINOS_LOG").unwrap_or("info,openraft=warn".into()),
