@@ -75,6 +75,7 @@ pub mod error;
 pub mod external;
 pub mod handler;
 pub mod handlers;
+pub mod labels;
 pub(crate) mod lease;
 pub mod metrics;
 pub mod model;

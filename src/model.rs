@@ -9,6 +9,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::labels::{NodeTraits, Requirement};
+
 /// A node of the cluster. Raft node ids, placement and ownership all use it.
 pub type NodeId = u64;
 
@@ -160,6 +162,8 @@ pub struct NodeInfo {
     pub status: NodeStatus,
     /// When the status last changed (proposer's clock).
     pub since: DateTime<Utc>,
+    /// Its labels and capacity, as it last told the table (`SetNodeTraits`).
+    pub traits: NodeTraits,
 }
 
 /// Session state as canonical JSON text. Kept as text inside the log so the
@@ -238,6 +242,8 @@ pub struct Session {
     /// Its changes of owner, oldest first: the last ones, as many as the
     /// entry that recorded the newest allowed (`--history-per-session`).
     pub history: Vec<Placement>,
+    /// Where it may run (empty: anywhere), given at create.
+    pub placement: Requirement,
 }
 
 /// A keyed call whose state change was committed, with the reply it got:
@@ -431,6 +437,27 @@ pub enum Command {
         reason: MoveReason,
         /// How a dead owner was detected (with `NodeDown`).
         detected: Option<Detection>,
+    },
+    /// A node's labels and capacity (the node writes its own at start-up
+    /// when the table's differ).
+    SetNodeTraits {
+        /// Node id.
+        id: NodeId,
+        /// Its labels and capacity.
+        traits: NodeTraits,
+    },
+    /// `CreateSession` with a placement requirement, kept with the session.
+    CreateSessionPlaced {
+        /// Session id.
+        id: SessionId,
+        /// Handler kind.
+        kind: SessionKind,
+        /// First state.
+        state: StateJson,
+        /// First owner (chosen by the leader; `None`: nowhere fits).
+        owner: Option<NodeId>,
+        /// Where it may run.
+        placement: Requirement,
     },
 }
 

@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{Move, NodeId, NodeInfo, NodeStatus, SessionId};
+use crate::labels::Requirement;
+use crate::model::{Move, NodeId, NodeInfo, NodeStatus, Session, SessionId, SessionKind};
 use crate::state::ClusterState;
 
 /// 64-bit FNV-1a followed by a splitmix64 finalizer: stable across Rust
@@ -37,75 +38,313 @@ pub fn place(session: &SessionId, eligible: &[NodeId]) -> Option<NodeId> {
         .max_by_key(|node| (stable_hash(session, *node), *node))
 }
 
+/// Why a session fits on no node (shown as its `unplaced` reason).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unfit {
+    /// No node is Up.
+    #[error("no Up node")]
+    NoUpNode,
+    /// No Up node carries the labels.
+    #[error("no Up node has {0}")]
+    NoLabels(Requirement),
+    /// Every Up node with the labels is at its `--max-sessions`.
+    #[error("every Up node with {0} is at its max-sessions")]
+    Full(Requirement),
+}
+
+/// The Up nodes of `nodes`, in id order.
+pub fn up_nodes(nodes: &BTreeMap<NodeId, NodeInfo>) -> Vec<&NodeInfo> {
+    nodes
+        .values()
+        .filter(|node| node.status == NodeStatus::Up)
+        .collect()
+}
+
+/// One plan's view of the nodes: the table's loads plus the moves planned
+/// so far, so a plan of many moves keeps every node within its capacity
+/// and spreads as the table will be once it is applied. Pure: the same
+/// table, nodes and order of calls give the same answers.
+///
+/// Rules, in order: a node fits a session when it is Up, carries the
+/// requirement's labels (and its spread key), and is below its
+/// `max_sessions`. Without spread, the fitting node of highest rendezvous
+/// weight wins. With spread over key K, the fitting nodes are grouped by
+/// their value of K; the value whose Up nodes hold the fewest sessions of
+/// the session's kind wins (ties: the smaller value), and rendezvous picks
+/// among its fitting nodes. Unconstrained sessions on nodes without limits
+/// are thus placed exactly as before constraints existed.
+pub struct Planner<'a> {
+    state: &'a ClusterState,
+    up: Vec<&'a NodeInfo>,
+    added: BTreeMap<NodeId, i64>,
+    kinds_added: BTreeMap<(NodeId, SessionKind), i64>,
+}
+
+impl<'a> Planner<'a> {
+    /// A plan over `state` with `up` as the nodes that may take sessions.
+    pub fn new(state: &'a ClusterState, up: Vec<&'a NodeInfo>) -> Self {
+        Self {
+            state,
+            up,
+            added: BTreeMap::new(),
+            kinds_added: BTreeMap::new(),
+        }
+    }
+
+    /// Sessions `node` owns once the planned moves are applied.
+    pub fn load(&self, node: NodeId) -> u64 {
+        let base = self.state.count_of(Some(node)) as i64;
+        (base + self.added.get(&node).copied().unwrap_or(0)).max(0) as u64
+    }
+
+    fn kind_load(&self, node: NodeId, kind: &SessionKind) -> i64 {
+        self.state.count_of_kind(node, kind) as i64
+            + self
+                .kinds_added
+                .get(&(node, kind.clone()))
+                .copied()
+                .unwrap_or(0)
+    }
+
+    fn has_room(&self, node: &NodeInfo) -> bool {
+        node.traits
+            .max_sessions
+            .is_none_or(|max| self.load(node.id) < max)
+    }
+
+    /// The nodes that may take one more session with `need` (`keep`: a
+    /// node that may keep it although full, its current owner).
+    fn fitting(&self, need: &Requirement, keep: Option<NodeId>) -> Result<Vec<&'a NodeInfo>, Unfit> {
+        if self.up.is_empty() {
+            return Err(Unfit::NoUpNode);
+        }
+        let labelled: Vec<&'a NodeInfo> = self
+            .up
+            .iter()
+            .copied()
+            .filter(|node| need.admits(&node.traits.labels))
+            .collect();
+        if labelled.is_empty() {
+            return Err(Unfit::NoLabels(need.clone()));
+        }
+        let fitting: Vec<&'a NodeInfo> = labelled
+            .into_iter()
+            .filter(|node| Some(node.id) == keep || self.has_room(node))
+            .collect();
+        if fitting.is_empty() {
+            return Err(Unfit::Full(need.clone()));
+        }
+        Ok(fitting)
+    }
+
+    /// True when some node could take a session with `need` now.
+    pub fn fits(&self, need: &Requirement) -> bool {
+        self.fitting(need, None).is_ok()
+    }
+
+    /// Where `session` (of `kind`, requiring `need`) goes: see [`Planner`].
+    /// `keep` is its current owner when it may stay there although full.
+    pub fn choose(
+        &self,
+        session: &SessionId,
+        kind: &SessionKind,
+        need: &Requirement,
+        keep: Option<NodeId>,
+    ) -> Result<NodeId, Unfit> {
+        let fitting = self.fitting(need, keep)?;
+        let candidates: Vec<NodeId> = match &need.spread {
+            None => fitting.iter().map(|node| node.id).collect(),
+            Some(key) => {
+                let value = self.emptiest_value(&fitting, key, kind);
+                fitting
+                    .iter()
+                    .filter(|node| node.traits.labels.get(key) == value)
+                    .map(|node| node.id)
+                    .collect()
+            }
+        };
+        place(session, &candidates).ok_or(Unfit::NoUpNode)
+    }
+
+    /// The value of `key` among `fitting` whose Up nodes hold the fewest
+    /// sessions of `kind` (ties: the smaller value).
+    fn emptiest_value(
+        &self,
+        fitting: &[&'a NodeInfo],
+        key: &str,
+        kind: &SessionKind,
+    ) -> Option<&'a String> {
+        let mut held: BTreeMap<&'a String, i64> = BTreeMap::new();
+        for node in fitting {
+            if let Some(value) = node.traits.labels.get(key) {
+                held.insert(value, 0);
+            }
+        }
+        for node in &self.up {
+            if let Some(count) = node.traits.labels.get(key).and_then(|v| held.get_mut(v)) {
+                *count += self.kind_load(node.id, kind);
+            }
+        }
+        held.into_iter()
+            .min_by_key(|(value, count)| (*count, *value))
+            .map(|(value, _)| value)
+    }
+
+    /// Records a planned move of a session of `kind` from `from` to `to`.
+    pub fn take(&mut self, from: Option<NodeId>, to: Option<NodeId>, kind: &SessionKind) {
+        if from == to {
+            return;
+        }
+        if let Some(node) = from {
+            *self.added.entry(node).or_default() -= 1;
+            *self.kinds_added.entry((node, kind.clone())).or_default() -= 1;
+        }
+        if let Some(node) = to {
+            *self.added.entry(node).or_default() += 1;
+            *self.kinds_added.entry((node, kind.clone())).or_default() += 1;
+        }
+    }
+
+    /// Records a new session of `kind` placed on `to` (not yet in the
+    /// table), for the later choices of the same plan.
+    pub fn count(&mut self, to: Option<NodeId>, kind: &SessionKind) {
+        if let Some(node) = to {
+            *self.added.entry(node).or_default() += 1;
+            *self.kinds_added.entry((node, kind.clone())).or_default() += 1;
+        }
+    }
+
+    /// Chooses a new owner for `session` (which must leave `session.owner`)
+    /// and records the move: `None` when nothing fits.
+    pub fn relocate(&mut self, session: &'a Session) -> Move {
+        let to = self
+            .choose(&session.id, &session.kind, &session.placement, None)
+            .ok();
+        self.take(session.owner, to, &session.kind);
+        Move {
+            id: session.id.clone(),
+            from_epoch: session.epoch,
+            to,
+        }
+    }
+}
+
+/// Why the unplaced `session` is unplaced now (`None` when it is placed).
+pub fn unplaced_reason(state: &ClusterState, session: &Session) -> Option<String> {
+    if session.owner.is_some() {
+        return None;
+    }
+    let planner = Planner::new(state, up_nodes(&state.nodes));
+    Some(
+        match planner.choose(&session.id, &session.kind, &session.placement, None) {
+            Err(unfit) => unfit.to_string(),
+            Ok(node) => format!("node {node} fits; placing it"),
+        },
+    )
+}
+
 /// Moves for every session whose owner is gone, Down or missing, onto the
-/// eligible nodes. Sessions of Draining nodes are not included: they move
-/// through the handoff, after their owner stopped them.
+/// nodes that fit them. Sessions of Draining nodes are not included: they
+/// move through the handoff, after their owner stopped them.
 pub fn repair(state: &ClusterState) -> Vec<Move> {
     repair_with(state, &state.nodes)
 }
 
 /// [`repair`] with the node statuses taken from `nodes` instead of the
 /// state (the scheduler plans its Down verdicts and the moves together).
-pub fn repair_with(state: &ClusterState, nodes: &BTreeMap<NodeId, NodeInfo>) -> Vec<Move> {
-    let eligible: Vec<NodeId> = nodes
-        .values()
-        .filter(|node| node.status == NodeStatus::Up)
-        .map(|node| node.id)
-        .collect();
-    // Only the sessions of lost owners (and the unplaced ones, when a node
-    // can take them) are looked at: the cost is the repair, not the table.
-    let lost: Vec<Option<NodeId>> = state
+/// The unplaced sessions are placed too, a group of one requirement only
+/// when some node fits it: the cost is the repair and the number of
+/// distinct requirements, not the table.
+pub fn repair_with<'a>(state: &'a ClusterState, nodes: &'a BTreeMap<NodeId, NodeInfo>) -> Vec<Move> {
+    let mut planner = Planner::new(state, up_nodes(nodes));
+    let lost: Vec<NodeId> = state
         .owners()
-        .filter(|owner| match owner {
-            None => !eligible.is_empty(),
-            Some(owner) => nodes
+        .flatten()
+        .filter(|owner| {
+            nodes
                 .get(owner)
-                .is_none_or(|node| node.status == NodeStatus::Down),
+                .is_none_or(|node| node.status == NodeStatus::Down)
         })
         .collect();
-    lost.into_iter()
-        .flat_map(|owner| state.sessions_of(owner))
-        .map(|session| Move {
-            id: session.id.clone(),
-            from_epoch: session.epoch,
-            to: place(&session.id, &eligible),
-        })
-        .collect()
+    let mut moves: Vec<Move> = lost
+        .into_iter()
+        .flat_map(|owner| state.sessions_of(Some(owner)))
+        .map(|session| planner.relocate(session))
+        .collect();
+    for (need, ids) in state.unplaced_groups() {
+        if !planner.fits(need) {
+            continue;
+        }
+        for session in ids.iter().filter_map(|id| state.sessions.get(id)) {
+            let step = planner.relocate(session);
+            if step.to.is_none() {
+                break;
+            }
+            moves.push(step);
+        }
+    }
+    moves
 }
 
-/// Moves that hand every session of `node` to the eligible nodes.
+/// Moves that hand every session of `node` to the nodes that fit them.
 pub fn evacuate(state: &ClusterState, node: NodeId) -> Vec<Move> {
-    let eligible: Vec<NodeId> = state
-        .eligible_nodes()
+    let up = up_nodes(&state.nodes)
         .into_iter()
-        .filter(|id| *id != node)
+        .filter(|info| info.id != node)
         .collect();
+    let mut planner = Planner::new(state, up);
     state
         .sessions_owned_by(node)
-        .map(|session| Move {
-            id: session.id.clone(),
-            from_epoch: session.epoch,
-            to: place(&session.id, &eligible),
-        })
+        .map(|session| planner.relocate(session))
         .collect()
 }
 
-/// Moves that bring every placed session to its rendezvous choice among the
-/// eligible nodes (used after a node comes back).
+/// Moves that bring every session to its placement choice among the Up
+/// nodes (used after a node comes back). A session may stay on a full
+/// owner; one spread over a label stays within its owner's value of that
+/// label (the spread it got at placement is kept, the zone is evened); a
+/// session whose owner no longer carries its labels moves to one that does.
 pub fn rebalance(state: &ClusterState) -> Vec<Move> {
-    let eligible = state.eligible_nodes();
-    state
-        .sessions
-        .values()
-        .filter_map(|session| {
-            let target = place(&session.id, &eligible)?;
-            (session.owner != Some(target)).then(|| Move {
+    let mut planner = Planner::new(state, up_nodes(&state.nodes));
+    let mut moves = Vec::new();
+    for session in state.sessions.values() {
+        let Some(target) = rebalance_target(&planner, state, session) else {
+            continue;
+        };
+        if session.owner != Some(target) {
+            planner.take(session.owner, Some(target), &session.kind);
+            moves.push(Move {
                 id: session.id.clone(),
                 from_epoch: session.epoch,
                 to: Some(target),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    moves
+}
+
+fn rebalance_target(planner: &Planner, state: &ClusterState, session: &Session) -> Option<NodeId> {
+    let need = &session.placement;
+    let owner = session
+        .owner
+        .and_then(|id| state.nodes.get(&id))
+        .filter(|node| node.status == NodeStatus::Up && need.admits(&node.traits.labels));
+    match (&need.spread, owner) {
+        (Some(key), Some(owner)) => {
+            // Rendezvous within the owner's value of the spread label.
+            let mut within = need.clone();
+            within.spread = None;
+            if let Some(value) = owner.traits.labels.get(key) {
+                within.labels.insert(key.clone(), value.clone());
+            }
+            planner
+                .choose(&session.id, &session.kind, &within, Some(owner.id))
+                .ok()
+        }
+        _ => planner
+            .choose(&session.id, &session.kind, need, owner.map(|o| o.id))
+            .ok(),
+    }
 }
 
 #[cfg(test)]

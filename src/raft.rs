@@ -43,6 +43,9 @@ fn weight(command: &Command) -> usize {
         Command::CreateSession { state, .. } | Command::UpdateState { state, .. } => {
             BASE + state.len()
         }
+        Command::CreateSessionPlaced {
+            state, placement, ..
+        } => BASE + state.len() + 64 * (placement.labels.len() + 1),
         Command::UpdateStateKeyed { state, call, .. } => BASE + state.len() + call.reply.len(),
         Command::Reassign { moves } | Command::Relocate { moves, .. } => BASE + 64 * moves.len(),
         _ => BASE,
@@ -271,14 +274,30 @@ impl WritePath {
         mut commands: Vec<Command>,
         deadline: Instant,
     ) -> Result<Vec<CommandResult>, Retry> {
-        // The leader places new sessions; the log records its explicit choice.
+        // The leader places new sessions; the log records its explicit
+        // choice. One plan for the batch: the capacity and spread counts
+        // include the sessions placed before in it.
         self.view.read(|applied| {
-            let eligible = applied.state.eligible_nodes();
+            let state = &applied.state;
+            let mut planner = placement::Planner::new(state, placement::up_nodes(&state.nodes));
+            let unconstrained = crate::model::Requirement::default();
             for command in &mut commands {
-                if let Command::CreateSession { id, owner, .. } = command {
-                    if owner.is_none() {
-                        *owner = placement::place(id, &eligible);
-                    }
+                let (id, kind, owner, need) = match command {
+                    Command::CreateSession {
+                        id, kind, owner, ..
+                    } => (&*id, kind.clone(), owner, &unconstrained),
+                    Command::CreateSessionPlaced {
+                        id,
+                        kind,
+                        owner,
+                        placement,
+                        ..
+                    } => (&*id, kind.clone(), owner, &*placement),
+                    _ => continue,
+                };
+                if owner.is_none() {
+                    *owner = planner.choose(id, &kind, need, None).ok();
+                    planner.count(*owner, &kind);
                 }
             }
         });

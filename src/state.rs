@@ -17,13 +17,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use imbl::OrdMap;
 
+mod index;
+use index::OwnerIndex;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
     Applied, CallRetention, Command, CommandResult, Detection, Epoch, Move, MoveReason, NodeId,
-    NodeInfo, NodeStatus, Placement, Proposal, RecordedCall, Rejection, Session, SessionId,
-    SessionKind, StateJson, HISTORY_KEEP,
+    NodeInfo, NodeStatus, NodeTraits, Placement, Proposal, RecordedCall, Rejection, Requirement,
+    Session, SessionId, SessionKind, StateJson, HISTORY_KEEP,
 };
 
 /// Where a session stands, derived from its owner's status.
@@ -63,11 +66,12 @@ pub struct ClusterState {
     pub last_event: u64,
     /// Sequence number of the newest event dropped from `events`.
     pub events_dropped_through: u64,
-    /// Session ids by owner (`None`: unplaced), derived from `sessions`:
-    /// not serialized, rebuilt on load. It makes "sessions of node N",
-    /// counts per node and repair cost what they touch, not the table size.
+    /// Session ids by owner (`None`: unplaced), counts per node and kind,
+    /// unplaced ids by requirement; derived from `sessions`: not
+    /// serialized, rebuilt on load. It makes "sessions of node N", counts
+    /// per node and repair cost what they touch, not the table size.
     #[serde(skip)]
-    owners: BTreeMap<Option<NodeId>, BTreeSet<SessionId>>,
+    index: OwnerIndex,
 }
 
 /// The serialized form of [`ClusterState`] (without the derived index).
@@ -133,12 +137,9 @@ impl ClusterState {
 
 impl From<Table> for ClusterState {
     fn from(table: Table) -> Self {
-        let mut owners: BTreeMap<Option<NodeId>, BTreeSet<SessionId>> = BTreeMap::new();
+        let mut index = OwnerIndex::default();
         for session in table.sessions.values() {
-            owners
-                .entry(session.owner)
-                .or_default()
-                .insert(session.id.clone());
+            index.add(session);
         }
         Self {
             nodes: table.nodes,
@@ -147,7 +148,7 @@ impl From<Table> for ClusterState {
             events: table.events,
             last_event: table.last_event,
             events_dropped_through: table.events_dropped_through,
-            owners,
+            index,
         }
     }
 }
@@ -205,7 +206,8 @@ impl ClusterState {
     ) -> impl Iterator<Item = &'a Session> + 'a {
         use std::ops::Bound;
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.owners
+        self.index
+            .by_owner
             .get(&owner)
             .into_iter()
             .flat_map(move |ids| ids.range((start, Bound::Unbounded)))
@@ -281,8 +283,10 @@ impl ClusterState {
                 | Command::RemoveNode { .. }
                 | Command::NodeDown { .. }
                 | Command::NodeUp { .. }
-                | Command::Drain { .. } => changes.nodes = true,
+                | Command::Drain { .. }
+                | Command::SetNodeTraits { .. } => changes.nodes = true,
                 Command::CreateSession { id, .. }
+                | Command::CreateSessionPlaced { id, .. }
                 | Command::UpdateState { id, .. }
                 | Command::UpdateStateKeyed { id, .. }
                 | Command::Settle { id, .. }
@@ -309,7 +313,15 @@ impl ClusterState {
                 kind,
                 state,
                 owner,
-            } => self.create_session(id, kind, state, *owner, ctx),
+            } => self.create_session(id, kind, state, (*owner, &Requirement::default()), ctx),
+            Command::CreateSessionPlaced {
+                id,
+                kind,
+                state,
+                owner,
+                placement,
+            } => self.create_session(id, kind, state, (*owner, placement), ctx),
+            Command::SetNodeTraits { id, traits } => self.set_traits(*id, traits),
             Command::UpdateState {
                 id,
                 epoch,
@@ -347,7 +359,7 @@ impl ClusterState {
             ))),
             Command::DeleteSession { id } => match self.sessions.remove(id) {
                 Some(session) => {
-                    self.unindex(session.owner, id);
+                    self.index.remove(&session);
                     Ok(Applied::Done)
                 }
                 None => Err(Rejection::NoSuchSession(id.clone())),
@@ -367,8 +379,31 @@ impl ClusterState {
                 addr: addr.to_string(),
                 status: NodeStatus::Up,
                 since: at,
+                traits: NodeTraits::default(),
             });
         Ok(Applied::Done)
+    }
+
+    /// A node's labels and capacity; sessions it owns stay where they are
+    /// (a node no longer fitting one is left to rebalance).
+    fn set_traits(&mut self, id: NodeId, traits: &NodeTraits) -> CommandResult {
+        let node = self.nodes.get_mut(&id).ok_or(Rejection::NoSuchNode(id))?;
+        node.traits = traits.clone();
+        Ok(Applied::Done)
+    }
+
+    /// True when `node` is a member that may take one more session with
+    /// `need`: it carries the labels and is below its `max_sessions`. The
+    /// table holds to it whatever a plan said, so no entry ever breaks a
+    /// constraint (a plan made on an older table is refused, not obeyed).
+    pub fn can_take(&self, node: NodeId, need: &Requirement) -> bool {
+        self.nodes.get(&node).is_some_and(|info| {
+            need.admits(&info.traits.labels)
+                && info
+                    .traits
+                    .max_sessions
+                    .is_none_or(|max| (self.count_of(Some(node)) as u64) < max)
+        })
     }
 
     /// An owner's write of a new state, on its epoch and version; a keyed
@@ -405,21 +440,20 @@ impl ClusterState {
         if self.nodes.remove(&id).is_none() {
             return Err(Rejection::NoSuchNode(id));
         }
-        let owned = self.owners.remove(&Some(id)).unwrap_or_default();
+        let owned = self.index.by_owner.get(&Some(id)).cloned().unwrap_or_default();
         for session_id in &owned {
             if let Some(session) = self.sessions.get_mut(session_id) {
+                self.index.remove(session);
                 self.last_epoch = self.last_epoch.next();
                 session.owner = None;
                 session.epoch = self.last_epoch;
                 session.updated_at = ctx.at;
+                self.index.add(session);
                 let step = (Some(id), None, session.epoch);
                 self.record(session_id, step, (MoveReason::NodeRemoved, None), ctx);
             }
         }
-        if !owned.is_empty() {
-            changes.sessions.extend(owned.iter().cloned());
-            self.owners.entry(None).or_default().extend(owned);
-        }
+        changes.sessions.extend(owned);
         Ok(Applied::Done)
     }
 
@@ -466,33 +500,21 @@ impl ClusterState {
         }
     }
 
-    fn index(&mut self, owner: Option<NodeId>, id: &SessionId) {
-        self.owners.entry(owner).or_default().insert(id.clone());
-    }
-
-    fn unindex(&mut self, owner: Option<NodeId>, id: &SessionId) {
-        if let Some(ids) = self.owners.get_mut(&owner) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.owners.remove(&owner);
-            }
-        }
-    }
-
     fn create_session(
         &mut self,
         id: &SessionId,
         kind: &SessionKind,
         state: &StateJson,
-        owner: Option<NodeId>,
+        (owner, placement): (Option<NodeId>, &Requirement),
         ctx: &Ctx,
     ) -> CommandResult {
         let at = ctx.at;
         if self.sessions.contains_key(id) {
             return Err(Rejection::SessionExists(id.clone()));
         }
-        // An owner that is not a member would own nothing: leave it unplaced.
-        let owner = owner.filter(|node| self.nodes.contains_key(node));
+        // An owner that is not a member would own nothing, one that cannot
+        // take it must not: leave it unplaced (repair places it).
+        let owner = owner.filter(|node| self.can_take(*node, placement));
         self.last_epoch = self.last_epoch.next();
         let session = Session {
             id: id.clone(),
@@ -505,16 +527,19 @@ impl ClusterState {
             updated_at: at,
             calls: Vec::new(),
             history: Vec::new(),
+            placement: placement.clone(),
         };
+        self.index.add(&session);
         self.sessions.insert(id.clone(), session);
-        self.index(owner, id);
         let step = (None, owner, self.last_epoch);
         self.record(id, step, (MoveReason::Created, None), ctx);
         Ok(Applied::Session(Box::new(self.sessions[id].clone())))
     }
 
     /// Carries out the moves whose `from_epoch` is still current and whose
-    /// target is a member (or none); each gets a new epoch.
+    /// target is none or a member that can take the session (its labels,
+    /// its capacity; a move to its own owner always can); each gets a new
+    /// epoch.
     fn reassign(
         &mut self,
         moves: &[Move],
@@ -525,24 +550,29 @@ impl ClusterState {
         let at = ctx.at;
         let mut moved = Vec::with_capacity(moves.len());
         for step in moves {
-            let target_known = step.to.is_none_or(|node| self.nodes.contains_key(&node));
+            let Some(current) = self.sessions.get(&step.id) else {
+                continue;
+            };
+            let fits = match step.to {
+                None => true,
+                Some(node) if current.owner == Some(node) => self.nodes.contains_key(&node),
+                Some(node) => self.can_take(node, &current.placement),
+            };
+            if current.epoch != step.from_epoch || !fits {
+                continue;
+            }
             let Some(session) = self.sessions.get_mut(&step.id) else {
                 continue;
             };
-            if session.epoch != step.from_epoch || !target_known {
-                continue;
-            }
+            self.index.remove(session);
             self.last_epoch = self.last_epoch.next();
             let from = session.owner;
             session.owner = step.to;
             session.epoch = self.last_epoch;
             session.updated_at = at;
+            self.index.add(session);
             moved.push((session.id.clone(), session.owner, session.epoch));
             let epoch = session.epoch;
-            if from != step.to {
-                self.unindex(from, &step.id);
-                self.index(step.to, &step.id);
-            }
             self.record(&step.id, (from, step.to, epoch), why, ctx);
             changes.sessions.insert(step.id.clone());
         }
@@ -614,7 +644,7 @@ impl ClusterState {
     /// included, and owners that are no longer members).
     pub fn sessions_per_node(&self) -> BTreeMap<NodeId, usize> {
         let mut counts: BTreeMap<NodeId, usize> = self.nodes.keys().map(|id| (*id, 0)).collect();
-        for (owner, ids) in &self.owners {
+        for (owner, ids) in &self.index.by_owner {
             if let Some(owner) = owner {
                 counts.insert(*owner, ids.len());
             }
@@ -625,7 +655,8 @@ impl ClusterState {
     /// Sessions owned by `owner` (`None`: the unplaced ones), in id order;
     /// costs what it returns.
     pub fn sessions_of(&self, owner: Option<NodeId>) -> impl Iterator<Item = &Session> {
-        self.owners
+        self.index
+            .by_owner
             .get(&owner)
             .into_iter()
             .flatten()
@@ -639,11 +670,26 @@ impl ClusterState {
 
     /// Number of sessions owned by `owner` (`None`: unplaced).
     pub fn count_of(&self, owner: Option<NodeId>) -> usize {
-        self.owners.get(&owner).map_or(0, BTreeSet::len)
+        self.index.by_owner.get(&owner).map_or(0, BTreeSet::len)
     }
 
     /// Owners that hold sessions (`None`: unplaced ones exist).
     pub fn owners(&self) -> impl Iterator<Item = Option<NodeId>> + '_ {
-        self.owners.keys().copied()
+        self.index.by_owner.keys().copied()
+    }
+
+    /// Sessions of `kind` owned by `node` (for spread).
+    pub fn count_of_kind(&self, node: NodeId, kind: &SessionKind) -> usize {
+        self.index
+            .kinds
+            .get(&(node, kind.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The unplaced sessions, grouped by their requirement (the empty one
+    /// for unconstrained sessions), in requirement order.
+    pub fn unplaced_groups(&self) -> impl Iterator<Item = (&Requirement, &BTreeSet<SessionId>)> {
+        self.index.unplaced.iter()
     }
 }

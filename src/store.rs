@@ -473,67 +473,28 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| write_err(std::io::Error::other(e.to_string())))?
 }
 
-/// The snapshot format of versions that kept snapshots in sled, before
-/// placement history (read once, when such a data directory is opened).
-mod legacy {
-    use std::collections::BTreeMap;
+mod legacy;
 
-    use chrono::{DateTime, Utc};
-    use openraft::{LogId, StoredMembership};
-    use serde::Deserialize;
+/// The tag in front of a snapshot's data since placement constraints (the
+/// format version 3 of [`Applied`]). Data without it is the version 2
+/// format (bincode of [`Applied`] as it was): its first 8 bytes are the
+/// number of nodes, never this text.
+const SNAPSHOT_TAG: &[u8; 16] = b"minos-snapshot-3";
 
-    use crate::model::{
-        Epoch, NodeId, NodeInfo, RecordedCall, Session, SessionId, SessionKind, StateJson,
-    };
-    use crate::state::ClusterState;
+/// A snapshot's data: the tag, then the bincode of the [`Applied`] (or of
+/// its copy, which encodes the same).
+fn encode_applied<T: Serialize>(applied: &T) -> StorageResult<Vec<u8>> {
+    let mut data = SNAPSHOT_TAG.to_vec();
+    bincode::serialize_into(&mut data, applied).map_err(write_err)?;
+    Ok(data)
+}
 
-    #[derive(Deserialize)]
-    struct SessionV1 {
-        id: SessionId,
-        kind: SessionKind,
-        owner: Option<NodeId>,
-        epoch: Epoch,
-        version: u64,
-        state: StateJson,
-        created_at: DateTime<Utc>,
-        updated_at: DateTime<Utc>,
-        calls: Vec<RecordedCall>,
-    }
-
-    #[derive(Deserialize)]
-    struct TableV1 {
-        nodes: BTreeMap<NodeId, NodeInfo>,
-        sessions: BTreeMap<SessionId, SessionV1>,
-        last_epoch: Epoch,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct AppliedV1 {
-        state: TableV1,
-        last_applied: Option<LogId<NodeId>>,
-        membership: StoredMembership<NodeId, openraft::BasicNode>,
-    }
-
-    impl From<AppliedV1> for super::Applied {
-        fn from(old: AppliedV1) -> Self {
-            let sessions = old.state.sessions.into_values().map(|s| Session {
-                id: s.id,
-                kind: s.kind,
-                owner: s.owner,
-                epoch: s.epoch,
-                version: s.version,
-                state: s.state,
-                created_at: s.created_at,
-                updated_at: s.updated_at,
-                calls: s.calls,
-                history: Vec::new(),
-            });
-            super::Applied {
-                state: ClusterState::restore(old.state.nodes, sessions, old.state.last_epoch),
-                last_applied: old.last_applied,
-                membership: old.membership,
-            }
-        }
+/// Reads a snapshot's data in its format: this version's (tagged), or the
+/// untagged version 2 one, converted.
+fn decode_applied(data: &[u8]) -> StorageResult<Applied> {
+    match data.strip_prefix(SNAPSHOT_TAG.as_slice()) {
+        Some(current) => decode(current),
+        None => Ok(decode::<legacy::AppliedV2>(data)?.into()),
     }
 }
 
@@ -562,7 +523,7 @@ impl StateMachineStore {
                 .is_some_and(|s| s.meta.last_log_id >= old.meta.last_log_id);
             if !newer {
                 let applied: Applied = decode::<legacy::AppliedV1>(&old.data)?.into();
-                let data = encode(&applied)?;
+                let data = encode_applied(&applied)?;
                 write_snapshot_file(&file, &encode(&old.meta)?, &data).map_err(write_err)?;
                 stored = Some(StoredSnapshot {
                     meta: old.meta,
@@ -572,7 +533,7 @@ impl StateMachineStore {
             legacy.remove(KEY_SNAPSHOT).map_err(write_err)?;
         }
         let applied: Applied = match &stored {
-            Some(stored) => decode(&stored.data)?,
+            Some(stored) => decode_applied(&stored.data)?,
             None => Applied::default(),
         };
         let index = applied.last_applied.map(|id| id.index).unwrap_or(0);
@@ -615,7 +576,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         });
         let last_applied = copy.last_applied;
         let membership = copy.membership.clone();
-        let data = Arc::new(in_background(move || encode(&copy)).await?);
+        let data = Arc::new(in_background(move || encode_applied(&copy)).await?);
         let snapshot_id = match last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.len()),
             None => format!("empty-{}", data.len()),
@@ -712,7 +673,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> StorageResult<()> {
         let data = Arc::new(snapshot.into_inner());
         let decoded = data.clone();
-        let applied: Applied = in_background(move || decode(&decoded)).await?;
+        let applied: Applied = in_background(move || decode_applied(&decoded)).await?;
         self.save_snapshot(meta, data).await?;
         self.view.replace(applied);
         Ok(())
