@@ -66,6 +66,26 @@ pub(crate) struct Conn {
 
 /// `--addr`: `host:port` with a numeric port (a bare `7101` would be taken
 /// as a host name and fail far from here).
+/// A `KEY=VALUE` label (clap shows the reason on one line, exit 2).
+pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
+    minos::labels::parse_label(text).map_err(|e| e.to_string())
+}
+
+/// [`parse_label`], kept as the text (`minos config check` prints it back).
+pub(crate) fn check_label(text: &str) -> Result<String, String> {
+    parse_label(text).map(|_| text.to_string())
+}
+
+impl ServeArgs {
+    /// The `--label` flags as labels (each checked by clap already).
+    pub(crate) fn labels(&self) -> minos::labels::Labels {
+        self.label
+            .iter()
+            .filter_map(|text| minos::labels::parse_label(text).ok())
+            .collect()
+    }
+}
+
 pub(crate) fn parse_addr(text: &str) -> Result<String, String> {
     let expected = "expected HOST:PORT with a numeric port, e.g. 127.0.0.1:7101";
     let Some((host, port)) = text.rsplit_once(':') else {
@@ -244,6 +264,23 @@ pub(crate) struct ServeArgs {
                back to their placement choice; 0: never (minos cluster rebalance by hand)",
               Timing::default().rebalance_after, ""))]
     pub(crate) rebalance_after_ms: Option<u64>,
+    /// Moves per second the automatic rebalance makes at most (each a
+    /// graceful handoff); `minos cluster rebalance` is not bounded.
+    #[arg(long, env = "MINOS_REBALANCE_MAX_MOVES_PER_SEC", value_name = "MOVES",
+          default_value_t = minos::config::Timing::default().rebalance_moves_per_sec,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) rebalance_max_moves_per_sec: u32,
+    /// A placement label of this node, KEY=VALUE (repeat it, or separate
+    /// with commas): sessions that require KEY=VALUE run only on nodes
+    /// carrying it.
+    #[arg(long = "label", env = "MINOS_LABEL", value_name = "KEY=VALUE",
+          value_delimiter = ',', value_parser = check_label)]
+    pub(crate) label: Vec<String>,
+    /// Most sessions placement gives this node (a full node takes no new
+    /// ones) [default: no limit].
+    #[arg(long, env = "MINOS_MAX_SESSIONS", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_sessions: Option<u64>,
     /// Raft log entries between two snapshots of the table [default: 20000].
     #[arg(long, env = "MINOS_SNAPSHOT_EVERY", value_name = "ENTRIES",
           value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
@@ -295,6 +332,7 @@ pub(crate) struct ServeArgs {
 #[derive(Subcommand)]
 pub(crate) enum SessionCommand {
     /// Create a session (it starts on the node placement picks).
+    #[command(alias = "create")]
     Start {
         #[command(flatten)]
         conn: Conn,
@@ -306,6 +344,14 @@ pub(crate) enum SessionCommand {
         /// First state, as JSON.
         #[arg(long)]
         state: Option<String>,
+        /// Run only on nodes with this label, KEY=VALUE (repeat it, or
+        /// separate with commas).
+        #[arg(long, value_name = "KEY=VALUE", value_delimiter = ',', value_parser = parse_label)]
+        require: Vec<(String, String)>,
+        /// Spread the kind's sessions over this label's values (e.g. zone):
+        /// run on the value holding the fewest of them.
+        #[arg(long, value_name = "KEY")]
+        spread: Option<String>,
     },
     /// Show a session.
     Get {

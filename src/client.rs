@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ClusterView, EventPage, HistoryView, SessionPage, SessionView};
+use crate::api::{ClusterView, EventPage, HistoryView, PlacementView, SessionPage, SessionView};
 use crate::model::NodeId;
 pub use crate::peer::{CallReply, HandoffReport};
 
@@ -242,6 +242,25 @@ impl Client {
     /// Creates a session.
     pub async fn create_session(&self, session: &NewSession) -> Result<SessionView, ClientError> {
         self.send(self.http.post(self.url("/v1/sessions")).json(session))
+            .await
+    }
+
+    /// Creates a session that runs only where `placement` allows (see
+    /// [`PlacementView`]); it answers `unplaced` with a reason while no Up
+    /// node fits.
+    pub async fn create_session_placed(
+        &self,
+        session: &NewSession,
+        placement: &PlacementView,
+    ) -> Result<SessionView, ClientError> {
+        #[derive(Serialize)]
+        struct Placed<'a> {
+            #[serde(flatten)]
+            session: &'a NewSession,
+            placement: &'a PlacementView,
+        }
+        let body = Placed { session, placement };
+        self.send(self.http.post(self.url("/v1/sessions")).json(&body))
             .await
     }
 

@@ -35,6 +35,10 @@ pub struct Timing {
     /// choice, so the cluster evens out by itself. Zero: never (then
     /// `minos cluster rebalance` does it by hand).
     pub rebalance_after: Duration,
+    /// Moves per second the automatic rebalance makes at most (each still
+    /// a graceful handoff), so a node coming back fills without a storm;
+    /// `minos cluster rebalance` by hand is not bounded. At least 1.
+    pub rebalance_moves_per_sec: u32,
     /// Log entries between two snapshots of the table (a snapshot encodes
     /// the whole table, off the write path).
     pub snapshot_every: u64,
@@ -53,6 +57,7 @@ impl Default for Timing {
             drift_margin: Duration::from_millis(50),
             write_timeout: Duration::from_millis(1500),
             rebalance_after: Duration::from_secs(2),
+            rebalance_moves_per_sec: 1000,
             snapshot_every: 20_000,
         }
     }

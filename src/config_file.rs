@@ -58,6 +58,12 @@ pub struct ServeFile {
     pub lease_ms: Option<u64>,
     /// `--rebalance-after-ms`.
     pub rebalance_after_ms: Option<u64>,
+    /// `--rebalance-max-moves-per-sec`.
+    pub rebalance_max_moves_per_sec: Option<u64>,
+    /// `--label`, each `KEY=VALUE`.
+    pub label: Option<Vec<String>>,
+    /// `--max-sessions`.
+    pub max_sessions: Option<u64>,
     /// `--snapshot-every`.
     pub snapshot_every: Option<u64>,
     /// `--log-format` (`text` or `json`).
@@ -225,6 +231,18 @@ impl ServeFile {
                     toml::Value::Boolean(true) => Some(OsString::from(format!("--{key}"))),
                     toml::Value::Boolean(false) => None,
                     toml::Value::String(s) => Some(OsString::from(format!("--{key}={s}"))),
+                    // A list (`label = ["zone=a", "pool=games"]`) is one
+                    // flag of comma-separated values.
+                    toml::Value::Array(items) => {
+                        let items: Vec<String> = items
+                            .iter()
+                            .map(|item| match item {
+                                toml::Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            })
+                            .collect();
+                        Some(OsString::from(format!("--{key}={}", items.join(","))))
+                    }
                     other => Some(OsString::from(format!("--{key}={other}"))),
                 };
                 let flags = match value {

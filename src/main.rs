@@ -90,7 +90,8 @@ fn security(args: &ServeArgs) -> Result<Security, Failure> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let timing = Timing::from_flags(&args.timing_flags()).map_err(usage)?;
+    let mut timing = Timing::from_flags(&args.timing_flags()).map_err(usage)?;
+    timing.rebalance_moves_per_sec = args.rebalance_max_moves_per_sec;
     let security = security(&args)?;
     // Files this process creates (sled's among them) are its own.
     // SAFETY: umask(2) only sets the process's file mode mask.
@@ -99,6 +100,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .security(security)
         .listen(&args.listen)
         .timing(timing)
+        .labels(args.labels())
+        .max_sessions(args.max_sessions)
         .limits(Limits {
             max_state_bytes: args.max_state_bytes,
             call_retention: minos::model::CallRetention {
@@ -171,12 +174,18 @@ fn print_cluster_table(view: &minos::api::ClusterView) {
             view.answered_by
         );
     }
+    // The placement column only when some node has labels or a limit.
+    let placed = view
+        .nodes
+        .iter()
+        .any(|n| !n.labels.is_empty() || n.max_sessions.is_some());
     out!(
-        "{:>4}  {:<22} {:<9} {:>8}",
+        "{:>4}  {:<22} {:<9} {:>8}{}",
         "ID",
         "ADDRESS",
         "STATUS",
-        "SESSIONS"
+        "SESSIONS",
+        if placed { "  MAX   LABELS" } else { "" }
     );
     for node in &view.nodes {
         let status = node.status.as_str();
@@ -185,8 +194,14 @@ fn print_cluster_table(view: &minos::api::ClusterView) {
         } else {
             ""
         };
+        let placement = if placed {
+            let max = node.max_sessions.map_or("-".to_string(), |m| m.to_string());
+            format!("  {max:<5} {}", minos::labels::describe(&node.labels))
+        } else {
+            String::new()
+        };
         out!(
-            "{:>4}  {:<22} {:<9} {:>8}{marker}",
+            "{:>4}  {:<22} {:<9} {:>8}{placement}{marker}",
             node.id,
             node.addr,
             status,
@@ -242,16 +257,25 @@ async fn session(command: SessionCommand) -> Result<(), Failure> {
             id,
             kind,
             state,
+            require,
+            spread,
         } => {
             let client = client(&conn)?;
             let state = state.map(|s| parse_json("--state", &s)).transpose()?;
-            let session = client
-                .create_session(&NewSession {
-                    id,
-                    kind: Some(kind),
-                    state,
-                })
-                .await?;
+            let new = NewSession {
+                id,
+                kind: Some(kind),
+                state,
+            };
+            let session = if require.is_empty() && spread.is_none() {
+                client.create_session(&new).await?
+            } else {
+                let placement = minos::api::PlacementView {
+                    labels: require.into_iter().collect(),
+                    spread,
+                };
+                client.create_session_placed(&new, &placement).await?
+            };
             print_json(&session);
             Ok(())
         }

@@ -223,7 +223,8 @@ impl AutoRebalance {
         }
         let env = env.clone();
         self.task = Some(AbortOnDrop(tokio::spawn(async move {
-            match rebalance(&env).await {
+            let per_sec = env.timing.rebalance_moves_per_sec;
+            match rebalance_bounded(&env, Some(per_sec)).await {
                 Ok(report) if report.moved + report.skipped > 0 => info!(
                     moved = report.moved,
                     skipped = report.skipped,
@@ -550,8 +551,20 @@ pub async fn drain(
 }
 
 /// Leader: moves every session to its placement choice among the eligible
-/// nodes, with the same handoff as drain.
+/// nodes, with the same handoff as drain (by hand: not rate-bounded).
 pub async fn rebalance(env: &SchedulerEnv) -> Result<HandoffReport, LeaderError> {
+    rebalance_bounded(env, None).await
+}
+
+/// [`rebalance`] making at most `per_sec` moves a second when given (the
+/// automatic one): chunks of at most `per_sec` moves, each chunk followed
+/// by a pause until its share of the second has passed. A move whose
+/// target is no longer Up when its chunk comes is dropped.
+async fn rebalance_bounded(
+    env: &SchedulerEnv,
+    per_sec: Option<u32>,
+) -> Result<HandoffReport, LeaderError> {
+    let chunk_len = per_sec.map_or(REBALANCE_CHUNK, |k| (k as usize).clamp(1, REBALANCE_CHUNK));
     let moves = env.view.read(|a| {
         placement::rebalance(&a.state)
             .into_iter()
@@ -567,7 +580,18 @@ pub async fn rebalance(env: &SchedulerEnv) -> Result<HandoffReport, LeaderError>
         // In chunks: each release request stays small (peer requests are
         // bounded) and each session is held back only until its own chunk
         // is committed.
-        for chunk in steps.chunks(REBALANCE_CHUNK) {
+        for chunk in steps.chunks(chunk_len) {
+            let started = Instant::now();
+            let chunk = env.view.read(|a| {
+                let up = |node: &NodeId| {
+                    a.state
+                        .nodes
+                        .get(node)
+                        .is_some_and(|n| n.status == NodeStatus::Up)
+                };
+                let fresh = |m: &&Move| m.to.as_ref().is_none_or(up);
+                chunk.iter().filter(fresh).cloned().collect::<Vec<_>>()
+            });
             let released = match owner {
                 None => true,
                 Some(node) => {
@@ -575,12 +599,17 @@ pub async fn rebalance(env: &SchedulerEnv) -> Result<HandoffReport, LeaderError>
                     release_on(env, node, Some(ids)).await
                 }
             };
+            let count = chunk.len();
             if released {
-                report.moved += commit_moves(env, chunk.to_vec(), MoveReason::Rebalance)
+                report.moved += commit_moves(env, chunk, MoveReason::Rebalance)
                     .await?
                     .moved;
             } else {
-                report.skipped += chunk.len();
+                report.skipped += count;
+            }
+            if let Some(per_sec) = per_sec {
+                let share = Duration::from_secs_f64(count as f64 / f64::from(per_sec.max(1)));
+                tokio::time::sleep_until(started + share).await;
             }
         }
     }

@@ -62,6 +62,8 @@ pub(crate) struct Service {
     /// Identity name of the cluster (empty until a joining node is admitted).
     pub(crate) cluster: std::sync::RwLock<String>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// This node's labels and capacity, as given at start.
+    pub(crate) traits: crate::model::NodeTraits,
 }
 
 /// Longest wait for a leader's answer to a read index.
@@ -371,12 +373,14 @@ impl PeerHandler for Service {
 }
 
 /// Creates a session: the handler builds the first state, the leader places
-/// it, and the create is committed before this returns.
+/// it (on a node `placement` admits; unplaced when none can take it now),
+/// and the create is committed before this returns.
 pub(crate) async fn create_session(
     core: &Service,
     id: SessionId,
     kind: SessionKind,
     initial: Option<serde_json::Value>,
+    placement: crate::model::Requirement,
 ) -> Result<Session, Error> {
     let handler = core
         .registry
@@ -409,11 +413,23 @@ pub(crate) async fn create_session(
             return Err(Error::Exists(id));
         }
     }
-    let command = Command::CreateSession {
-        id,
-        kind,
-        state,
-        owner: None,
+    // Unconstrained sessions keep the older command: the log of a cluster
+    // that uses no constraints stays as it was.
+    let command = if placement.is_empty() {
+        Command::CreateSession {
+            id,
+            kind,
+            state,
+            owner: None,
+        }
+    } else {
+        Command::CreateSessionPlaced {
+            id,
+            kind,
+            state,
+            owner: None,
+            placement,
+        }
     };
     match core.proposer.propose(command).await?? {
         Applied::Session(session) => Ok(*session),
@@ -490,5 +506,45 @@ async fn check_joiner(core: &Service, request: &JoinRequest) -> Result<(), JoinR
         Err(e) => Err(JoinRefusal::Refused(format!(
             "the joining node does not answer at its address: {e}"
         ))),
+    }
+}
+
+/// Pause before a failed `SetNodeTraits` is tried again.
+const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
+
+/// Keeps this node's labels and capacity in the table: whenever the applied
+/// table shows this node with other traits (at start-up, once admitted,
+/// after a restart with new flags), writes `SetNodeTraits` through the
+/// leader. Costs one row lookup per applied entry.
+pub(crate) async fn announce_traits(service: Arc<Service>) {
+    let mut applied = service.view.subscribe();
+    let mut shutdown = service.shutdown.clone();
+    loop {
+        let stale = service.view.read(|a| {
+            a.state
+                .nodes
+                .get(&service.me)
+                .is_some_and(|node| node.traits != service.traits)
+        });
+        if stale {
+            let command = Command::SetNodeTraits {
+                id: service.me,
+                traits: service.traits.clone(),
+            };
+            if let Err(e) = service.proposer.propose(command).await {
+                tracing::debug!(error = %e, "labels not written yet; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(ANNOUNCE_RETRY) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
     }
 }

@@ -61,7 +61,23 @@ impl<H: SessionHandler> Sessions<H> {
 
     /// Starts a session with the handler's default first state.
     pub async fn start(&self, id: &str) -> Result<Session, Error> {
-        create_session(&self.core, session_id(id)?, self.kind.clone(), None).await
+        let anywhere = crate::model::Requirement::default();
+        create_session(&self.core, session_id(id)?, self.kind.clone(), None, anywhere).await
+    }
+
+    /// Starts a session with the handler's default first state that runs
+    /// only where `placement` allows (labels, spread; see
+    /// [`crate::placement::Planner`]). It stays unplaced while no Up node
+    /// fits, and is placed as soon as one does.
+    pub async fn start_placed(
+        &self,
+        id: &str,
+        placement: crate::model::Requirement,
+    ) -> Result<Session, Error> {
+        placement
+            .validate()
+            .map_err(|e| Error::InvalidInput(format!("invalid placement: {e}")))?;
+        create_session(&self.core, session_id(id)?, self.kind.clone(), None, placement).await
     }
 
     /// Starts a session with `initial` as the creator's first state (the
@@ -74,6 +90,7 @@ impl<H: SessionHandler> Sessions<H> {
             session_id(id)?,
             self.kind.clone(),
             Some(initial),
+            crate::model::Requirement::default(),
         )
         .await
     }

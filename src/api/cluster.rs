@@ -89,6 +89,8 @@ pub(super) async fn cluster_status(State(core): State<AppState>) -> Json<Cluster
                         NodeViewStatus::Unknown
                     },
                     sessions: counts.get(&n.id).copied().unwrap_or(0),
+                    labels: n.traits.labels.clone(),
+                    max_sessions: n.traits.max_sessions,
                 })
                 .collect(),
             sessions: a.state.sessions.len(),

@@ -31,7 +31,9 @@ pub(crate) use self::events::follow_session;
 pub use self::events::{EventPage, EventView, HistoryView, SessionChange, WatchEnd};
 pub use self::openapi::document as openapi_document;
 pub use self::sessions::IDEMPOTENCY_KEY;
-pub use self::views::{ClusterView, NodeView, NodeViewStatus, SessionPage, SessionView};
+pub use self::views::{
+    ClusterView, NodeView, NodeViewStatus, PlacementView, SessionPage, SessionView,
+};
 use crate::auth::Role;
 use crate::service::Service;
 

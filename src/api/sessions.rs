@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{parse_json, session_id, ApiError, ErrorBody};
-use super::views::{session_view, DeletedView, SessionPage, SessionView};
+use super::views::{session_view, DeletedView, PlacementView, SessionPage, SessionView};
 use super::{require_json, MAX_CALL_TIMEOUT_MS};
 use crate::error::Error;
 use crate::model::{CallKey, Command, NodeId, Rejection, SessionKind};
@@ -32,6 +32,9 @@ pub(super) struct CreateRequest {
     kind: Option<String>,
     /// First state, as the kind takes it; the kind's default when absent.
     state: Option<serde_json::Value>,
+    /// Where it may run; anywhere when absent. Kept with the session: a
+    /// failover, drain or rebalance places it by the same rule.
+    placement: Option<PlacementView>,
 }
 
 /// Create a session
@@ -44,7 +47,7 @@ pub(super) struct CreateRequest {
     request_body = CreateRequest,
     responses(
         (status = 201, description = "Created", body = SessionView),
-        (status = 400, description = "Bad id, kind, state or JSON", body = ErrorBody),
+        (status = 400, description = "Bad id, kind, state, placement or JSON", body = ErrorBody),
         (status = 409, description = "A session with this id exists", body = ErrorBody),
         (status = 413, description = "Body or state too large", body = ErrorBody),
         (status = 415, description = "Body not declared JSON", body = ErrorBody),
@@ -65,7 +68,13 @@ pub(super) async fn create_session(
         .unwrap_or_else(|| crate::handlers::kv::KIND.to_string());
     let kind = SessionKind::new(kind_name.clone())
         .map_err(|e| ApiError::bad_request("invalid_kind", format!("invalid kind: {e}")))?;
-    let session = crate::service::create_session(&core, id, kind, request.state)
+    let placement = match &request.placement {
+        None => crate::model::Requirement::default(),
+        Some(placement) => placement.requirement().map_err(|e| {
+            ApiError::bad_request("invalid_placement", format!("invalid placement: {e}"))
+        })?,
+    };
+    let session = crate::service::create_session(&core, id, kind, request.state, placement)
         .await
         .map_err(|e| match e {
             Error::UnknownKind(_) => {
@@ -77,8 +86,8 @@ pub(super) async fn create_session(
             }
             other => other.into(),
         })?;
-    let status = core.view.read(|a| a.state.session_status(&session));
-    Ok((StatusCode::CREATED, Json(session_view(&session, status))).into_response())
+    let view = core.view.read(|a| session_view(&a.state, &session));
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 pub(super) async fn barrier(core: &Service) -> Result<(), ApiError> {
@@ -117,7 +126,7 @@ pub(super) async fn get_session(
             a.state
                 .sessions
                 .get(&id)
-                .map(|s| session_view(s, a.state.session_status(s)))
+                .map(|s| session_view(&a.state, s))
         })
         .map(Json)
         .ok_or_else(|| Rejection::NoSuchSession(id).into())
@@ -186,7 +195,7 @@ pub(super) async fn list_sessions(
         let sessions: Vec<SessionView> = matching
             .by_ref()
             .take(limit)
-            .map(|s| session_view(s, a.state.session_status(s)))
+            .map(|s| session_view(&a.state, s))
             .collect();
         let next = if matching.next().is_some() {
             sessions.last().map(|s| s.id.clone())

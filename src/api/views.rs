@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::{NodeId, NodeStatus, Session};
-use crate::state::SessionStatus;
+use crate::model::{NodeId, NodeStatus, Requirement, Session};
+use crate::state::{ClusterState, SessionStatus};
 
 /// A session as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -35,6 +35,52 @@ pub struct SessionView {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Where it may run, when it was created with a requirement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementView>,
+    /// Why it has no owner (only while `status` is `unplaced`), e.g.
+    /// `no Up node has pool=games`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaced: Option<String>,
+}
+
+/// Where a session may run: `{"labels": {"pool": "games"}, "spread": "zone"}`.
+/// It runs only on a node carrying every label of `labels` (`minos serve
+/// --label pool=games`) and below its `--max-sessions`. With `spread`, only
+/// on a node carrying that label, and among those on the label value whose
+/// nodes hold the fewest sessions of the same kind.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = PlacementRequirement)]
+pub struct PlacementView {
+    /// Labels the node must carry, each with this value (at most 16;
+    /// keys and values 1 to 63 characters of `A-Z a-z 0-9 _ . / -`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A label key to spread the kind's sessions over (e.g. `zone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<String>,
+}
+
+impl PlacementView {
+    /// The requirement it describes, checked.
+    pub fn requirement(&self) -> Result<Requirement, crate::labels::InvalidLabel> {
+        let need = Requirement {
+            labels: self.labels.clone(),
+            spread: self.spread.clone(),
+        };
+        need.validate()?;
+        Ok(need)
+    }
+}
+
+impl From<&Requirement> for PlacementView {
+    fn from(need: &Requirement) -> Self {
+        Self {
+            labels: need.labels.clone(),
+            spread: need.spread.clone(),
+        }
+    }
 }
 
 /// Where a session stands (the schema of `crate::state::SessionStatus`).
@@ -51,7 +97,8 @@ pub(super) enum SessionStatusDoc {
     Unplaced,
 }
 
-pub(super) fn session_view(session: &Session, status: SessionStatus) -> SessionView {
+pub(super) fn session_view(state: &ClusterState, session: &Session) -> SessionView {
+    let status = state.session_status(session);
     SessionView {
         id: session.id.to_string(),
         kind: session.kind.to_string(),
@@ -62,6 +109,8 @@ pub(super) fn session_view(session: &Session, status: SessionStatus) -> SessionV
         state: session.state.to_value(),
         created_at: session.created_at,
         updated_at: session.updated_at,
+        placement: (!session.placement.is_empty()).then(|| (&session.placement).into()),
+        unplaced: crate::placement::unplaced_reason(state, session),
     }
 }
 
@@ -133,6 +182,12 @@ pub struct NodeView {
     pub status: NodeViewStatus,
     /// Sessions it owns.
     pub sessions: usize,
+    /// Its labels (`minos serve --label`), when it has any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Most sessions placement gives it (`--max-sessions`), when limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u64>,
 }
 
 /// The answer of `/v1/cluster`.

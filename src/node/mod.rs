@@ -85,6 +85,7 @@ pub struct NodeBuilder {
     conn_limits: ConnLimits,
     externals: Vec<crate::external::ExternalKind>,
     external_timeout: Duration,
+    traits: crate::model::NodeTraits,
 }
 
 impl NodeBuilder {
@@ -107,6 +108,7 @@ impl NodeBuilder {
             conn_limits: ConnLimits::default(),
             externals: Vec::new(),
             external_timeout: DEFAULT_EXTERNAL_TIMEOUT,
+            traits: crate::model::NodeTraits::default(),
         }
     }
 
@@ -207,6 +209,22 @@ impl NodeBuilder {
     /// change the cluster. For experiments only; logged loudly.
     pub fn insecure(mut self) -> Self {
         self.security = Some(Security::Insecure);
+        self
+    }
+
+    /// This node's placement labels (`minos serve --label KEY=VALUE`):
+    /// sessions that require labels are placed only on nodes carrying them.
+    /// The node writes them into the table when it starts.
+    pub fn labels(mut self, labels: crate::labels::Labels) -> Self {
+        self.traits.labels = labels;
+        self
+    }
+
+    /// Most sessions placement gives this node (`--max-sessions`; `None`,
+    /// the default: no limit). A full node takes no new sessions; what it
+    /// owns stays.
+    pub fn max_sessions(mut self, max: Option<u64>) -> Self {
+        self.traits.max_sessions = max;
         self
     }
 

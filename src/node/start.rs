@@ -349,6 +349,7 @@ fn wire(
         scheduler,
         cluster: std::sync::RwLock::new(cluster),
         metrics,
+        traits: builder.traits.clone(),
     });
     Wired {
         service,
@@ -495,6 +496,7 @@ fn spawn_tasks(service: &Arc<Service>, lease_tx: watch::Sender<Lease>) -> Vec<Jo
             shutdown.clone(),
         )),
         tokio::spawn(service.runtime.clone().reconcile_loop(shutdown.clone())),
+        tokio::spawn(crate::service::announce_traits(service.clone())),
         tokio::spawn(crate::scheduler::watch_leader(
             service.scheduler.clone(),
             shutdown.clone(),

@@ -115,12 +115,19 @@ pub struct ClusterBuilder {
     nodes: u64,
     timing: Timing,
     registry: Registry,
+    traits: BTreeMap<NodeId, crate::model::NodeTraits>,
 }
 
 impl ClusterBuilder {
     /// Timing knobs of every node.
     pub fn timing(mut self, timing: Timing) -> Self {
         self.timing = timing;
+        self
+    }
+
+    /// Labels and capacity of node `id` (see [`NodeBuilder::labels`]).
+    pub fn traits(mut self, id: NodeId, traits: crate::model::NodeTraits) -> Self {
+        self.traits.insert(id, traits);
         self
     }
 
@@ -158,6 +165,7 @@ impl ClusterBuilder {
             peers: peers.clone(),
             timing: self.timing,
             registry: self.registry,
+            traits: self.traits,
             slots: peers
                 .keys()
                 .map(|id| {
@@ -195,6 +203,7 @@ pub struct Cluster {
     peers: BTreeMap<NodeId, String>,
     timing: Timing,
     registry: Registry,
+    traits: BTreeMap<NodeId, crate::model::NodeTraits>,
     slots: BTreeMap<NodeId, Slot>,
 }
 
@@ -205,6 +214,7 @@ impl Cluster {
             nodes,
             timing: Timing::default(),
             registry: Registry::with_builtin_kinds(),
+            traits: BTreeMap::new(),
         }
     }
 
@@ -219,11 +229,14 @@ impl Cluster {
             .get(&id)
             .map(|s| s.faults.clone())
             .unwrap_or_default();
+        let traits = self.traits.get(&id).cloned().unwrap_or_default();
         NodeBuilder::new(id, self.dir.path().join(format!("node{id}")))
             .peers(self.peers.clone())
             .timing(self.timing.clone())
             .registry(self.registry.clone())
             .security(self.credentials.security())
+            .labels(traits.labels)
+            .max_sessions(traits.max_sessions)
             .faults(faults)
     }
 
