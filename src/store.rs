@@ -838,6 +838,152 @@ mod tests {
         assert_eq!(again.view().read(|a| a.state.sessions.len()), 1);
     }
 
+    /// A snapshot file of the version before placement constraints (data
+    /// without the format tag; nodes without traits, sessions without a
+    /// placement) opens with everything in it, and the next snapshot is
+    /// written in the tagged format and reads back the same.
+    #[tokio::test]
+    async fn a_snapshot_file_of_the_version_before_constraints_opens() {
+        use crate::model::{Placement, RecordedCall};
+        #[derive(Serialize)]
+        struct NodeV2 {
+            id: NodeId,
+            addr: String,
+            status: crate::model::NodeStatus,
+            since: chrono::DateTime<chrono::Utc>,
+        }
+        #[derive(Serialize)]
+        struct SessionV2 {
+            id: String,
+            kind: String,
+            owner: Option<NodeId>,
+            epoch: u64,
+            version: u64,
+            state: String,
+            created_at: chrono::DateTime<chrono::Utc>,
+            updated_at: chrono::DateTime<chrono::Utc>,
+            calls: Vec<RecordedCall>,
+            history: Vec<Placement>,
+        }
+        #[derive(Serialize)]
+        struct TableV2 {
+            nodes: std::collections::BTreeMap<NodeId, NodeV2>,
+            sessions: std::collections::BTreeMap<String, SessionV2>,
+            last_epoch: u64,
+            events: Vec<crate::state::Event>,
+            last_event: u64,
+            events_dropped_through: u64,
+        }
+        #[derive(Serialize)]
+        struct AppliedV2 {
+            state: TableV2,
+            last_applied: Option<LogId<NodeId>>,
+            membership: StoredMembership<NodeId, openraft::BasicNode>,
+        }
+        let now = chrono::Utc::now();
+        let placement = Placement {
+            seq: 4,
+            index: 40,
+            at: now,
+            epoch: crate::model::Epoch(9),
+            from: Some(2),
+            to: Some(1),
+            reason: crate::model::MoveReason::NodeDown,
+            detected: None,
+        };
+        let session = SessionV2 {
+            id: "game-1".into(),
+            kind: "kv".into(),
+            owner: Some(1),
+            epoch: 9,
+            version: 5,
+            state: "{\"n\":5}".into(),
+            created_at: now,
+            updated_at: now,
+            calls: Vec::new(),
+            history: vec![placement.clone()],
+        };
+        let event = crate::state::Event {
+            session: crate::model::SessionId::new("game-1").expect("id"),
+            placement,
+        };
+        let node = NodeV2 {
+            id: 1,
+            addr: "127.0.0.1:7101".into(),
+            status: crate::model::NodeStatus::Up,
+            since: now,
+        };
+        let old = AppliedV2 {
+            state: TableV2 {
+                nodes: [(1, node)].into(),
+                sessions: [("game-1".to_string(), session)].into(),
+                last_epoch: 9,
+                events: vec![event],
+                last_event: 4,
+                events_dropped_through: 0,
+            },
+            last_applied: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), 40)),
+            membership: StoredMembership::default(),
+        };
+        let meta = SnapshotMeta::<NodeId, openraft::BasicNode> {
+            last_log_id: old.last_applied,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "v2".into(),
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join(SNAPSHOT_FILE);
+        let data = encode(&old).expect("encode");
+        write_snapshot_file(&file, &encode(&meta).expect("meta"), &data).expect("write");
+        let db = open_db(dir.path()).expect("db");
+        let mut sm = StateMachineStore::new(db.clone(), dir.path()).expect("open");
+        let (state, index) = sm.view().read(|a| (a.state.clone(), a.last_applied));
+        assert_eq!(index.map(|l| l.index), Some(40));
+        let session = &state.sessions[&crate::model::SessionId::new("game-1").expect("id")];
+        assert_eq!((session.epoch.0, session.version, session.owner), (9, 5, Some(1)));
+        assert_eq!(session.history.len(), 1);
+        assert!(session.placement.is_empty());
+        assert_eq!(state.nodes[&1].traits, crate::model::NodeTraits::default());
+        assert_eq!((state.events.len(), state.last_event), (1, 4));
+        assert_eq!(state.count_of(Some(1)), 1);
+        // The next snapshot is tagged, and reads back as the same table.
+        sm.build_snapshot().await.expect("snapshot");
+        let written = read_snapshot_file(&file).expect("read").expect("there");
+        assert!(written.data.starts_with(SNAPSHOT_TAG));
+        drop(sm);
+        let again = StateMachineStore::new(db, dir.path()).expect("open again");
+        assert_eq!(again.view().read(|a| a.state.clone()), state);
+    }
+
+    /// The log format only gains variants: every command an earlier
+    /// version wrote keeps its bincode variant index, so its entries decode.
+    #[test]
+    fn earlier_commands_keep_their_variant_index() {
+        use crate::model::{Command, MoveReason, SessionId};
+        let id = || SessionId::new("s").expect("id");
+        let commands = [
+            (0u32, Command::AddNode { id: 1, addr: "a".into() }),
+            (1, Command::RemoveNode { id: 1 }),
+            (2, Command::NodeDown { id: 1 }),
+            (3, Command::NodeUp { id: 1 }),
+            (4, Command::Drain { id: 1 }),
+            (7, Command::Reassign { moves: Vec::new() }),
+            (8, Command::DeleteSession { id: id() }),
+            (
+                11,
+                Command::Relocate {
+                    moves: Vec::new(),
+                    reason: MoveReason::Drain,
+                    detected: None,
+                },
+            ),
+        ];
+        for (index, command) in commands {
+            let bytes = encode(&command).expect("encode");
+            assert_eq!(bytes[..4], index.to_le_bytes(), "{command:?}");
+            assert_eq!(decode::<Command>(&bytes).expect("decode"), command);
+        }
+    }
+
     /// The sled store passes openraft's storage conformance suite.
     #[test]
     fn passes_openraft_storage_suite() -> StorageResult<()> {

@@ -1171,6 +1171,7 @@ fn recorded_calls_are_bounded_by_count_age_and_bytes() {
         updated_at: at,
         calls: Vec::new(),
         history: Vec::new(),
+        placement: Default::default(),
     };
     let call = |n: i64, reply: &str| RecordedCall {
         key: CallKey::new(format!("k{n}")).unwrap(),
