@@ -91,9 +91,7 @@ pub struct NodeTraits {
 /// and, with `spread`, on a node carrying that label, preferring the label
 /// value that holds the fewest sessions of the session's kind. The empty
 /// requirement (the default) lets a session run anywhere.
-#[derive(
-    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Requirement {
     /// Labels the node must carry, each with this value.
     pub labels: Labels,
@@ -122,7 +120,10 @@ impl Requirement {
         self.labels
             .iter()
             .all(|(key, value)| labels.get(key) == Some(value))
-            && self.spread.as_ref().is_none_or(|key| labels.contains_key(key))
+            && self
+                .spread
+                .as_ref()
+                .is_none_or(|key| labels.contains_key(key))
     }
 }
 

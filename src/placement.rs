@@ -114,7 +114,11 @@ impl<'a> Planner<'a> {
 
     /// The nodes that may take one more session with `need` (`keep`: a
     /// node that may keep it although full, its current owner).
-    fn fitting(&self, need: &Requirement, keep: Option<NodeId>) -> Result<Vec<&'a NodeInfo>, Unfit> {
+    fn fitting(
+        &self,
+        need: &Requirement,
+        keep: Option<NodeId>,
+    ) -> Result<Vec<&'a NodeInfo>, Unfit> {
         if self.up.is_empty() {
             return Err(Unfit::NoUpNode);
         }
@@ -255,7 +259,10 @@ pub fn repair(state: &ClusterState) -> Vec<Move> {
 /// The unplaced sessions are placed too, a group of one requirement only
 /// when some node fits it: the cost is the repair and the number of
 /// distinct requirements, not the table.
-pub fn repair_with<'a>(state: &'a ClusterState, nodes: &'a BTreeMap<NodeId, NodeInfo>) -> Vec<Move> {
+pub fn repair_with<'a>(
+    state: &'a ClusterState,
+    nodes: &'a BTreeMap<NodeId, NodeInfo>,
+) -> Vec<Move> {
     let mut planner = Planner::new(state, up_nodes(nodes));
     let lost: Vec<NodeId> = state
         .owners()

@@ -601,9 +601,7 @@ async fn rebalance_bounded(
             };
             let count = chunk.len();
             if released {
-                report.moved += commit_moves(env, chunk, MoveReason::Rebalance)
-                    .await?
-                    .moved;
+                report.moved += commit_moves(env, chunk, MoveReason::Rebalance).await?.moved;
             } else {
                 report.skipped += count;
             }

@@ -62,7 +62,14 @@ impl<H: SessionHandler> Sessions<H> {
     /// Starts a session with the handler's default first state.
     pub async fn start(&self, id: &str) -> Result<Session, Error> {
         let anywhere = crate::model::Requirement::default();
-        create_session(&self.core, session_id(id)?, self.kind.clone(), None, anywhere).await
+        create_session(
+            &self.core,
+            session_id(id)?,
+            self.kind.clone(),
+            None,
+            anywhere,
+        )
+        .await
     }
 
     /// Starts a session with the handler's default first state that runs
@@ -77,7 +84,14 @@ impl<H: SessionHandler> Sessions<H> {
         placement
             .validate()
             .map_err(|e| Error::InvalidInput(format!("invalid placement: {e}")))?;
-        create_session(&self.core, session_id(id)?, self.kind.clone(), None, placement).await
+        create_session(
+            &self.core,
+            session_id(id)?,
+            self.kind.clone(),
+            None,
+            placement,
+        )
+        .await
     }
 
     /// Starts a session with `initial` as the creator's first state (the

@@ -440,7 +440,12 @@ impl ClusterState {
         if self.nodes.remove(&id).is_none() {
             return Err(Rejection::NoSuchNode(id));
         }
-        let owned = self.index.by_owner.get(&Some(id)).cloned().unwrap_or_default();
+        let owned = self
+            .index
+            .by_owner
+            .get(&Some(id))
+            .cloned()
+            .unwrap_or_default();
         for session_id in &owned {
             if let Some(session) = self.sessions.get_mut(session_id) {
                 self.index.remove(session);

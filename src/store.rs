@@ -939,7 +939,10 @@ mod tests {
         let (state, index) = sm.view().read(|a| (a.state.clone(), a.last_applied));
         assert_eq!(index.map(|l| l.index), Some(40));
         let session = &state.sessions[&crate::model::SessionId::new("game-1").expect("id")];
-        assert_eq!((session.epoch.0, session.version, session.owner), (9, 5, Some(1)));
+        assert_eq!(
+            (session.epoch.0, session.version, session.owner),
+            (9, 5, Some(1))
+        );
         assert_eq!(session.history.len(), 1);
         assert!(session.placement.is_empty());
         assert_eq!(state.nodes[&1].traits, crate::model::NodeTraits::default());
@@ -961,7 +964,13 @@ mod tests {
         use crate::model::{Command, MoveReason, SessionId};
         let id = || SessionId::new("s").expect("id");
         let commands = [
-            (0u32, Command::AddNode { id: 1, addr: "a".into() }),
+            (
+                0u32,
+                Command::AddNode {
+                    id: 1,
+                    addr: "a".into(),
+                },
+            ),
             (1, Command::RemoveNode { id: 1 }),
             (2, Command::NodeDown { id: 1 }),
             (3, Command::NodeUp { id: 1 }),

@@ -239,3 +239,61 @@ async fn a_node_starts_from_a_config_file() {
         "data-dir is relative to the file"
     );
 }
+
+/// A list key (`label = [..]`) becomes the repeated flag: `config check`
+/// prints it back as it was given, and a bad label in it is refused with
+/// exit 2 naming the file and the label.
+#[test]
+fn labels_in_the_file_become_flags_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("minos.toml");
+    let base = "id = 1\nlisten = \"127.0.0.1:7101\"\ndata-dir = \"d\"\n\
+                peers = \"1=127.0.0.1:7101\"\ninsecure = true\nmax-sessions = 100\n";
+    std::fs::write(
+        &file,
+        format!("{base}label = [\"zone=a\", \"pool=games\"]\n"),
+    )
+    .unwrap();
+    let out = run(minos().args(["config", "check"]).arg(&file));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("label = [\"zone=a\", \"pool=games\"]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("max-sessions = 100"), "{stdout}");
+    std::fs::write(&file, format!("{base}label = [\"nokey\"]\n")).unwrap();
+    let out = run(minos().args(["config", "check"]).arg(&file));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("label \"nokey\" is not KEY=VALUE"),
+        "{stderr}"
+    );
+}
+
+/// `--label` without `=` is a usage error: exit 2 and one line saying why.
+#[test]
+fn a_bad_label_flag_is_one_line_and_exit_2() {
+    let out = run(minos().args([
+        "serve",
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:7101",
+        "--data-dir",
+        "d",
+        "--peers",
+        "1=127.0.0.1:7101",
+        "--insecure",
+        "--label",
+        "nokey",
+    ]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("label \"nokey\" is not KEY=VALUE"),
+        "{stderr}"
+    );
+}

@@ -75,7 +75,9 @@ async fn constrained_sessions_wait_unplaced_for_a_fitting_node() -> Result<(), S
             .await
             .map_err(|e| format!("create p{n}: {e}"))?;
     }
-    cluster.await_owner("g0", |owner| owner == 2, DEADLINE).await?;
+    cluster
+        .await_owner("g0", |owner| owner == 2, DEADLINE)
+        .await?;
 
     info!("--- kill node 2: the constrained sessions are unplaced, with a reason");
     cluster.kill(2).await;
@@ -124,7 +126,10 @@ async fn constrained_sessions_wait_unplaced_for_a_fitting_node() -> Result<(), S
         labels: [("pool".to_string(), "no games".to_string())].into(),
         spread: None,
     };
-    match client.create_session_placed(&new_session("bad"), &bad).await {
+    match client
+        .create_session_placed(&new_session("bad"), &bad)
+        .await
+    {
         Err(ClientError::Api { status, code, .. }) => {
             assert_eq!((status, code.as_str()), (400, "invalid_placement"))
         }

@@ -122,12 +122,7 @@ pub(super) async fn get_session(
     let id = session_id(&id)?;
     barrier(&core).await?;
     core.view
-        .read(|a| {
-            a.state
-                .sessions
-                .get(&id)
-                .map(|s| session_view(&a.state, s))
-        })
+        .read(|a| a.state.sessions.get(&id).map(|s| session_view(&a.state, s)))
         .map(Json)
         .ok_or_else(|| Rejection::NoSuchSession(id).into())
 }

@@ -16,8 +16,8 @@ use openraft::{LogId, StoredMembership};
 use serde::Deserialize;
 
 use crate::model::{
-    Epoch, NodeId, NodeInfo, NodeStatus, NodeTraits, Placement, RecordedCall, Requirement,
-    Session, SessionId, SessionKind, StateJson,
+    Epoch, NodeId, NodeInfo, NodeStatus, NodeTraits, Placement, RecordedCall, Requirement, Session,
+    SessionId, SessionKind, StateJson,
 };
 use crate::state::{ClusterState, Event};
 
