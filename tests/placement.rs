@@ -138,3 +138,89 @@ async fn constrained_sessions_wait_unplaced_for_a_fitting_node() -> Result<(), S
     cluster.shutdown().await;
     Ok(())
 }
+
+/// The automatic rebalance after a node returns makes at most
+/// `rebalance_moves_per_sec` moves a second: its moves come in entries of
+/// at most that many, each following the one before by at least its share
+/// of a second, and every session still ends on its placement choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_automatic_rebalance_is_rate_bounded() -> Result<(), String> {
+    const PER_SEC: usize = 4;
+    let timing = minos::config::Timing {
+        rebalance_after: Duration::from_millis(300),
+        rebalance_moves_per_sec: PER_SEC as u32,
+        ..Default::default()
+    };
+    let mut cluster = Cluster::builder(3).timing(timing).start().await?;
+    let client = cluster.client(1);
+    let ids: Vec<String> = (0..24).map(|n| format!("r{n}")).collect();
+    for id in &ids {
+        client
+            .create_session(&new_session(id))
+            .await
+            .map_err(|e| format!("create {id}: {e}"))?;
+    }
+    let home: Vec<&String> = ids
+        .iter()
+        .filter(|id| {
+            let id = minos::model::SessionId::new(id.as_str()).expect("id");
+            minos::placement::place(&id, &[1, 2, 3]) == Some(3)
+        })
+        .collect();
+    assert!(
+        home.len() > PER_SEC,
+        "only {} sessions on node 3",
+        home.len()
+    );
+    let after = client
+        .events(0, 1000)
+        .await
+        .map_err(|e| e.to_string())?
+        .next;
+
+    info!("--- node 3 dies and returns; its sessions come back at {PER_SEC}/s");
+    cluster.kill(3).await;
+    await_until("node 3's sessions moved", DEADLINE, || {
+        let client = client.clone();
+        async move {
+            let view = client.cluster().await.ok()?;
+            let node3 = view.nodes.iter().find(|n| n.id == 3)?;
+            (node3.sessions == 0).then_some(())
+        }
+    })
+    .await?;
+    cluster.restart(3).await?;
+    for id in &home {
+        cluster
+            .await_owner(id, |owner| owner == 3, DEADLINE)
+            .await?;
+    }
+    let events = client
+        .events(after, 1000)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut entries: std::collections::BTreeMap<u64, (chrono::DateTime<chrono::Utc>, usize)> =
+        Default::default();
+    for event in &events.events {
+        if event.placement.reason == minos::model::MoveReason::Rebalance {
+            entries
+                .entry(event.placement.index)
+                .or_insert((event.placement.at, 0))
+                .1 += 1;
+        }
+    }
+    let moved: usize = entries.values().map(|(_, n)| n).sum();
+    assert_eq!(moved, home.len(), "{entries:?}");
+    let entries: Vec<_> = entries.into_values().collect();
+    for pair in entries.windows(2) {
+        let ((first, count), (next, _)) = (pair[0], pair[1]);
+        assert!(count <= PER_SEC, "{count} moves in one entry");
+        let share = chrono::Duration::milliseconds((count * 1000 / PER_SEC) as i64 - 50);
+        assert!(
+            next - first >= share,
+            "{entries:?}: faster than {PER_SEC}/s"
+        );
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
