@@ -108,6 +108,8 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+// One value per process, parsed once: boxing `ServeArgs` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Run a node.
