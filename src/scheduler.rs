@@ -481,7 +481,12 @@ async fn early_election(env: &SchedulerEnv, dead_leader: NodeId) {
 
 async fn release_on(env: &SchedulerEnv, node: NodeId, sessions: Option<Vec<SessionId>>) -> bool {
     if node == env.me {
-        env.runtime.release(sessions.as_deref()).await;
+        // The leader draining itself: held like any node's release, not
+        // stopped for good (an undrain must bring its sessions back).
+        match sessions {
+            Some(ids) => env.runtime.release(Some(&ids)).await,
+            None => env.runtime.release_owned().await,
+        }
         return true;
     }
     let Some(addr) = crate::raft::node_addr(&env.raft, node) else {
@@ -514,7 +519,7 @@ pub async fn drain(
     }
     if already_released || node == env.me {
         if node == env.me {
-            env.runtime.release(None).await;
+            env.runtime.release_owned().await;
         }
         let moves = env.view.read(|a| placement::evacuate(&a.state, node));
         let count = moves.len();

@@ -334,16 +334,10 @@ impl PeerHandler for Service {
                 request.from, request.term
             )));
         }
-        let sessions: Vec<SessionId> = match request.sessions {
-            Some(ids) => ids,
-            None => self.view.read(|a| {
-                a.state
-                    .sessions_owned_by(self.me)
-                    .map(|s| s.id.clone())
-                    .collect()
-            }),
-        };
-        self.runtime.release(Some(&sessions)).await;
+        match request.sessions {
+            Some(ids) => self.runtime.release(Some(&ids)).await,
+            None => self.runtime.release_owned().await,
+        }
         Ok(())
     }
 

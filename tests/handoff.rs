@@ -288,3 +288,41 @@ async fn a_keyed_call_whose_answer_was_lost_is_retried_and_applied_once() -> Res
     cluster.shutdown().await;
     Ok(())
 }
+
+/// The leader drained and undrained runs sessions again. (Its drain used to
+/// stop its runtime for good, as a graceful stop does: it then owned
+/// sessions again after the rebalance, ran none, and every call to them
+/// waited out its timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_leader_runs_sessions_again_after_undrain() -> Result<(), String> {
+    let deadline = Duration::from_secs(10);
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.await_leader(deadline).await?;
+    let admin = cluster.client(leader);
+    let report = admin.drain(leader).await.map_err(|e| e.to_string())?;
+    assert_eq!(report.skipped, 0, "{report:?}");
+    admin.undrain(leader).await.map_err(|e| e.to_string())?;
+    let ids: Vec<String> = (0..30).map(|n| format!("after-undrain-{n}")).collect();
+    let mut on_leader = 0;
+    for id in &ids {
+        let new = NewSession {
+            id: id.clone(),
+            kind: None,
+            state: None,
+        };
+        admin
+            .create_session(&new)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = admin
+            .call(id, &json!({"op":"get"}), Some(Duration::from_secs(5)))
+            .await
+            .map_err(|e| format!("{id}: {e}"))?;
+        on_leader += usize::from(reply.owner == leader);
+    }
+    assert!(
+        on_leader > 0,
+        "no new session was placed on the undrained leader"
+    );
+    Ok(())
+}

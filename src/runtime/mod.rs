@@ -445,6 +445,20 @@ impl Runtime {
         self.env.kick.notify_one();
     }
 
+    /// Stops every session this node owns now (after the call in hand) and
+    /// holds them back until their move is committed, at most the usual
+    /// hold: a drain's release, which a later undrain must be able to undo
+    /// (unlike [`Runtime::release`] with `None`, which stops the node for good).
+    pub(crate) async fn release_owned(&self) {
+        let owned: Vec<SessionId> = self.env.view.read(|a| {
+            a.state
+                .sessions_owned_by(self.env.me)
+                .map(|s| s.id.clone())
+                .collect()
+        });
+        self.release(Some(&owned)).await;
+    }
+
     /// Handles a call here if this node runs the session; never forwards.
     pub(crate) async fn call_local(
         &self,
