@@ -169,12 +169,7 @@ impl App {
             ));
         }
         self.nudge.notify_one();
-        let mut why = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(inner) = source {
-            why = format!("{why}: {inner}");
-            source = inner.source();
-        }
+        let why = crate::peer::error_chain(&e);
         Failure::Unreachable(format!(
             "the app for kind {} at {} is unreachable: {why}",
             self.kind, self.url

@@ -17,6 +17,7 @@ pub use messages::{
     JoinRequest, LeaderError, LeaseAnswer, LeaseRequest, ReleaseRequest,
 };
 pub(crate) use raft_net::Network;
+pub(crate) use transport::chain as error_chain;
 pub use transport::{Faults, HeldWrite, InternalError, PeerClock, Transport};
 
 /// The internal routes (served by [`server`], requested by [`client`]).

@@ -339,8 +339,24 @@ impl Transport {
 
 fn classify(addr: &str, e: reqwest::Error) -> InternalError {
     if e.is_connect() {
-        InternalError::Unreachable(addr.into(), e.to_string())
+        InternalError::Unreachable(addr.into(), chain(&e))
     } else {
-        InternalError::Failed(addr.into(), e.to_string())
+        InternalError::Failed(addr.into(), chain(&e))
     }
+}
+
+/// An error with its causes (`error sending request: client error
+/// (SendRequest): connection closed before message completed`): reqwest's
+/// own message alone does not say what happened.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = inner.source();
+    }
+    text
 }
