@@ -220,6 +220,10 @@ pub struct Limits {
     /// Changes of owner each session's placement history keeps (the
     /// leader writes it into every entry, so every node prunes alike).
     pub history_per_session: u32,
+    /// A session idle this long (no call, no timer pending) gives up its
+    /// task and live state until its next call, which starts them again
+    /// (`None`: every session keeps a task while it runs here).
+    pub park_after: Option<std::time::Duration>,
 }
 
 impl Limits {
@@ -236,6 +240,8 @@ impl Default for Limits {
             max_state_bytes: 1024 * 1024,
             call_retention: crate::model::CallRetention::default(),
             history_per_session: crate::model::HISTORY_KEEP,
+            // Opt-in for now (`--park-after-ms`): see ARCHITECTURE.md.
+            park_after: None,
         }
     }
 }

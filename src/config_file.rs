@@ -80,6 +80,8 @@ pub struct ServeFile {
     pub external_kind: Option<Vec<String>>,
     /// `--external-timeout-ms`.
     pub external_timeout_ms: Option<u64>,
+    /// `--park-after-ms`.
+    pub park_after_ms: Option<u64>,
     /// `--max-connections`.
     pub max_connections: Option<u64>,
     /// `--max-connections-per-ip`.

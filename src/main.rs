@@ -110,6 +110,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
                 ..Default::default()
             },
             history_per_session: args.history_per_session,
+            park_after: (args.park_after_ms > 0)
+                .then(|| std::time::Duration::from_millis(args.park_after_ms)),
         })
         .connection_limits(minos::node::ConnLimits {
             max_connections: args.max_connections as usize,

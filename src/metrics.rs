@@ -59,6 +59,7 @@ pub(crate) struct Gauges {
     pub sessions: Gauge,
     pub sessions_owned: Gauge,
     pub sessions_running: Gauge,
+    pub session_tasks: Gauge,
     pub nodes_up: Gauge,
     pub lease_valid: Gauge,
 }
@@ -119,6 +120,7 @@ pub const NAMES: &[&str] = &[
     "minos_sessions",
     "minos_sessions_owned",
     "minos_sessions_running",
+    "minos_session_tasks",
     "minos_nodes_up",
     "minos_lease_valid",
 ];
@@ -158,8 +160,13 @@ fn register_gauges(registry: &mut Registry) -> Gauges {
         ),
         (
             "sessions_running",
-            "Session tasks running on this node.",
+            "Sessions running on this node (with a task, or parked until their next call).",
             &g.sessions_running,
+        ),
+        (
+            "session_tasks",
+            "Session tasks alive on this node (running sessions not parked).",
+            &g.session_tasks,
         ),
         ("nodes_up", "Nodes Up in the table.", &g.nodes_up),
         (

@@ -354,6 +354,7 @@ fn set_gauges(core: &Service) {
     g.sessions.set(count(sessions as u64));
     g.sessions_owned.set(count(owned as u64));
     g.sessions_running.set(count(core.runtime.running() as u64));
+    g.session_tasks.set(count(core.runtime.live_tasks() as u64));
     g.nodes_up.set(count(nodes_up as u64));
     g.lease_valid.set(i64::from(lease_valid(core)));
 }

@@ -346,9 +346,15 @@ impl Node {
         }
     }
 
-    /// Sessions running on this node right now.
+    /// Sessions running on this node right now (with a task, or parked
+    /// until their next call).
     pub fn running_sessions(&self) -> Vec<crate::model::SessionId> {
         self.service.runtime.running_ids()
+    }
+
+    /// Session tasks alive on this node: the running sessions not parked.
+    pub fn session_tasks(&self) -> usize {
+        self.service.runtime.live_tasks()
     }
 
     /// Graceful stop: stop this node's sessions, have the leader move them at

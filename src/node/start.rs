@@ -321,6 +321,8 @@ fn wire(
         retention: builder.limits.call_retention,
         kick: Arc::new(Notify::new()),
         metrics: metrics.clone(),
+        park_after: builder.limits.park_after,
+        live_tasks: Default::default(),
     };
     let (registry, apps) = kinds(builder);
     let runtime = Runtime::new(task_env, registry.clone(), transport.clone());

@@ -26,8 +26,13 @@
 //! `router` (a call's way to the owner), `task` (one session's task:
 //! settle, handle, commit).
 
+mod holds;
 mod router;
+mod slot;
 mod task;
+
+use self::holds::{Holds, Pass};
+use self::slot::{join_stopped, Live, Row, Running};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +50,6 @@ use crate::model::{CallKey, CallRetention, Epoch, NodeId, SessionId};
 use crate::peer::Transport;
 pub use crate::peer::{CallError, CallReply, ForwardedCall};
 use crate::raft::Proposer;
-use crate::state::ClusterState;
 use crate::store::StateView;
 use crate::sync::Recover;
 
@@ -70,19 +74,6 @@ struct Call {
     reply: oneshot::Sender<Result<CallReply, CallError>>,
 }
 
-struct Running {
-    id: SessionId,
-    epoch: Epoch,
-    /// Boxed calls: a tokio channel allocates its first block of 32 slots
-    /// up front, so a slot of one pointer keeps an idle session's mailbox
-    /// at about 300 bytes instead of 2 KiB.
-    mailbox: mpsc::Sender<Box<Call>>,
-    task: JoinHandle<()>,
-    /// Set when the task must answer no more calls (it was replaced or
-    /// released); it finishes the commit in hand, then exits.
-    stop: Arc<AtomicBool>,
-}
-
 /// What a session task needs from its node.
 #[derive(Clone)]
 pub(crate) struct TaskEnv {
@@ -96,6 +87,11 @@ pub(crate) struct TaskEnv {
     /// Wakes the reconciler (a task stopped by itself).
     pub kick: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// A task idle this long (no call, no timer) ends and parks its
+    /// session; `None`: sessions always have a task.
+    pub park_after: Option<Duration>,
+    /// Session tasks alive on this node.
+    pub live_tasks: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TaskEnv {
@@ -152,9 +148,14 @@ impl Runtime {
         })
     }
 
-    /// Number of session tasks running here.
+    /// Number of sessions running here (with a task, or parked).
     pub fn running(&self) -> usize {
         self.tasks.lock().recover().len()
+    }
+
+    /// Number of session tasks alive here (the running sessions not parked).
+    pub fn live_tasks(&self) -> usize {
+        self.env.live_tasks.load(Ordering::SeqCst)
     }
 
     /// Ids of the sessions running here.
@@ -264,7 +265,7 @@ impl Runtime {
         let mut tasks = self.tasks.lock().recover();
         let mut finishing = self.finishing.lock().recover();
         let unwanted_epoch = |id: &SessionId, running: &Running| {
-            wanted.get(id).copied().flatten() != Some(running.epoch) || running.task.is_finished()
+            wanted.get(id).copied().flatten() != Some(running.epoch) || running.ended_by_itself()
         };
         let unwanted: Vec<SessionId> = if full {
             tasks
@@ -280,10 +281,10 @@ impl Runtime {
                 .collect()
         };
         for id in unwanted {
-            if let Some(running) = tasks.remove(&id) {
+            if let Some(live) = tasks.remove(&id).and_then(|running| running.live) {
                 debug!(node = self.env.me, session = %id, "stopping session task");
-                running.stop.store(true, Ordering::SeqCst);
-                finishing.insert(id, running.task);
+                live.stop.store(true, Ordering::SeqCst);
+                finishing.insert(id, live.task);
             }
         }
         finishing.retain(|_, task| !task.is_finished());
@@ -330,8 +331,10 @@ impl Runtime {
                 continue;
             }
             let settled = epoch > boot_epoch && ran.get(&id) != Some(&epoch);
-            if let Some(running) = self.start_task(&id, epoch, settled) {
-                ran.insert(id.clone(), epoch);
+            if let Some(running) = self.start_task(&id, epoch, settled, true) {
+                if running.live.is_some() {
+                    ran.insert(id.clone(), epoch);
+                }
                 tasks.insert(id, running);
             }
         }
@@ -341,44 +344,43 @@ impl Runtime {
     /// Starts a task for `id` under `epoch` from the applied state. Unless
     /// `settled` (the epoch is new to this node), the task settles the row
     /// through the log before it answers anything.
-    fn start_task(&self, id: &SessionId, epoch: Epoch, settled: bool) -> Option<Running> {
-        let (kind, state, version, recorded, moved_at) = self.env.view.read(|a| {
-            a.state
-                .sessions
-                .get(id)
-                .filter(|s| s.epoch == epoch)
-                .map(|s| {
-                    // A new epoch here on a session not just created: a move.
-                    let moved = settled && s.updated_at != s.created_at;
-                    let moved_at = moved.then_some(s.updated_at);
-                    (
-                        s.kind.clone(),
-                        s.state.clone(),
-                        s.version,
-                        s.calls.clone(),
-                        moved_at,
-                    )
-                })
-        })?;
-        let Some(handler) = self.registry.get(&kind).cloned() else {
-            warn!(session = %id, %kind, "no handler registered for this kind; session not started");
-            return None;
-        };
-        let live = match handler.start(&state) {
-            Ok(live) => live,
-            Err(e) => {
-                warn!(session = %id, error = %e, "session state does not load; not started");
-                return None;
+    fn start_task(
+        &self,
+        id: &SessionId,
+        epoch: Epoch,
+        settled: bool,
+        new_slot: bool,
+    ) -> Option<Running> {
+        let Row {
+            kind,
+            state,
+            version,
+            recorded,
+            moved_at,
+        } = self.row_of(id, epoch, new_slot && settled)?;
+        let (handler, live) = self.load(id, &kind, &state)?;
+        let deadline = live.next_deadline();
+        if new_slot && deadline.is_none() && self.env.park_after.is_some() {
+            // Nothing to do until a call comes: parked, ready here.
+            if let Some(at) = moved_at {
+                task::observe_failover(&self.env, at);
             }
-        };
+            return Some(Running {
+                id: id.clone(),
+                epoch,
+                settled,
+                live: None,
+            });
+        }
         let (mailbox, calls) = mpsc::channel(MAILBOX);
         let stop = Arc::new(AtomicBool::new(false));
+        let parked = Arc::new(AtomicBool::new(false));
         let task = SessionTask {
             env: self.env.clone(),
             id: id.clone(),
             epoch,
             handler,
-            deadline: live.next_deadline(),
+            deadline,
             not_before: None,
             live: Some(live),
             committed: state,
@@ -386,15 +388,62 @@ impl Runtime {
             calls: recorded,
             settled,
             stop: stop.clone(),
+            parked: parked.clone(),
             kind,
             moved_at,
         };
+        self.env.live_tasks.fetch_add(1, Ordering::SeqCst);
         Some(Running {
             id: id.clone(),
             epoch,
-            mailbox,
-            task: tokio::spawn(task.run(calls)),
-            stop,
+            settled,
+            live: Some(Live {
+                mailbox,
+                task: tokio::spawn(task.run(calls)),
+                stop,
+                parked,
+            }),
+        })
+    }
+
+    /// The kind's handler and the live state made from `state`.
+    #[allow(clippy::type_complexity)]
+    fn load(
+        &self,
+        id: &SessionId,
+        kind: &crate::model::SessionKind,
+        state: &crate::model::StateJson,
+    ) -> Option<(
+        Arc<dyn crate::handler::DynHandler>,
+        Box<dyn crate::handler::LiveSession>,
+    )> {
+        let Some(handler) = self.registry.get(kind).cloned() else {
+            warn!(session = %id, %kind, "no handler registered for this kind; session not started");
+            return None;
+        };
+        match handler.start(state) {
+            Ok(live) => Some((handler, live)),
+            Err(e) => {
+                warn!(session = %id, error = %e, "session state does not load; not started");
+                None
+            }
+        }
+    }
+
+    /// The session's row under `epoch`, as a task starts from it; `moved_at`
+    /// when `moved` (a new epoch here) and the row shows a move.
+    fn row_of(&self, id: &SessionId, epoch: Epoch, moved: bool) -> Option<Row> {
+        self.env.view.read(|a| {
+            let s = a.state.sessions.get(id).filter(|s| s.epoch == epoch)?;
+            // A new epoch here on a session not just created: a move.
+            let moved_at = (moved && s.updated_at != s.created_at).then_some(s.updated_at);
+            Some(Row {
+                kind: s.kind.clone(),
+                state: s.state.clone(),
+                version: s.version,
+                recorded: s.calls.clone(),
+                moved_at,
+            })
         })
     }
 
@@ -459,6 +508,23 @@ impl Runtime {
         self.release(Some(&owned)).await;
     }
 
+    /// The mailbox of a session running here; a parked session gets its
+    /// task now (settling first unless its row is known final).
+    fn mailbox_of(&self, id: &SessionId) -> Option<mpsc::Sender<Box<Call>>> {
+        let mut tasks = self.tasks.lock().recover();
+        let slot = tasks.get_mut(id)?;
+        slot.take_parked();
+        if slot.live.is_none() {
+            if self.finishing.lock().recover().contains_key(id) {
+                return None;
+            }
+            let started = self.start_task(id, slot.epoch, slot.settled, false)?;
+            self.ran.lock().recover().insert(id.clone(), slot.epoch);
+            slot.live = started.live;
+        }
+        slot.live.as_ref().map(|live| live.mailbox.clone())
+    }
+
     /// Handles a call here if this node runs the session; never forwards.
     pub(crate) async fn call_local(
         &self,
@@ -466,11 +532,7 @@ impl Runtime {
         msg: serde_json::Value,
         key: Option<CallKey>,
     ) -> Result<CallReply, CallError> {
-        let mailbox = {
-            let tasks = self.tasks.lock().recover();
-            tasks.get(id).map(|r| r.mailbox.clone())
-        };
-        let Some(mailbox) = mailbox else {
+        let Some(mailbox) = self.mailbox_of(id) else {
             return Err(CallError::NotHere);
         };
         let (reply, answer) = oneshot::channel();
@@ -483,109 +545,5 @@ impl Runtime {
         }
         // A dropped reply means the task stopped before taking the call.
         answer.await.unwrap_or(Err(CallError::NotHere))
-    }
-}
-
-/// What the reconciler remembers between passes.
-#[derive(Default)]
-struct Pass {
-    /// Whether this node could run sessions, and whether it was Down in the
-    /// table, at the last pass (`None` before the first): a change of
-    /// either means a full pass.
-    last: Option<(bool, bool)>,
-    /// Sessions to look at again: wanted, but their earlier task was still
-    /// finishing.
-    pending: BTreeSet<SessionId>,
-}
-
-/// Released sessions: the epoch each was released at, and until when it is
-/// held back at the latest. A hold ends early once the move away is
-/// committed (another owner under a later epoch), so a session that comes
-/// back soon runs at once.
-#[derive(Default)]
-struct Holds {
-    by_id: HashMap<SessionId, (Epoch, Instant)>,
-    /// The earliest expiry among the holds.
-    next_expiry: Option<Instant>,
-}
-
-impl Holds {
-    fn hold(&mut self, id: SessionId, epoch: Epoch, until: Instant) {
-        self.by_id.insert(id, (epoch, until));
-        self.next_expiry = Some(self.next_expiry.map_or(until, |at| at.min(until)));
-    }
-
-    /// A hold stays while it has not expired and the table still shows the
-    /// session here or at the released epoch.
-    fn still_held(
-        state: &ClusterState,
-        me: NodeId,
-        now: Instant,
-        id: &SessionId,
-        hold: &(Epoch, Instant),
-    ) -> bool {
-        hold.1 > now
-            && state
-                .sessions
-                .get(id)
-                .is_some_and(|s| s.owner == Some(me) || s.epoch == hold.0)
-    }
-
-    fn refresh_all(&mut self, state: &ClusterState, me: NodeId, now: Instant) {
-        self.by_id
-            .retain(|id, hold| Self::still_held(state, me, now, id, hold));
-        self.next_expiry = self.by_id.values().map(|(_, until)| *until).min();
-    }
-
-    /// Ends the holds of `ids` that no longer apply.
-    fn refresh(
-        &mut self,
-        state: &ClusterState,
-        me: NodeId,
-        now: Instant,
-        ids: &BTreeSet<SessionId>,
-    ) {
-        if self.by_id.is_empty() {
-            return;
-        }
-        for id in ids {
-            let ended = self
-                .by_id
-                .get(id)
-                .is_some_and(|hold| !Self::still_held(state, me, now, id, hold));
-            if ended {
-                self.by_id.remove(id);
-            }
-        }
-    }
-
-    /// Ends the holds that expired by `now` (looked at only once the
-    /// earliest expiry has passed); returns their sessions.
-    fn expire(&mut self, now: Instant) -> Vec<SessionId> {
-        if self.next_expiry.is_none_or(|at| at > now) {
-            return Vec::new();
-        }
-        let expired: Vec<SessionId> = self
-            .by_id
-            .iter()
-            .filter(|(_, (_, until))| *until <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &expired {
-            self.by_id.remove(id);
-        }
-        self.next_expiry = self.by_id.values().map(|(_, until)| *until).min();
-        expired
-    }
-}
-
-async fn join_stopped(stopped: Vec<Running>) {
-    for running in stopped {
-        running.stop.store(true, Ordering::SeqCst);
-        drop(running.mailbox);
-        // The task finishes the call in hand, then sees its mailbox closed.
-        if let Err(e) = running.task.await {
-            warn!(session = %running.id, error = %e, "session task ended abnormally");
-        }
     }
 }

@@ -41,6 +41,8 @@ pub(super) struct SessionTask {
     /// no earlier write of this epoch can still land (see [`Command::Settle`]).
     pub(super) settled: bool,
     pub(super) stop: Arc<AtomicBool>,
+    /// Set when this task ends because it was idle (its session parks).
+    pub(super) parked: Arc<AtomicBool>,
     /// The handler kind (a metric label).
     pub(super) kind: crate::model::SessionKind,
     /// When the table shows this session moved here (the move's commit,
@@ -75,11 +77,25 @@ impl SessionTask {
         Some(self.not_before.map_or(at, |not_before| at.max(not_before)))
     }
 
-    pub(super) async fn run(mut self, mut calls: mpsc::Receiver<Box<Call>>) {
+    pub(super) async fn run(mut self, calls: mpsc::Receiver<Box<Call>>) {
         debug!(node = self.env.me, session = %self.id, epoch = %self.epoch, "session task started");
-        if !self.begin().await {
+        let parked = self.serve(calls).await;
+        self.env.live_tasks.fetch_sub(1, Ordering::SeqCst);
+        if parked {
+            // Idle: the slot stays, parked; nothing for the reconciler to do.
+            self.parked.store(true, Ordering::SeqCst);
+            debug!(node = self.env.me, session = %self.id, "session task parked");
+        } else {
+            debug!(node = self.env.me, session = %self.id, "session task stopped");
             self.env.kick.notify_one();
-            return;
+        }
+    }
+
+    /// Settles, then handles calls and deadlines until told to stop (false)
+    /// or idle for `park_after` with no timer (true).
+    async fn serve(&mut self, mut calls: mpsc::Receiver<Box<Call>>) -> bool {
+        if !self.begin().await {
+            return false;
         }
         let mut lease = self.env.lease.clone();
         loop {
@@ -90,26 +106,37 @@ impl SessionTask {
                 }
             }
             let timer = timer(&mut lease, self.env.lease_valid(), self.due());
+            let idle = async {
+                match self.env.park_after.filter(|_| self.deadline.is_none()) {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 call = calls.recv() => {
-                    let Some(call) = call else { break };
+                    let Some(call) = call else { return false };
                     // Boxed: the idle task then holds no room for a call's
                     // future (1.7 KB unboxed).
                     if Box::pin(self.take_call(*call)).await {
-                        break;
+                        return false;
                     }
                 }
                 fire = timer => {
                     if fire {
                         if let Commit::Stop(_) = Box::pin(self.fire_due_deadline()).await {
-                            break;
+                            return false;
                         }
+                    }
+                }
+                _ = idle => {
+                    // A call that raced the park is dropped unanswered with
+                    // the mailbox: never run, its router tries again.
+                    if calls.is_empty() && !self.stop.load(Ordering::SeqCst) {
+                        return true;
                     }
                 }
             }
         }
-        debug!(node = self.env.me, session = %self.id, "session task stopped");
-        self.env.kick.notify_one();
     }
 
     /// Settles the row first unless this epoch is new here (calls wait in
@@ -125,8 +152,7 @@ impl SessionTask {
             self.restore();
         }
         if let Some(at) = self.moved_at.take() {
-            let took = (Utc::now() - at).to_std().unwrap_or(Duration::ZERO);
-            self.env.metrics.failover.observe(took.as_secs_f64());
+            observe_failover(&self.env, at);
         }
         true
     }
@@ -414,6 +440,13 @@ impl SessionTask {
         }
         self.live.as_mut()
     }
+}
+
+/// Records how long a session took from its move's commit to being ready
+/// on its new owner.
+pub(super) fn observe_failover(env: &TaskEnv, moved_at: chrono::DateTime<Utc>) {
+    let took = (Utc::now() - moved_at).to_std().unwrap_or(Duration::ZERO);
+    env.metrics.failover.observe(took.as_secs_f64());
 }
 
 /// Waits for the session's deadline (true), or, without a valid lease, for

@@ -114,11 +114,18 @@ struct Slot {
 pub struct ClusterBuilder {
     nodes: u64,
     timing: Timing,
+    limits: crate::config::Limits,
     registry: Registry,
     traits: BTreeMap<NodeId, crate::model::NodeTraits>,
 }
 
 impl ClusterBuilder {
+    /// Size limits (and parking) of every node.
+    pub fn limits(mut self, limits: crate::config::Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Timing knobs of every node.
     pub fn timing(mut self, timing: Timing) -> Self {
         self.timing = timing;
@@ -164,6 +171,7 @@ impl ClusterBuilder {
             credentials: Credentials::generate()?,
             peers: peers.clone(),
             timing: self.timing,
+            limits: self.limits,
             registry: self.registry,
             traits: self.traits,
             slots: peers
@@ -202,6 +210,7 @@ pub struct Cluster {
     credentials: Credentials,
     peers: BTreeMap<NodeId, String>,
     timing: Timing,
+    limits: crate::config::Limits,
     registry: Registry,
     traits: BTreeMap<NodeId, crate::model::NodeTraits>,
     slots: BTreeMap<NodeId, Slot>,
@@ -213,6 +222,7 @@ impl Cluster {
         ClusterBuilder {
             nodes,
             timing: Timing::default(),
+            limits: crate::config::Limits::default(),
             registry: Registry::with_builtin_kinds(),
             traits: BTreeMap::new(),
         }
@@ -233,6 +243,7 @@ impl Cluster {
         NodeBuilder::new(id, self.dir.path().join(format!("node{id}")))
             .peers(self.peers.clone())
             .timing(self.timing.clone())
+            .limits(self.limits.clone())
             .registry(self.registry.clone())
             .security(self.credentials.security())
             .labels(traits.labels)
