@@ -13,6 +13,13 @@ defmodule Minotaur.GameEngine do
   The client comes from the application environment
   (`config :minotaur, :minos, nodes: [...], token_file: ...`), or is given
   as the last argument.
+
+  Two kinds run the same game: `"minotaur"`, the rules in Rust compiled
+  into every node (`src/handlers/minotaur.rs`), and `"minotaur_ex"`, the
+  rules in Elixir (`Minotaur.GameEngine.Handler`, served by the app beside
+  each node). `continue_game/3` takes `kind:` (default
+  `config :minotaur, :kind`, else `"minotaur"`); the other functions work
+  on a game of either kind.
   """
 
   defmodule Game do
@@ -57,16 +64,26 @@ defmodule Minotaur.GameEngine do
   @doc """
   Starts the game (was: `Horde.DynamicSupervisor.start_child(SessionSupervisor, spec)`).
   Returns `{:ok, %Game{}}`; a game that exists already is `{:error, %Minos.Error{code: :exists}}`.
+  Options: `kind:` (`"minotaur"` or `"minotaur_ex"`, see the module doc).
   """
-  @spec continue_game(Game.t(), Minos.Client.t()) :: {:ok, Game.t()} | {:error, Minos.Error.t()}
-  def continue_game(%Game{} = game, client \\ client()) do
+  @spec continue_game(Game.t(), Minos.Client.t(), keyword()) ::
+          {:ok, Game.t()} | {:error, Minos.Error.t()}
+  def continue_game(%Game{} = game, client \\ client(), opts \\ []) do
+    kind =
+      Keyword.get_lazy(opts, :kind, fn -> Application.get_env(:minotaur, :kind, "minotaur") end)
+
     setup = %{round_end_time: game.round_end_time, world: game.world, round: game.round}
     setup = setup |> Enum.reject(fn {_k, v} -> is_nil(v) end) |> Map.new()
 
-    with {:ok, session} <- Minos.start_session(client, game.id, kind: "minotaur", state: setup) do
-      {:ok, Game.from_state(session.state)}
+    with {:ok, session} <- Minos.start_session(client, game.id, kind: kind, state: setup) do
+      {:ok, Game.from_state(game_state(session.state))}
     end
   end
+
+  # An external kind's committed state is {"state": game, "deadline": t}
+  # (docs/external-handlers.md); a Rust kind's is the game itself.
+  defp game_state(%{"state" => %{"id" => _} = game, "deadline" => _}), do: game
+  defp game_state(game), do: game
 
   @doc "The game with id `id`, from its live owner (was: `GenServer.call(via(id), :get_game)`)."
   @spec get_game(String.t(), Minos.Client.t()) :: {:ok, Game.t()} | {:error, Minos.Error.t()}
