@@ -3,6 +3,8 @@ defmodule Minos.TestCluster do
   # A real three-node cluster through the repository's scripts/cluster.sh,
   # on its own port base and data directory. The binary: MINOS_BIN if set,
   # else cluster.sh builds target/release/minos (cargo) at the first start.
+  # Each node has its Elixir app (Minos.TestApps, kind minotaur_ex), started
+  # before the nodes and restarted before them.
 
   @base 17700
   @root Path.expand("../../../..", __DIR__)
@@ -28,6 +30,8 @@ defmodule Minos.TestCluster do
       cluster_sh(["stop", "--now"])
       File.rm_rf!(@dir)
       File.mkdir_p!(@dir)
+      # The apps first: a node whose app does not answer is not ready.
+      Minos.TestApps.ensure_started!()
       {out, status} = cluster_sh(["start"])
       if status != 0, do: raise("scripts/cluster.sh start failed:\n#{out}")
       # From now on the binary is known: no cargo run per restart.
@@ -71,18 +75,21 @@ defmodule Minos.TestCluster do
     env = [
       {"MINOS_PORT_BASE", "#{@base}"},
       {"MINOS_CLUSTER_DIR", @dir},
-      {"MINOS_BIN", :persistent_term.get({__MODULE__, :bin}, System.get_env("MINOS_BIN"))}
+      {"MINOS_BIN", :persistent_term.get({__MODULE__, :bin}, System.get_env("MINOS_BIN"))},
+      {"MINOS_SERVE_FLAGS", Minos.TestApps.serve_flags()}
     ]
 
     System.cmd("bash", [@script | args], env: env, stderr_to_stdout: true, cd: @root)
   end
 
   @doc """
-  Restarts every stopped node (cluster.sh waits for its health) and waits,
-  by condition with a deadline, until node 1 sees a quorum and every node
-  Up, so a new session can be placed on any of them.
+  Restarts every stopped app and node (cluster.sh waits for its health)
+  and waits, by condition with a deadline, until node 1 sees a quorum and
+  every node Up (not draining: a node whose app was gone undrains when it
+  answers again), so a new session can be placed on any of them.
   """
   def ensure_all_up!(timeout_ms \\ 30_000) do
+    Minos.TestApps.ensure_all_running!()
     for n <- 1..3, not running?(n), do: restart!(n)
     node1 = client([1], :client, timeout: 2_000)
 
