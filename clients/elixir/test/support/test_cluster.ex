@@ -88,20 +88,42 @@ defmodule Minos.TestCluster do
   every node Up (not draining: a node whose app was gone undrains when it
   answers again), so a new session can be placed on any of them.
   """
+  #
+  # If the cluster does not come back, the error shows what node 1 saw last,
+  # and every later call fails at once with it (instead of each test of the
+  # run waiting out the deadline in its turn).
   def ensure_all_up!(timeout_ms \\ 30_000) do
+    case :persistent_term.get({__MODULE__, :broken}, nil) do
+      nil -> :ok
+      why -> raise "the cluster did not come back in an earlier test: #{why}"
+    end
+
     Minos.TestApps.ensure_all_running!()
     for n <- 1..3, not running?(n), do: restart!(n)
     node1 = client([1], :client, timeout: 2_000)
 
-    wait_until(timeout_ms, "every node Up as node 1 sees it", fn ->
-      case Minos.cluster(node1) do
-        {:ok, %Minos.Cluster{quorum: true, nodes: nodes}} ->
-          length(nodes) == 3 and Enum.all?(nodes, &(&1.status == :up))
+    try do
+      wait_until(timeout_ms, "every node Up as node 1 sees it", fn ->
+        view = Minos.cluster(node1)
+        Process.put({__MODULE__, :last_view}, view)
 
-        _ ->
-          false
-      end
-    end)
+        case view do
+          {:ok, %Minos.Cluster{quorum: true, nodes: nodes}} ->
+            length(nodes) == 3 and Enum.all?(nodes, &(&1.status == :up))
+
+          _ ->
+            false
+        end
+      end)
+    rescue
+      error in RuntimeError ->
+        why =
+          "#{error.message}; node 1 saw last: " <>
+            inspect(Process.get({__MODULE__, :last_view}), limit: :infinity)
+
+        :persistent_term.put({__MODULE__, :broken}, why)
+        reraise why, __STACKTRACE__
+    end
   end
 
   @doc "Polls `fun` every 20 ms until it is truthy; raises after `timeout_ms`."
