@@ -144,6 +144,12 @@ defmodule Minos.ExternalHandler.Server do
   # is configured), and every request gets an answer.
   @doc false
   def unquote(:do)(mod_data) do
+    # httpd writes an answer's head and body in two sends: with Nagle's
+    # algorithm on, the body would wait for the node's delayed ACK (40 ms
+    # on Linux) on every request. (httpd's socket_type options do not
+    # reach the listen socket in OTP 25, so it is set here, per connection.)
+    _ = :inet.setopts(mod(mod_data, :socket), nodelay: true)
+
     {status, answer} =
       try do
         config = :httpd_util.lookup(mod(mod_data, :config_db), @config_key)
