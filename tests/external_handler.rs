@@ -125,6 +125,20 @@ async fn state(client: &Client, id: &str) -> Result<(Option<NodeId>, u64, Value)
     Ok((view.owner, view.epoch, view.state))
 }
 
+/// Creates a `counter` session through `client`.
+async fn create_counter(client: &Client, id: &str, state: Option<Value>) -> Result<(), String> {
+    let new = NewSession {
+        id: id.into(),
+        kind: Some("counter".into()),
+        state,
+    };
+    client
+        .create_session(&new)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// A client of the first node in `nodes` that is not `avoid`.
 fn other(cluster: &ProcessCluster, avoid: &[NodeId]) -> Client {
     let id = NODES
@@ -283,15 +297,7 @@ async fn node_then_app_loss(
     apps: &mut BTreeMap<NodeId, App>,
 ) -> Result<(), String> {
     let client = cluster.client(1);
-    let new = NewSession {
-        id: "s1".into(),
-        kind: Some("counter".into()),
-        state: None,
-    };
-    client
-        .create_session(&new)
-        .await
-        .map_err(|e| e.to_string())?;
+    create_counter(&client, "s1", None).await?;
     call(&client, "s1", json!({"add": 1})).await?;
     let (owner, epoch, _) = state(&client, "s1").await?;
     let first = owner.ok_or("s1 has no owner")?;
@@ -376,15 +382,7 @@ async fn a_late_answer_from_a_deposed_owner_is_never_committed() -> Result<(), S
 
 async fn late_answer(cluster: &ProcessCluster, apps: &BTreeMap<NodeId, App>) -> Result<(), String> {
     let client = cluster.client(1);
-    let new = NewSession {
-        id: "f1".into(),
-        kind: Some("counter".into()),
-        state: None,
-    };
-    client
-        .create_session(&new)
-        .await
-        .map_err(|e| e.to_string())?;
+    create_counter(&client, "f1", None).await?;
     let (owner, old_epoch, _) = state(&client, "f1").await?;
     let deposed = owner.ok_or("f1 has no owner")?;
 

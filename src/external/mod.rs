@@ -5,7 +5,7 @@
 //! owner's epoch and version before the reply leaves, so an answer from a
 //! deposed owner is fenced by the log. What is not like a Rust handler: the
 //! answer takes a round trip, may fail, and the app may be gone; each
-//! [`App`] keeps whether it answers, for the node's readiness and its
+//! `App` keeps whether it answers, for the node's readiness and its
 //! self-drain (`node::apps`).
 
 mod protocol;
