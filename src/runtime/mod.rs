@@ -331,7 +331,7 @@ impl Runtime {
                 continue;
             }
             let settled = epoch > boot_epoch && ran.get(&id) != Some(&epoch);
-            if let Some(running) = self.start_task(&id, epoch, settled, true) {
+            if let Some(running) = self.start_task(&id, epoch, settled, None) {
                 if running.live.is_some() {
                     ran.insert(id.clone(), epoch);
                 }
@@ -349,8 +349,9 @@ impl Runtime {
         id: &SessionId,
         epoch: Epoch,
         settled: bool,
-        new_slot: bool,
+        restart: Option<u64>,
     ) -> Option<Running> {
+        let new_slot = restart.is_none();
         let Row {
             kind,
             state,
@@ -358,6 +359,9 @@ impl Runtime {
             recorded,
             moved_at,
         } = self.row_of(id, epoch, new_slot && settled)?;
+        // A parked session's next task: settled only from a row that has
+        // the last write of the task before it.
+        let settled = settled && restart.is_none_or(|min| version >= min);
         let (handler, live) = self.load(id, &kind, &state)?;
         let deadline = live.next_deadline();
         if new_slot && deadline.is_none() && self.env.park_after.is_some() {
@@ -369,12 +373,13 @@ impl Runtime {
                 id: id.clone(),
                 epoch,
                 settled,
+                min_version: 0,
                 live: None,
             });
         }
         let (mailbox, calls) = mpsc::channel(MAILBOX);
         let stop = Arc::new(AtomicBool::new(false));
-        let parked = Arc::new(AtomicBool::new(false));
+        let parked = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = SessionTask {
             env: self.env.clone(),
             id: id.clone(),
@@ -397,6 +402,7 @@ impl Runtime {
             id: id.clone(),
             epoch,
             settled,
+            min_version: 0,
             live: Some(Live {
                 mailbox,
                 task: tokio::spawn(task.run(calls)),
@@ -518,7 +524,7 @@ impl Runtime {
             if self.finishing.lock().recover().contains_key(id) {
                 return None;
             }
-            let started = self.start_task(id, slot.epoch, slot.settled, false)?;
+            let started = self.start_task(id, slot.epoch, slot.settled, Some(slot.min_version))?;
             self.ran.lock().recover().insert(id.clone(), slot.epoch);
             slot.live = started.live;
         }

@@ -1,7 +1,7 @@
 //! A session this node runs: its slot (with a task, or parked) and how a
 //! task is told to stop and awaited.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -28,6 +28,10 @@ pub(super) struct Running {
     pub(super) epoch: Epoch,
     /// Whether the next task starts settled (see [`Runtime::start_wanted`]).
     pub(super) settled: bool,
+    /// The version the last task here left: a next task starts settled
+    /// only from a row at least this new (this node may not yet have
+    /// applied that task's last write).
+    pub(super) min_version: u64,
     /// The task, while there is one.
     pub(super) live: Option<Live>,
 }
@@ -42,9 +46,9 @@ pub(super) struct Live {
     /// Set when the task must answer no more calls (it was replaced or
     /// released); it finishes the commit in hand, then exits.
     pub(super) stop: Arc<AtomicBool>,
-    /// Set by the task when it ended because it was idle: the session is
-    /// parked, not failed.
-    pub(super) parked: Arc<AtomicBool>,
+    /// Set by the task when it ended because it was idle (the session is
+    /// parked, not failed): its last version + 1; 0 while not parked.
+    pub(super) parked: Arc<AtomicU64>,
 }
 
 impl Running {
@@ -53,19 +57,22 @@ impl Running {
     pub(super) fn ended_by_itself(&self) -> bool {
         self.live
             .as_ref()
-            .is_some_and(|l| l.task.is_finished() && !l.parked.load(Ordering::SeqCst))
+            .is_some_and(|l| l.task.is_finished() && l.parked.load(Ordering::SeqCst) == 0)
     }
 
     /// A task that parked itself leaves a parked slot: its row was settled
-    /// and it had no write in flight, so the next task starts settled.
+    /// and it had no write in flight, so the next task starts settled from
+    /// a row at least as new as the version it left.
     pub(super) fn take_parked(&mut self) {
         let parked = self
             .live
             .as_ref()
-            .is_some_and(|l| l.task.is_finished() && l.parked.load(Ordering::SeqCst));
-        if parked {
+            .filter(|l| l.task.is_finished())
+            .map_or(0, |l| l.parked.load(Ordering::SeqCst));
+        if parked > 0 {
             self.live = None;
             self.settled = true;
+            self.min_version = parked - 1;
         }
     }
 }

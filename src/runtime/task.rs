@@ -41,8 +41,9 @@ pub(super) struct SessionTask {
     /// no earlier write of this epoch can still land (see [`Command::Settle`]).
     pub(super) settled: bool,
     pub(super) stop: Arc<AtomicBool>,
-    /// Set when this task ends because it was idle (its session parks).
-    pub(super) parked: Arc<AtomicBool>,
+    /// Set when this task ends because it was idle (its session parks):
+    /// its last version + 1.
+    pub(super) parked: Arc<std::sync::atomic::AtomicU64>,
     /// The handler kind (a metric label).
     pub(super) kind: crate::model::SessionKind,
     /// When the table shows this session moved here (the move's commit,
@@ -83,7 +84,7 @@ impl SessionTask {
         self.env.live_tasks.fetch_sub(1, Ordering::SeqCst);
         if parked {
             // Idle: the slot stays, parked; nothing for the reconciler to do.
-            self.parked.store(true, Ordering::SeqCst);
+            self.parked.store(self.version + 1, Ordering::SeqCst);
             debug!(node = self.env.me, session = %self.id, "session task parked");
         } else {
             debug!(node = self.env.me, session = %self.id, "session task stopped");
