@@ -545,7 +545,7 @@ pub async fn drain(
         .map_err(failed)?
         .map_err(failed)?;
     if !release_on(env, node, None).await {
-        let owned = env.view.read(|a| a.state.sessions_owned_by(node).count());
+        let owned = env.view.read(|a| a.state.count_of(Some(node)));
         return Ok(HandoffReport {
             moved: 0,
             skipped: owned,

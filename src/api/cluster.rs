@@ -346,7 +346,7 @@ fn set_gauges(core: &Service) {
     let (sessions, owned, nodes_up) = core.view.read(|a| {
         (
             a.state.sessions.len(),
-            a.state.sessions_owned_by(core.me).count(),
+            a.state.count_of(Some(core.me)),
             a.state.eligible_nodes().len(),
         )
     });

@@ -363,7 +363,7 @@ impl Node {
         let core = self.service.clone();
         let me = core.me;
         core.runtime.release(None).await;
-        let owned = core.view.read(|a| a.state.sessions_owned_by(me).count());
+        let owned = core.view.read(|a| a.state.count_of(Some(me)));
         if owned > 0 {
             info!(
                 node = me,
@@ -382,7 +382,7 @@ impl Node {
                     let _ = tokio::time::timeout(
                         Duration::from_secs(5),
                         applied.wait_for(|_| {
-                            core.view.read(|a| a.state.sessions_owned_by(me).count()) == 0
+                            core.view.read(|a| a.state.count_of(Some(me))) == 0
                         }),
                     )
                     .await;
