@@ -381,9 +381,7 @@ impl Node {
                     let mut applied = core.view.subscribe();
                     let _ = tokio::time::timeout(
                         Duration::from_secs(5),
-                        applied.wait_for(|_| {
-                            core.view.read(|a| a.state.count_of(Some(me))) == 0
-                        }),
+                        applied.wait_for(|_| core.view.read(|a| a.state.count_of(Some(me))) == 0),
                     )
                     .await;
                 }
