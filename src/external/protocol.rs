@@ -46,19 +46,19 @@ fn session_request(
     kind: &SessionKind,
     ctx: &SessionContext,
 ) -> serde_json::Map<String, Value> {
-    let value = json!({
-        "op": op,
-        "kind": kind.as_str(),
-        "session": ctx.id.as_str(),
-        "epoch": ctx.epoch.0,
-        "version": ctx.version,
-        "owner": ctx.owner,
-        "now": time(ctx.now),
-    });
-    match value {
-        Value::Object(map) => map,
-        _ => unreachable!("a json! object literal"),
-    }
+    let fields = [
+        ("op", Value::from(op)),
+        ("kind", Value::from(kind.as_str())),
+        ("session", Value::from(ctx.id.as_str())),
+        ("epoch", Value::from(ctx.epoch.0)),
+        ("version", Value::from(ctx.version)),
+        ("owner", Value::from(ctx.owner)),
+        ("now", Value::from(time(ctx.now))),
+    ];
+    fields
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }
 
 /// `create`: the creator's initial value.
