@@ -21,7 +21,7 @@ runs="${1:-1}"
 }
 shift || true
 hogs="${MINOS_STRESS_HOGS:-2}"
-tests=(--test process_failover --test process_table --test process_membership --test seed_game_session --test security --test peer_props --test rolling_restart --test history --test readme --test openapi --test status_page --test external_handler)
+tests=(--test process_failover --test process_table --test process_membership --test seed_game_session --test security --test peer_props --test rolling_restart --test history --test readme --test openapi --test status_page --test external_handler --test parking --test placement --test handoff)
 
 if ! command -v stress-ng >/dev/null 2>&1; then
   echo "--- installing stress-ng"
