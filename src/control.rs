@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::model::{Command, Detection, Epoch, Move, MoveReason, NodeId, NodeStatus, SessionId};
+use crate::model::{
+    Command, Detection, Epoch, HandoffMove, Move, MoveReason, NodeId, NodeStatus, SessionId,
+};
 use crate::state::ClusterState;
 
 /// What the leader knows when a node asks for a lease.
@@ -182,6 +184,32 @@ pub(crate) fn relocations(
             moves: chunk.to_vec(),
             reason,
             detected,
+        })
+        .collect()
+}
+
+/// `moves` of released sessions as `Handoff` commands of at most
+/// [`MOVES_PER_COMMAND`] each, every move also conditional on the version
+/// `state` shows now (read after the release: the owner's acknowledged
+/// writes are in it). A session `state` no longer holds is left out.
+pub(crate) fn handoffs(state: &ClusterState, moves: Vec<Move>, reason: MoveReason) -> Vec<Command> {
+    let moves: Vec<HandoffMove> = moves
+        .into_iter()
+        .filter_map(|m| {
+            let session = state.sessions.get(&m.id)?;
+            Some(HandoffMove {
+                from_version: session.version,
+                id: m.id,
+                from_epoch: m.from_epoch,
+                to: m.to,
+            })
+        })
+        .collect();
+    moves
+        .chunks(MOVES_PER_COMMAND)
+        .map(|chunk| Command::Handoff {
+            moves: chunk.to_vec(),
+            reason,
         })
         .collect()
 }

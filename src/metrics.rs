@@ -325,7 +325,7 @@ pub(crate) fn move_reason(command: &crate::model::Command) -> Option<&'static st
     use crate::model::{Command, MoveReason};
     match command {
         Command::Reassign { .. } => Some("reassign"),
-        Command::Relocate { reason, .. } => Some(match reason {
+        Command::Relocate { reason, .. } | Command::Handoff { reason, .. } => Some(match reason {
             MoveReason::Created => "created",
             MoveReason::NodeDown => "node_down",
             MoveReason::Drain => "drain",

@@ -332,6 +332,64 @@ pub struct Move {
     pub to: Option<NodeId>,
 }
 
+/// One move of a handoff ([`Command::Handoff`]): a [`Move`] that also
+/// needs the session's version unchanged. Its owner stopped the session
+/// (released it) before the leader proposed the move, and takes it up again
+/// only after committing a `Settle`, which raises the version: so a move
+/// that commits late, after the owner's hold ran out, is skipped instead of
+/// taking the session from an owner that serves it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffMove {
+    /// Session to move.
+    pub id: SessionId,
+    /// Epoch the leader saw after the release.
+    pub from_epoch: Epoch,
+    /// Version the leader saw after the release.
+    pub from_version: u64,
+    /// New owner, or `None` to leave it unplaced.
+    pub to: Option<NodeId>,
+}
+
+/// What the table needs of a move to apply it: a plain [`Move`] or a
+/// [`HandoffMove`], which also names the version it needs.
+pub(crate) trait Step {
+    fn id(&self) -> &SessionId;
+    fn needs_epoch(&self) -> Epoch;
+    /// `None`: any version.
+    fn needs_version(&self) -> Option<u64>;
+    fn to(&self) -> Option<NodeId>;
+}
+
+impl Step for Move {
+    fn id(&self) -> &SessionId {
+        &self.id
+    }
+    fn needs_epoch(&self) -> Epoch {
+        self.from_epoch
+    }
+    fn needs_version(&self) -> Option<u64> {
+        None
+    }
+    fn to(&self) -> Option<NodeId> {
+        self.to
+    }
+}
+
+impl Step for HandoffMove {
+    fn id(&self) -> &SessionId {
+        &self.id
+    }
+    fn needs_epoch(&self) -> Epoch {
+        self.from_epoch
+    }
+    fn needs_version(&self) -> Option<u64> {
+        Some(self.from_version)
+    }
+    fn to(&self) -> Option<NodeId> {
+        self.to
+    }
+}
+
 /// A change to the replicated table. Serialized into the log: variants may be
 /// added at the end, never changed or reordered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,6 +516,14 @@ pub enum Command {
         owner: Option<NodeId>,
         /// Where it may run.
         placement: Requirement,
+    },
+    /// `Relocate` of sessions their owner released (drain, rebalance):
+    /// each move also needs the version the leader saw after the release.
+    Handoff {
+        /// The moves, each with its own condition.
+        moves: Vec<HandoffMove>,
+        /// Why they move.
+        reason: MoveReason,
     },
 }
 

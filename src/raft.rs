@@ -48,6 +48,7 @@ fn weight(command: &Command) -> usize {
         } => BASE + state.len() + 64 * (placement.labels.len() + 1),
         Command::UpdateStateKeyed { state, call, .. } => BASE + state.len() + call.reply.len(),
         Command::Reassign { moves } | Command::Relocate { moves, .. } => BASE + 64 * moves.len(),
+        Command::Handoff { moves, .. } => BASE + 72 * moves.len(),
         _ => BASE,
     }
 }

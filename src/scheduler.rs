@@ -245,6 +245,9 @@ fn summarize(command: &Command) -> String {
         Command::Relocate { moves, reason, .. } => {
             format!("Relocate({} moves, {reason:?})", moves.len())
         }
+        Command::Handoff { moves, reason } => {
+            format!("Handoff({} moves, {reason:?})", moves.len())
+        }
         other => format!("{other:?}"),
     }
 }
@@ -521,15 +524,21 @@ pub async fn drain(
         if node == env.me {
             env.runtime.release_owned().await;
         }
-        let moves = env.view.read(|a| placement::evacuate(&a.state, node));
-        let count = moves.len();
-        let reason = if already_released {
-            MoveReason::GracefulStop
-        } else {
-            MoveReason::Drain
-        };
+        let (count, moves) = env.view.read(|a| {
+            let moves = placement::evacuate(&a.state, node);
+            let count = moves.len();
+            if already_released {
+                // A stopping node runs none of them again: no hold to outlast.
+                (
+                    count,
+                    control::relocations(moves, MoveReason::GracefulStop, None),
+                )
+            } else {
+                (count, control::handoffs(&a.state, moves, MoveReason::Drain))
+            }
+        });
         let mut commands = vec![Command::Drain { id: node }];
-        commands.extend(control::relocations(moves, reason, None));
+        commands.extend(moves);
         let results = env.proposer.propose_all(commands).await;
         for result in results {
             result.map_err(failed)?.map_err(failed)?;
@@ -606,7 +615,9 @@ async fn rebalance_bounded(
             };
             let count = chunk.len();
             if released {
-                report.moved += commit_moves(env, chunk, MoveReason::Rebalance).await?.moved;
+                let done = commit_moves(env, chunk, MoveReason::Rebalance).await?;
+                report.moved += done.moved;
+                report.skipped += done.skipped;
             } else {
                 report.skipped += count;
             }
@@ -630,18 +641,23 @@ async fn commit_moves(
     if moves.is_empty() {
         return Ok(HandoffReport::default());
     }
-    let command = Command::Relocate {
-        moves,
-        reason,
-        detected: None,
-    };
-    match env.proposer.propose(command).await {
-        Ok(Ok(crate::model::Applied::Moved(moved))) => Ok(HandoffReport {
-            moved: moved.len(),
-            skipped: 0,
-        }),
-        Ok(Ok(_)) => Ok(HandoffReport::default()),
-        Ok(Err(e)) => Err(failed(e)),
-        Err(e) => Err(failed(e)),
+    // Versions read now, after the release: a move that commits after its
+    // owner took the session up again (its hold ran out) is skipped.
+    let planned = moves.len();
+    let commands = env
+        .view
+        .read(|a| control::handoffs(&a.state, moves, reason));
+    let mut report = HandoffReport::default();
+    for result in env.proposer.propose_all(commands).await {
+        match result {
+            Ok(Ok(crate::model::Applied::Moved(moved))) => report.moved += moved.len(),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(failed(e)),
+            Err(e) => return Err(failed(e)),
+        }
     }
+    // A move skipped (its session was written after the release, or is
+    // gone) leaves the session where it is.
+    report.skipped = planned - report.moved;
+    Ok(report)
 }

@@ -24,9 +24,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Applied, CallRetention, Command, CommandResult, Detection, Epoch, Move, MoveReason, NodeId,
-    NodeInfo, NodeStatus, NodeTraits, Placement, Proposal, RecordedCall, Rejection, Requirement,
-    Session, SessionId, SessionKind, StateJson, HISTORY_KEEP,
+    Applied, CallRetention, Command, CommandResult, Detection, Epoch, MoveReason, NodeId, NodeInfo,
+    NodeStatus, NodeTraits, Placement, Proposal, RecordedCall, Rejection, Requirement, Session,
+    SessionId, SessionKind, StateJson, Step, HISTORY_KEEP,
 };
 
 /// Where a session stands, derived from its owner's status.
@@ -294,7 +294,7 @@ impl ClusterState {
                     changes.sessions.insert(id.clone());
                 }
                 // They record the sessions they moved (RemoveNode too).
-                Command::Reassign { .. } | Command::Relocate { .. } => {}
+                Command::Reassign { .. } | Command::Relocate { .. } | Command::Handoff { .. } => {}
             }
         }
         result
@@ -354,6 +354,12 @@ impl ClusterState {
             } => Ok(Applied::Moved(self.reassign(
                 moves,
                 (*reason, *detected),
+                ctx,
+                changes,
+            ))),
+            Command::Handoff { moves, reason } => Ok(Applied::Moved(self.reassign(
+                moves,
+                (*reason, None),
                 ctx,
                 changes,
             ))),
@@ -545,9 +551,9 @@ impl ClusterState {
     /// target is none or a member that can take the session (its labels,
     /// its capacity; a move to its own owner always can); each gets a new
     /// epoch.
-    fn reassign(
+    fn reassign<S: Step>(
         &mut self,
-        moves: &[Move],
+        moves: &[S],
         why: (MoveReason, Option<Detection>),
         ctx: &Ctx,
         changes: &mut Changes,
@@ -555,31 +561,34 @@ impl ClusterState {
         let at = ctx.at;
         let mut moved = Vec::with_capacity(moves.len());
         for step in moves {
-            let Some(current) = self.sessions.get(&step.id) else {
+            let (id, to) = (step.id(), step.to());
+            let Some(current) = self.sessions.get(id) else {
                 continue;
             };
-            let fits = match step.to {
+            let fits = match to {
                 None => true,
                 Some(node) if current.owner == Some(node) => self.nodes.contains_key(&node),
                 Some(node) => self.can_take(node, &current.placement),
             };
-            if current.epoch != step.from_epoch || !fits {
+            let unchanged = current.epoch == step.needs_epoch()
+                && step.needs_version().is_none_or(|v| v == current.version);
+            if !unchanged || !fits {
                 continue;
             }
-            let Some(session) = self.sessions.get_mut(&step.id) else {
+            let Some(session) = self.sessions.get_mut(id) else {
                 continue;
             };
             self.index.remove(session);
             self.last_epoch = self.last_epoch.next();
             let from = session.owner;
-            session.owner = step.to;
+            session.owner = to;
             session.epoch = self.last_epoch;
             session.updated_at = at;
             self.index.add(session);
             moved.push((session.id.clone(), session.owner, session.epoch));
             let epoch = session.epoch;
-            self.record(&step.id, (from, step.to, epoch), why, ctx);
-            changes.sessions.insert(step.id.clone());
+            self.record(id, (from, to, epoch), why, ctx);
+            changes.sessions.insert(id.clone());
         }
         moved
     }

@@ -985,6 +985,13 @@ mod tests {
                     detected: None,
                 },
             ),
+            (
+                14,
+                Command::Handoff {
+                    moves: Vec::new(),
+                    reason: MoveReason::Rebalance,
+                },
+            ),
         ];
         for (index, command) in commands {
             let bytes = encode(&command).expect("encode");

@@ -7,8 +7,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use minos::model::{
-    Applied, CallKey, CallRetention, Command, CommandResult, Epoch, Move, NodeId, NodeStatus,
-    Proposal, RecordedCall, Rejection, SessionId, SessionKind, StateJson,
+    Applied, CallKey, CallRetention, Command, CommandResult, Epoch, HandoffMove, Move, MoveReason,
+    NodeId, NodeStatus, Proposal, RecordedCall, Rejection, SessionId, SessionKind, StateJson,
 };
 use minos::placement::{evacuate, place, rebalance, repair};
 use minos::state::{Changes, ClusterState};
@@ -106,9 +106,12 @@ enum Op {
         epoch: EpochChoice,
         stale: bool,
     },
+    /// `handoff`: written as a `Handoff` (each move also names a version:
+    /// the current one, or with `Some(true)` the one before it).
     Reassign {
         plan: Plan,
         random: Vec<RandomMove>,
+        handoff: Option<bool>,
     },
     Delete(u8),
 }
@@ -164,7 +167,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(session, epoch, stale)| Op::Settle { session, epoch, stale }),
         3 => (session(), epoch, 0u8..4, any::<bool>())
             .prop_map(|(session, epoch, key, stale)| Op::Keyed { session, epoch, key, stale }),
-        3 => (plan, vec(random_move, 0..3)).prop_map(|(plan, random)| Op::Reassign { plan, random }),
+        3 => (plan, vec(random_move, 0..3), prop::option::of(any::<bool>()))
+            .prop_map(|(plan, random, handoff)| Op::Reassign { plan, random, handoff }),
         1 => session().prop_map(Op::Delete),
     ]
 }
@@ -287,7 +291,11 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
             epoch: epoch_of(*session, epoch),
             version: built_on(*session, *stale),
         },
-        Op::Reassign { plan, random } => {
+        Op::Reassign {
+            plan,
+            random,
+            handoff,
+        } => {
             let mut moves = match plan {
                 Plan::Repair => repair(state),
                 Plan::Evacuate(node) => evacuate(state, *node),
@@ -308,7 +316,28 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
                 },
                 to: step.to,
             }));
-            Command::Reassign { moves }
+            match handoff {
+                None => Command::Reassign { moves },
+                Some(stale) => Command::Handoff {
+                    moves: moves
+                        .into_iter()
+                        .map(|m| {
+                            let version = state.sessions.get(&m.id).map_or(0, |s| s.version);
+                            HandoffMove {
+                                from_version: if *stale {
+                                    version.saturating_sub(1)
+                                } else {
+                                    version
+                                },
+                                id: m.id,
+                                from_epoch: m.from_epoch,
+                                to: m.to,
+                            }
+                        })
+                        .collect(),
+                    reason: MoveReason::Rebalance,
+                },
+            }
         }
         Op::Delete(session) => Command::DeleteSession {
             id: session_id(*session),
@@ -536,7 +565,7 @@ fn check_command(
             );
         }
         match command {
-            Command::Reassign { .. } => {
+            Command::Reassign { .. } | Command::Handoff { .. } => {
                 let steps = moved.get(id).map_or(&[][..], Vec::as_slice);
                 match steps.last() {
                     Some(last) => {
@@ -594,7 +623,7 @@ fn check_command(
     // Each effective move and each un-owning takes the next epoch of the
     // counter, in order; nothing else but CreateSession advances it.
     match (command, result) {
-        (Command::Reassign { .. }, Ok(Applied::Moved(steps))) => {
+        (Command::Reassign { .. } | Command::Handoff { .. }, Ok(Applied::Moved(steps))) => {
             let expected: Vec<Epoch> = (1..=steps.len() as u64)
                 .map(|n| Epoch(before.last_epoch.0 + n))
                 .collect();
@@ -619,6 +648,24 @@ fn check_command(
         ),
     }
 
+    if let Command::Handoff { moves, .. } = command {
+        // A handoff moves a session only at the version it names: one
+        // written (or settled) after the release stays where it is.
+        for id in moved.keys() {
+            let named: Vec<u64> = moves
+                .iter()
+                .filter(|m| &m.id == *id)
+                .map(|m| m.from_version)
+                .collect();
+            prop_assert!(
+                named.contains(&before.sessions[*id].version),
+                "{}: moved at version {} by a handoff naming {:?}",
+                id,
+                before.sessions[*id].version,
+                named
+            );
+        }
+    }
     if let Command::UpdateStateKeyed { id, call, .. } = command {
         // A keyed write applies only if the session did not remember its
         // key, and is remembered after; a duplicate changes nothing.
@@ -1051,6 +1098,72 @@ fn a_settle_fences_a_write_whose_outcome_was_unknown() {
     };
     assert_eq!(settled.state, StateJson("{\"n\":1}".into()));
     assert_eq!(settled.version, 2);
+}
+
+/// A drain or rebalance stops a session on its owner, then commits a
+/// `Handoff` at the epoch and version it saw. If that commit comes late,
+/// after the owner's hold ran out and it settled the session to serve it
+/// again, the handoff must not move it: until the old owner applied the
+/// move it would answer reads under an epoch the table no longer gives it.
+#[test]
+fn a_handoff_landing_after_its_owner_settled_again_is_skipped() {
+    let (mut state, id, at) = one_session_on_node_1("{\"n\":0}");
+    state
+        .apply_command(
+            &Command::AddNode {
+                id: 2,
+                addr: "127.0.0.1:7002".into(),
+            },
+            at,
+        )
+        .unwrap();
+    let (epoch, version) = (state.sessions[&id].epoch, state.sessions[&id].version);
+    let handoff = Command::Handoff {
+        moves: vec![HandoffMove {
+            id: id.clone(),
+            from_epoch: epoch,
+            from_version: version,
+            to: Some(2),
+        }],
+        reason: MoveReason::Rebalance,
+    };
+    let mut settled_again = state.clone();
+    settled_again
+        .apply_command(
+            &Command::Settle {
+                id: id.clone(),
+                epoch,
+                version,
+            },
+            at,
+        )
+        .unwrap();
+    // An epoch-only move would still take it from the serving owner ...
+    let mut epoch_only = settled_again.clone();
+    let relocate = Command::Relocate {
+        moves: vec![Move {
+            id: id.clone(),
+            from_epoch: epoch,
+            to: Some(2),
+        }],
+        reason: MoveReason::Rebalance,
+        detected: None,
+    };
+    epoch_only.apply_command(&relocate, at).unwrap();
+    assert_eq!(epoch_only.sessions[&id].owner, Some(2));
+    // ... the handoff does not.
+    assert_eq!(
+        settled_again.apply_command(&handoff, at),
+        Ok(Applied::Moved(Vec::new()))
+    );
+    assert_eq!(settled_again.sessions[&id].owner, Some(1));
+    assert_eq!(settled_again.sessions[&id].epoch, epoch);
+    // In time, it moves the session.
+    let Ok(Applied::Moved(moved)) = state.apply_command(&handoff, at) else {
+        panic!("the handoff was refused")
+    };
+    assert_eq!(moved.len(), 1);
+    assert_eq!(state.sessions[&id].owner, Some(2));
 }
 
 /// One attempt of a keyed call in [`retries_of_keyed_calls_apply_each_key_at_most_once`].

@@ -480,6 +480,7 @@ impl Runtime {
         let stopped: Vec<Running> = {
             let mut tasks = self.tasks.lock().recover();
             let mut held = self.held.lock().recover();
+            let mut ran = self.ran.lock().recover();
             match sessions {
                 None => {
                     self.stopping.store(true, Ordering::SeqCst);
@@ -490,6 +491,11 @@ impl Runtime {
                     .filter_map(|id| {
                         if let Some(epoch) = epochs.get(id) {
                             held.hold(id.clone(), *epoch, until);
+                            // Taken up again here after the hold (the move
+                            // did not commit in time), it settles first even
+                            // if it never ran: the settle raises the version,
+                            // so a handoff that commits late is skipped.
+                            ran.insert(id.clone(), *epoch);
                         }
                         tasks.remove(id)
                     })
