@@ -322,9 +322,10 @@ pub(crate) struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub(crate) external_timeout_ms: u64,
     /// A session idle this long (no call, no timer pending) gives up its task
-    /// and live state until its next call, in milliseconds (30000, say); 0:
-    /// sessions keep their task.
-    #[arg(long, env = "MINOS_PARK_AFTER_MS", value_name = "MS", default_value_t = 0,
+    /// and live state until its next call, in milliseconds; 0: sessions keep
+    /// their task.
+    #[arg(long, env = "MINOS_PARK_AFTER_MS", value_name = "MS",
+          default_value_t = minos::config::DEFAULT_PARK_AFTER.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub(crate) park_after_ms: u64,
     /// Open HTTP connections this node accepts (more are closed at once).

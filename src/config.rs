@@ -222,9 +222,13 @@ pub struct Limits {
     pub history_per_session: u32,
     /// A session idle this long (no call, no timer pending) gives up its
     /// task and live state until its next call, which starts them again
-    /// (`None`: every session keeps a task while it runs here).
+    /// (`None`: every session keeps a task while it runs here). Default
+    /// [`DEFAULT_PARK_AFTER`].
     pub park_after: Option<std::time::Duration>,
 }
+
+/// How long a session idles before it parks, unless configured: 30 s.
+pub const DEFAULT_PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Limits {
     /// Largest request body that may carry a state: the state limit plus
@@ -240,8 +244,7 @@ impl Default for Limits {
             max_state_bytes: 1024 * 1024,
             call_retention: crate::model::CallRetention::default(),
             history_per_session: crate::model::HISTORY_KEEP,
-            // Opt-in for now (`--park-after-ms`): see ARCHITECTURE.md.
-            park_after: None,
+            park_after: Some(DEFAULT_PARK_AFTER),
         }
     }
 }
