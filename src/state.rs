@@ -336,11 +336,7 @@ impl ClusterState {
                 call,
                 retention,
             } => self.write_state(id, *epoch, *version, state, Some((call, *retention)), at),
-            Command::Settle { id, epoch, version } => {
-                let session = self.current_session(id, *epoch, *version)?;
-                session.version += 1;
-                Ok(Applied::Session(Box::new(session.clone())))
-            }
+            Command::Settle { id, epoch, version } => self.settle(id, *epoch, *version),
             Command::Reassign { moves } => Ok(Applied::Moved(self.reassign(
                 moves,
                 (MoveReason::Reassign, None),
@@ -363,13 +359,25 @@ impl ClusterState {
                 ctx,
                 changes,
             ))),
-            Command::DeleteSession { id } => match self.sessions.remove(id) {
-                Some(session) => {
-                    self.index.remove(&session);
-                    Ok(Applied::Done)
-                }
-                None => Err(Rejection::NoSuchSession(id.clone())),
-            },
+            Command::DeleteSession { id } => self.delete_session(id),
+        }
+    }
+
+    /// Raises the version of an owner's row on its epoch and version
+    /// (see [`Command::Settle`]); answers the row.
+    fn settle(&mut self, id: &SessionId, epoch: Epoch, version: u64) -> CommandResult {
+        let session = self.current_session(id, epoch, version)?;
+        session.version += 1;
+        Ok(Applied::Session(Box::new(session.clone())))
+    }
+
+    fn delete_session(&mut self, id: &SessionId) -> CommandResult {
+        match self.sessions.remove(id) {
+            Some(session) => {
+                self.index.remove(&session);
+                Ok(Applied::Done)
+            }
+            None => Err(Rejection::NoSuchSession(id.clone())),
         }
     }
 
