@@ -195,14 +195,9 @@ pub(crate) fn relocations(
 pub(crate) fn handoffs(state: &ClusterState, moves: Vec<Move>, reason: MoveReason) -> Vec<Command> {
     let moves: Vec<HandoffMove> = moves
         .into_iter()
-        .filter_map(|m| {
-            let session = state.sessions.get(&m.id)?;
-            Some(HandoffMove {
-                from_version: session.version,
-                id: m.id,
-                from_epoch: m.from_epoch,
-                to: m.to,
-            })
+        .filter_map(|step| {
+            let from_version = state.sessions.get(&step.id)?.version;
+            Some(HandoffMove { step, from_version })
         })
         .collect();
     moves

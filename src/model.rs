@@ -340,54 +340,10 @@ pub struct Move {
 /// taking the session from an owner that serves it again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoffMove {
-    /// Session to move.
-    pub id: SessionId,
-    /// Epoch the leader saw after the release.
-    pub from_epoch: Epoch,
+    /// The move, with the epoch the leader saw after the release.
+    pub step: Move,
     /// Version the leader saw after the release.
     pub from_version: u64,
-    /// New owner, or `None` to leave it unplaced.
-    pub to: Option<NodeId>,
-}
-
-/// What the table needs of a move to apply it: a plain [`Move`] or a
-/// [`HandoffMove`], which also names the version it needs.
-pub(crate) trait Step {
-    fn id(&self) -> &SessionId;
-    fn needs_epoch(&self) -> Epoch;
-    /// `None`: any version.
-    fn needs_version(&self) -> Option<u64>;
-    fn to(&self) -> Option<NodeId>;
-}
-
-impl Step for Move {
-    fn id(&self) -> &SessionId {
-        &self.id
-    }
-    fn needs_epoch(&self) -> Epoch {
-        self.from_epoch
-    }
-    fn needs_version(&self) -> Option<u64> {
-        None
-    }
-    fn to(&self) -> Option<NodeId> {
-        self.to
-    }
-}
-
-impl Step for HandoffMove {
-    fn id(&self) -> &SessionId {
-        &self.id
-    }
-    fn needs_epoch(&self) -> Epoch {
-        self.from_epoch
-    }
-    fn needs_version(&self) -> Option<u64> {
-        Some(self.from_version)
-    }
-    fn to(&self) -> Option<NodeId> {
-        self.to
-    }
 }
 
 /// A change to the replicated table. Serialized into the log: variants may be

@@ -24,9 +24,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Applied, CallRetention, Command, CommandResult, Detection, Epoch, MoveReason, NodeId, NodeInfo,
-    NodeStatus, NodeTraits, Placement, Proposal, RecordedCall, Rejection, Requirement, Session,
-    SessionId, SessionKind, StateJson, Step, HISTORY_KEEP,
+    Applied, CallRetention, Command, CommandResult, Detection, Epoch, Move, MoveReason, NodeId,
+    NodeInfo, NodeStatus, NodeTraits, Placement, Proposal, RecordedCall, Rejection, Requirement,
+    Session, SessionId, SessionKind, StateJson, HISTORY_KEEP,
 };
 
 /// Where a session stands, derived from its owner's status.
@@ -338,7 +338,7 @@ impl ClusterState {
             } => self.write_state(id, *epoch, *version, state, Some((call, *retention)), at),
             Command::Settle { id, epoch, version } => self.settle(id, *epoch, *version),
             Command::Reassign { moves } => Ok(Applied::Moved(self.reassign(
-                moves,
+                moves.iter().map(|m| (m, None)),
                 (MoveReason::Reassign, None),
                 ctx,
                 changes,
@@ -348,13 +348,13 @@ impl ClusterState {
                 reason,
                 detected,
             } => Ok(Applied::Moved(self.reassign(
-                moves,
+                moves.iter().map(|m| (m, None)),
                 (*reason, *detected),
                 ctx,
                 changes,
             ))),
             Command::Handoff { moves, reason } => Ok(Applied::Moved(self.reassign(
-                moves,
+                moves.iter().map(|h| (&h.step, Some(h.from_version))),
                 (*reason, None),
                 ctx,
                 changes,
@@ -559,17 +559,19 @@ impl ClusterState {
     /// target is none or a member that can take the session (its labels,
     /// its capacity; a move to its own owner always can); each gets a new
     /// epoch.
-    fn reassign<S: Step>(
+    /// Applies each move whose session is still at its epoch (and, when
+    /// given, at its version) and fits its target.
+    fn reassign<'a>(
         &mut self,
-        moves: &[S],
+        moves: impl ExactSizeIterator<Item = (&'a Move, Option<u64>)>,
         why: (MoveReason, Option<Detection>),
         ctx: &Ctx,
         changes: &mut Changes,
     ) -> Vec<(SessionId, Option<NodeId>, Epoch)> {
         let at = ctx.at;
         let mut moved = Vec::with_capacity(moves.len());
-        for step in moves {
-            let (id, to) = (step.id(), step.to());
+        for (step, version) in moves {
+            let (id, to) = (&step.id, step.to);
             let Some(current) = self.sessions.get(id) else {
                 continue;
             };
@@ -578,8 +580,8 @@ impl ClusterState {
                 Some(node) if current.owner == Some(node) => self.nodes.contains_key(&node),
                 Some(node) => self.can_take(node, &current.placement),
             };
-            let unchanged = current.epoch == step.needs_epoch()
-                && step.needs_version().is_none_or(|v| v == current.version);
+            let unchanged =
+                current.epoch == step.from_epoch && version.is_none_or(|v| v == current.version);
             if !unchanged || !fits {
                 continue;
             }

@@ -329,9 +329,7 @@ fn to_command(op: &Op, state: &ClusterState, earlier_plans: &[Vec<Move>]) -> Com
                                 } else {
                                     version
                                 },
-                                id: m.id,
-                                from_epoch: m.from_epoch,
-                                to: m.to,
+                                step: m,
                             }
                         })
                         .collect(),
@@ -654,7 +652,7 @@ fn check_command(
         for id in moved.keys() {
             let named: Vec<u64> = moves
                 .iter()
-                .filter(|m| &m.id == *id)
+                .filter(|m| &m.step.id == *id)
                 .map(|m| m.from_version)
                 .collect();
             prop_assert!(
@@ -1120,10 +1118,12 @@ fn a_handoff_landing_after_its_owner_settled_again_is_skipped() {
     let (epoch, version) = (state.sessions[&id].epoch, state.sessions[&id].version);
     let handoff = Command::Handoff {
         moves: vec![HandoffMove {
-            id: id.clone(),
-            from_epoch: epoch,
+            step: Move {
+                id: id.clone(),
+                from_epoch: epoch,
+                to: Some(2),
+            },
             from_version: version,
-            to: Some(2),
         }],
         reason: MoveReason::Rebalance,
     };
