@@ -1,7 +1,7 @@
 //! The status page (`GET /`) in a real headless Chromium against real
 //! `minos serve` processes: a node is killed, and the DOM the page's script
 //! renders shows it `down`, and its sessions' moves (from `/v1/events`)
-//! with reason `node_down`. A screenshot goes to `target/status-page.png` (and to
+//! with reason `node_down`, and each node's labels and capacity. A screenshot goes to `target/status-page.png` (and to
 //! `docs/status-page.png` with `MINOS_WRITE_SCREENSHOT=1`). The metrics of
 //! the same failover are checked too: moves by reason on the leader, a
 //! failover duration on the new owners.
@@ -107,15 +107,20 @@ fn rows(dom: &str) -> Vec<String> {
         .collect()
 }
 
-fn node_row_status(dom: &str, node: NodeId) -> Option<String> {
+/// Attribute `attr` of node `node`'s row.
+fn node_row_attr(dom: &str, node: NodeId, attr: &str) -> Option<String> {
     let wanted = format!("data-node=\"{node}\"");
     rows(dom)
         .into_iter()
         .find(|attrs| attrs.contains(&wanted))
         .and_then(|attrs| {
-            let (_, rest) = attrs.split_once("data-status=\"")?;
-            rest.split_once('"').map(|(status, _)| status.to_string())
+            let (_, rest) = attrs.split_once(&format!("{attr}=\""))?;
+            rest.split_once('"').map(|(value, _)| value.to_string())
         })
+}
+
+fn node_row_status(dom: &str, node: NodeId) -> Option<String> {
+    node_row_attr(dom, node, "data-status")
 }
 
 /// Sum of one metric's samples whose line starts with `prefix`, on every node in `ids`.
@@ -157,7 +162,16 @@ async fn the_status_page_shows_a_killed_node_down_and_its_moves() -> Result<(), 
         );
         return Ok(());
     };
-    let mut cluster = ProcessCluster::start(ProcessOptions::new(BIN)).await?;
+    // Every node carries a label, node 1 a capacity too: the page shows both.
+    let mut options = ProcessOptions::new(BIN);
+    for id in 1..=3 {
+        let mut args = vec!["--label".to_string(), format!("zone=z{id}")];
+        if id == 1 {
+            args.extend(["--max-sessions".to_string(), "500".to_string()]);
+        }
+        options.node_args.insert(id, args);
+    }
+    let mut cluster = ProcessCluster::start(options).await?;
     let deadline = Instant::now() + DEADLINE;
     let leader = cluster.await_leader(deadline).await?;
     for id in cluster.ids() {
@@ -236,7 +250,12 @@ async fn the_status_page_shows_a_killed_node_down_and_its_moves() -> Result<(), 
         let rendered = dom.contains("data-loaded=\"all\"");
         // The page's own node is up too (on a busy machine it may briefly
         // show `unknown` while its lease renews: look again).
+        // Each node's labels are in the table once it announced them.
+        let labelled = cluster.ids().into_iter().all(|id| {
+            node_row_attr(&dom, id, "data-labels").as_deref() == Some(&format!("zone=z{id}"))
+        });
         if rendered
+            && labelled
             && node_row_status(&dom, victim).as_deref() == Some("down")
             && node_row_status(&dom, page_node).as_deref() == Some("up")
         {
@@ -248,6 +267,11 @@ async fn the_status_page_shows_a_killed_node_down_and_its_moves() -> Result<(), 
             ));
         }
     };
+    assert!(
+        dom.contains(">unlimited</td>"),
+        "no node without a capacity shown unlimited"
+    );
+    assert!(dom.contains(">500</td>"), "node 1's capacity not shown");
     assert!(
         dom.contains("data-session-status=\"placed\""),
         "no sessions by status"
