@@ -30,6 +30,10 @@ pub(crate) struct GrantInputs {
     pub status: Option<NodeStatus>,
     /// It asks for the first time since its process started.
     pub fresh: bool,
+    /// A graceful stop of another process of this node drained it (the
+    /// asking process restarted since, and the stop may have landed after
+    /// its first request).
+    pub restarted_since_stop: bool,
 }
 
 /// The leader's answer to a lease request.
@@ -60,7 +64,7 @@ pub(crate) fn decide_grant(inputs: &GrantInputs) -> Grant {
     }
     let wants_up = match inputs.status {
         Some(NodeStatus::Down) => true,
-        Some(NodeStatus::Draining) => inputs.fresh,
+        Some(NodeStatus::Draining) => inputs.fresh || inputs.restarted_since_stop,
         _ => false,
     };
     Grant::Grant { wants_up }
@@ -304,13 +308,16 @@ mod tests {
         fn a_lease_is_granted_only_by_a_leader_in_office_with_a_fresh_quorum_to_a_member(
             is_leader in any::<bool>(), fresh_quorum in any::<bool>(), in_office in any::<bool>(),
             member in any::<bool>(), status in status(), fresh in any::<bool>(),
+            restarted_since_stop in any::<bool>(),
         ) {
-            let inputs = GrantInputs { is_leader, fresh_quorum, in_office, member, status, fresh };
+            let inputs = GrantInputs {
+                is_leader, fresh_quorum, in_office, member, status, fresh, restarted_since_stop,
+            };
             match decide_grant(&inputs) {
                 Grant::Grant { wants_up } => {
                     prop_assert!(is_leader && fresh_quorum && in_office && member);
                     let expected = status == Some(NodeStatus::Down)
-                        || (status == Some(NodeStatus::Draining) && fresh);
+                        || (status == Some(NodeStatus::Draining) && (fresh || restarted_since_stop));
                     prop_assert_eq!(wants_up, expected);
                 }
                 Grant::Refuse(_) => prop_assert!(!(is_leader && fresh_quorum && in_office && member)),

@@ -36,6 +36,9 @@ pub(crate) struct LeaseEnv {
     pub timing: Timing,
     pub liveness: Liveness,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This process's random id, sent with every lease request and with
+    /// the graceful stop's drain.
+    pub instance: u64,
 }
 
 /// This node's ownership lease.
@@ -68,6 +71,9 @@ struct LivenessInner {
     last_heard: HashMap<NodeId, Instant>,
     dead: BTreeSet<NodeId>,
     wants_up: BTreeSet<NodeId>,
+    /// Nodes drained by their own graceful stop, with the stopping process's
+    /// instance (forgotten on an operator's drain or a new term).
+    stopped: HashMap<NodeId, u64>,
 }
 
 impl Liveness {
@@ -84,7 +90,23 @@ impl Liveness {
             inner.last_heard = nodes.map(|n| (n, now)).collect();
             inner.dead.clear();
             inner.wants_up.clear();
+            inner.stopped.clear();
         });
+    }
+
+    /// `node` drains itself as process `instance` stops (recorded before
+    /// the drain is proposed), or, with `None`, an operator drains it.
+    pub fn drained(&self, node: NodeId, stopping: Option<u64>) {
+        self.with(|inner| match stopping {
+            Some(instance) => inner.stopped.insert(node, instance),
+            None => inner.stopped.remove(&node),
+        });
+    }
+
+    /// True when `node`'s last drain was the graceful stop of a process
+    /// other than `instance`: the asking process started since.
+    pub fn restarted_since_stop(&self, node: NodeId, instance: u64) -> bool {
+        self.with(|inner| inner.stopped.get(&node).is_some_and(|i| *i != instance))
     }
 
     /// The process of `node` is gone (connection closed, then refused).
@@ -101,6 +123,7 @@ impl Liveness {
             inner.dead.remove(&node);
             if wants_up {
                 inner.wants_up.insert(node);
+                inner.stopped.remove(&node);
             }
         });
     }
@@ -149,6 +172,16 @@ impl Liveness {
     }
 }
 
+/// A random id for this process (`LeaseEnv::instance`); the clock's
+/// nanoseconds if the system has no randomness to give.
+pub(crate) fn new_instance() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    })
+}
+
 /// Leader side: decides a lease request.
 pub(crate) fn grant(env: &LeaseEnv, request: &LeaseRequest) -> LeaseAnswer {
     let (state, last_log, term) = {
@@ -165,6 +198,9 @@ pub(crate) fn grant(env: &LeaseEnv, request: &LeaseRequest) -> LeaseAnswer {
             .view
             .read(|a| a.state.nodes.get(&request.node).map(|node| node.status)),
         fresh: request.fresh,
+        restarted_since_stop: env
+            .liveness
+            .restarted_since_stop(request.node, request.instance),
     };
     match decide_grant(&inputs) {
         Grant::Refuse(reason) => {
@@ -219,6 +255,7 @@ pub(crate) async fn keep_lease(env: Arc<LeaseEnv>, lease: watch::Sender<Lease>) 
         let request = LeaseRequest {
             node: env.me,
             fresh,
+            instance: env.instance,
         };
         let t0 = Instant::now();
         let answer = if leader == env.me {
@@ -245,5 +282,92 @@ pub(crate) async fn keep_lease(env: Arc<LeaseEnv>, lease: watch::Sender<Lease>) 
                 current.required_applied = answer.leader_last_log;
             }
         });
+    }
+}
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    use super::*;
+    use crate::model::NodeStatus;
+    use crate::testkit::{await_until, Cluster};
+    use std::time::Duration;
+
+    #[test]
+    fn only_a_graceful_stop_of_another_process_counts_as_a_restart() {
+        let liveness = Liveness::default();
+        assert!(!liveness.restarted_since_stop(2, 7), "never stopped");
+        liveness.drained(2, Some(7));
+        assert!(
+            !liveness.restarted_since_stop(2, 7),
+            "the stopping process itself"
+        );
+        assert!(
+            liveness.restarted_since_stop(2, 8),
+            "a process started since"
+        );
+        assert!(!liveness.restarted_since_stop(3, 8), "another node");
+        liveness.drained(2, None);
+        assert!(
+            !liveness.restarted_since_stop(2, 8),
+            "an operator's drain is kept across restarts' renewals"
+        );
+        liveness.drained(2, Some(7));
+        liveness.start_term(9, [1, 2, 3].into_iter());
+        assert!(
+            !liveness.restarted_since_stop(2, 8),
+            "forgotten by a new term"
+        );
+    }
+
+    /// The graceful stop of a node's old process lands after its restarted
+    /// process had its first lease (its drain request was slow): the node
+    /// is made Up again instead of staying Draining for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_graceful_stop_does_not_leave_the_restarted_node_draining() {
+        let mut cluster = Cluster::start(3).await.expect("cluster");
+        let within = Duration::from_secs(30);
+        let leader = cluster.await_leader(within).await.expect("leader");
+        let node = cluster
+            .ids()
+            .into_iter()
+            .find(|id| *id != leader)
+            .expect("node");
+        let old = cluster
+            .node(node)
+            .expect("node")
+            .service()
+            .lease_env
+            .instance;
+        cluster.restart(node).await.expect("restart");
+        let status = |cluster: &Cluster| {
+            cluster
+                .node(leader)
+                .expect("leader")
+                .read_state(|s| s.nodes.get(&node).map(|n| n.status))
+        };
+        await_until("the restarted node Up", within, || {
+            let up = status(&cluster) == Some(NodeStatus::Up);
+            async move { up.then_some(()) }
+        })
+        .await
+        .expect("restarted node Up");
+        let leader_env = cluster
+            .node(leader)
+            .expect("leader")
+            .service()
+            .scheduler
+            .clone();
+        crate::scheduler::drain(&leader_env, node, Some(old))
+            .await
+            .expect("the late stop's drain");
+        // (It may be Up again already: a renewal can come within
+        // microseconds. Without the stop record it stays Draining.)
+        await_until("the node Up again", within, || {
+            let up = status(&cluster) == Some(NodeStatus::Up);
+            async move { up.then_some(()) }
+        })
+        .await
+        .expect("the restarted node made Up again after the late stop");
+        cluster.shutdown().await;
     }
 }

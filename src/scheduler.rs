@@ -510,16 +510,20 @@ async fn release_on(env: &SchedulerEnv, node: NodeId, sessions: Option<Vec<Sessi
 /// commits their moves at once). If the node cannot be reached it stays
 /// Draining and failure detection moves its sessions if it is dead. When the
 /// node itself asks (graceful stop), it has stopped its sessions already, so
-/// `Drain` and the moves go in one entry.
+/// `Drain` and the moves go in one entry (`stopping`: its process's
+/// instance, recorded so that a restarted process is made Up again even
+/// when this entry lands after its first lease request).
 pub async fn drain(
     env: &SchedulerEnv,
     node: NodeId,
-    already_released: bool,
+    stopping: Option<u64>,
 ) -> Result<HandoffReport, LeaderError> {
     let known = env.view.read(|a| a.state.nodes.contains_key(&node));
     if !known {
         return Err(LeaderError::NotAMember(node));
     }
+    env.liveness.drained(node, stopping);
+    let already_released = stopping.is_some();
     if already_released || node == env.me {
         if node == env.me {
             env.runtime.release_owned().await;

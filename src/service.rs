@@ -155,7 +155,8 @@ impl Service {
     /// Drains `request.node` (on the leader, wherever that is).
     pub(crate) async fn drain(&self, request: DrainRequest) -> Result<HandoffReport, LeaderError> {
         if self.leader() == Some(self.me) {
-            return crate::scheduler::drain(&self.scheduler, request.node, request.released).await;
+            let stopping = request.released.then_some(request.instance);
+            return crate::scheduler::drain(&self.scheduler, request.node, stopping).await;
         }
         let (leader, addr) = self.leader_addr()?;
         flatten(self.transport.leader_drain(leader, &addr, &request).await)

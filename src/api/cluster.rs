@@ -133,6 +133,7 @@ pub(super) async fn drain_node(
         .drain(DrainRequest {
             node: id,
             released: false,
+            instance: 0,
         })
         .await
         .map_err(Error::from)?;

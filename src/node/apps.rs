@@ -71,6 +71,7 @@ async fn drain(service: &Service) -> bool {
     let request = DrainRequest {
         node: service.me,
         released: false,
+        instance: 0,
     };
     match service.drain(request).await {
         Ok(report) => {

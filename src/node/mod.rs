@@ -352,6 +352,12 @@ impl Node {
         self.service.runtime.running_ids()
     }
 
+    /// The service layer (crate tests drive the leader's operations).
+    #[cfg(test)]
+    pub(crate) fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
     /// Session tasks alive on this node: the running sessions not parked.
     pub fn session_tasks(&self) -> usize {
         self.service.runtime.live_tasks()
@@ -373,6 +379,7 @@ impl Node {
             let request = crate::peer::DrainRequest {
                 node: me,
                 released: true,
+                instance: core.lease_env.instance,
             };
             match core.drain(request).await {
                 // The moves are committed; wait (bounded) until this node

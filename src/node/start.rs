@@ -390,6 +390,7 @@ fn leader_envs(
         timing: builder.timing.clone(),
         liveness: Liveness::default(),
         metrics: metrics.clone(),
+        instance: crate::lease::new_instance(),
     });
     let scheduler = Arc::new(SchedulerEnv {
         me: builder.id,

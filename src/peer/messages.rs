@@ -12,6 +12,8 @@ pub struct LeaseRequest {
     pub node: NodeId,
     /// True on the first request after the process started.
     pub fresh: bool,
+    /// This process's own random id (a restart gets a new one).
+    pub instance: u64,
 }
 
 /// The leader's answer.
@@ -54,6 +56,10 @@ pub struct DrainRequest {
     pub node: NodeId,
     /// True when the node itself asks and has stopped its sessions already.
     pub released: bool,
+    /// With `released`: the stopping process's `LeaseRequest::instance`, so
+    /// a leader that commits the stop late still lets a restarted process
+    /// of the node be Up again. 0 otherwise.
+    pub instance: u64,
 }
 
 /// Asked of any member by a node that wants to join.
