@@ -21,6 +21,8 @@
 //! ```
 
 pub mod process;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::future::Future;
