@@ -213,6 +213,21 @@ pub(crate) fn handoffs(state: &ClusterState, moves: Vec<Move>, reason: MoveReaso
         .collect()
 }
 
+/// The moves of a handoff that did not take effect and may be tried again:
+/// their session is still at the epoch planned (its version changed, so
+/// the move was skipped). A session gone, or moved by anything, is done.
+pub(crate) fn unmoved(state: &ClusterState, moves: Vec<Move>) -> Vec<Move> {
+    moves
+        .into_iter()
+        .filter(|m| {
+            state
+                .sessions
+                .get(&m.id)
+                .is_some_and(|s| s.epoch == m.from_epoch)
+        })
+        .collect()
+}
+
 /// The sessions node `me` must run now, with their epochs: those it owns,
 /// unless it may run nothing (`runnable` false: no valid lease, or
 /// stopping), it is Down in the table, or the session is held back for a
@@ -417,6 +432,57 @@ mod tests {
         assert_eq!(
             down_verdicts(Instant::now(), timeout, &HashMap::new(), &dead, &[2, 3]),
             vec![3]
+        );
+    }
+
+    /// A handoff skipped because the owner's settle landed after the
+    /// version was read stays to be tried again; a move that took effect,
+    /// and a session deleted meanwhile, do not.
+    #[test]
+    fn only_moves_skipped_for_their_version_are_tried_again() {
+        let mut state = table(3, &[], 3);
+        let id = |n: usize| SessionId::new(format!("s{n}")).expect("id");
+        let moves: Vec<Move> = (0..3)
+            .map(|n| Move {
+                id: id(n),
+                from_epoch: state.sessions[&id(n)].epoch,
+                to: Some(3),
+            })
+            .collect();
+        let handoff = handoffs(&state, moves.clone(), MoveReason::Drain);
+        let s0 = &state.sessions[&id(0)];
+        let (epoch, version) = (s0.epoch, s0.version);
+        state.apply(&Proposal::V1 {
+            at: Utc::now(),
+            commands: vec![
+                Command::Settle {
+                    id: id(0),
+                    epoch,
+                    version,
+                },
+                Command::DeleteSession { id: id(2) },
+            ],
+        });
+        state.apply(&Proposal::V1 {
+            at: Utc::now(),
+            commands: handoff,
+        });
+        assert_eq!(state.sessions[&id(1)].owner, Some(3), "s1 moved");
+        assert_eq!(state.sessions[&id(0)].owner, Some(1), "s0 skipped");
+        let again = unmoved(&state, moves);
+        assert_eq!(
+            again.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+            vec![id(0)]
+        );
+        let retry = handoffs(&state, again, MoveReason::Drain);
+        state.apply(&Proposal::V1 {
+            at: Utc::now(),
+            commands: retry,
+        });
+        assert_eq!(
+            state.sessions[&id(0)].owner,
+            Some(3),
+            "s0 moved on the retry"
         );
     }
 

@@ -565,7 +565,7 @@ pub async fn drain(
         });
     }
     let moves = env.view.read(|a| placement::evacuate(&a.state, node));
-    commit_moves(env, moves, MoveReason::Drain).await
+    commit_moves(env, Some(node), moves, MoveReason::Drain).await
 }
 
 /// Leader: moves every session to its placement choice among the eligible
@@ -619,7 +619,7 @@ async fn rebalance_bounded(
             };
             let count = chunk.len();
             if released {
-                let done = commit_moves(env, chunk, MoveReason::Rebalance).await?;
+                let done = commit_moves(env, owner, chunk, MoveReason::Rebalance).await?;
                 report.moved += done.moved;
                 report.skipped += done.skipped;
             } else {
@@ -637,31 +637,60 @@ async fn rebalance_bounded(
 /// Sessions released and moved together by a rebalance.
 const REBALANCE_CHUNK: usize = 1000;
 
+/// Release-and-commit rounds of a handoff: a move skipped because its
+/// session was written after the release is released and tried again.
+const HANDOFF_ROUNDS: usize = 3;
+
+/// Commits the handoff of `moves` (sessions of `owner`, released already).
+/// A write of the owner's whose outcome was unknown when it stopped the
+/// session may land after the release and raise the version, which skips
+/// the move; such moves are released again (the version read after that is
+/// final) and committed again, up to [`HANDOFF_ROUNDS`] rounds in all.
 async fn commit_moves(
     env: &SchedulerEnv,
+    owner: Option<NodeId>,
     moves: Vec<Move>,
     reason: MoveReason,
 ) -> Result<HandoffReport, LeaderError> {
-    if moves.is_empty() {
-        return Ok(HandoffReport::default());
+    let mut pending = moves;
+    let mut report = HandoffReport::default();
+    for round in 0..HANDOFF_ROUNDS {
+        if pending.is_empty() {
+            break;
+        }
+        if round > 0 {
+            let Some(node) = owner else { break };
+            let ids = pending.iter().map(|m| m.id.clone()).collect();
+            if !release_on(env, node, Some(ids)).await {
+                break;
+            }
+        }
+        let moved = commit_round(env, &pending, reason).await?;
+        report.moved += moved;
+        pending = env.view.read(|a| control::unmoved(&a.state, pending));
     }
-    // Versions read now, after the release: a move that commits after its
-    // owner took the session up again (its hold ran out) is skipped.
-    let planned = moves.len();
+    report.skipped = pending.len();
+    Ok(report)
+}
+
+/// One round of [`commit_moves`]: the versions read now, after the
+/// release; returns how many moves took effect.
+async fn commit_round(
+    env: &SchedulerEnv,
+    moves: &[Move],
+    reason: MoveReason,
+) -> Result<usize, LeaderError> {
     let commands = env
         .view
-        .read(|a| control::handoffs(&a.state, moves, reason));
-    let mut report = HandoffReport::default();
+        .read(|a| control::handoffs(&a.state, moves.to_vec(), reason));
+    let mut moved = 0;
     for result in env.proposer.propose_all(commands).await {
         match result {
-            Ok(Ok(crate::model::Applied::Moved(moved))) => report.moved += moved.len(),
+            Ok(Ok(crate::model::Applied::Moved(done))) => moved += done.len(),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(failed(e)),
             Err(e) => return Err(failed(e)),
         }
     }
-    // A move skipped (its session was written after the release, or is
-    // gone) leaves the session where it is.
-    report.skipped = planned - report.moved;
-    Ok(report)
+    Ok(moved)
 }
