@@ -482,12 +482,26 @@ impl ClusterState {
     fn record(
         &mut self,
         id: &SessionId,
+        step: (Option<NodeId>, Option<NodeId>, Epoch),
+        why: (MoveReason, Option<Detection>),
+        ctx: &Ctx,
+    ) {
+        let placement = self.next_placement(step, why, ctx);
+        if let Some(session) = self.sessions.get_mut(id) {
+            push_history(&mut session.history, placement.clone(), ctx.history_keep);
+        }
+        self.push_event(id, placement);
+    }
+
+    /// The next placement event (its sequence number taken).
+    fn next_placement(
+        &mut self,
         (from, to, epoch): (Option<NodeId>, Option<NodeId>, Epoch),
         (reason, detected): (MoveReason, Option<Detection>),
         ctx: &Ctx,
-    ) {
+    ) -> Placement {
         self.last_event += 1;
-        let placement = Placement {
+        Placement {
             seq: self.last_event,
             index: ctx.index,
             at: ctx.at,
@@ -496,25 +510,22 @@ impl ClusterState {
             to,
             reason,
             detected,
-        };
-        if let Some(session) = self.sessions.get_mut(id) {
-            let history = &mut session.history;
-            if history.len() >= ctx.history_keep {
-                history.drain(..=history.len() - ctx.history_keep);
-            }
-            history.push(placement.clone());
-            // Moves are rare: keep the vector exact rather than doubled.
-            history.shrink_to_fit();
         }
-        if reason != MoveReason::Created {
-            self.events.push_back(Event {
-                session: id.clone(),
-                placement,
-            });
-            while self.events.len() > EVENTS_KEPT {
-                if let Some(dropped) = self.events.pop_front() {
-                    self.events_dropped_through = dropped.placement.seq;
-                }
+    }
+
+    /// Appends a change of owner to the bounded table events (not a
+    /// creation).
+    fn push_event(&mut self, id: &SessionId, placement: Placement) {
+        if placement.reason == MoveReason::Created {
+            return;
+        }
+        self.events.push_back(Event {
+            session: id.clone(),
+            placement,
+        });
+        while self.events.len() > EVENTS_KEPT {
+            if let Some(dropped) = self.events.pop_front() {
+                self.events_dropped_through = dropped.placement.seq;
             }
         }
     }
@@ -568,7 +579,6 @@ impl ClusterState {
         ctx: &Ctx,
         changes: &mut Changes,
     ) -> Vec<(SessionId, Option<NodeId>, Epoch)> {
-        let at = ctx.at;
         let mut moved = Vec::with_capacity(moves.len());
         for (step, version) in moves {
             let (id, to) = (&step.id, step.to);
@@ -585,19 +595,20 @@ impl ClusterState {
             if !unchanged || !fits {
                 continue;
             }
+            let epoch = self.last_epoch.next();
+            let from = current.owner;
+            let placement = self.next_placement((from, to, epoch), why, ctx);
             let Some(session) = self.sessions.get_mut(id) else {
                 continue;
             };
-            self.index.remove(session);
-            self.last_epoch = self.last_epoch.next();
-            let from = session.owner;
+            self.index.move_owner(session, to);
+            self.last_epoch = epoch;
             session.owner = to;
-            session.epoch = self.last_epoch;
-            session.updated_at = at;
-            self.index.add(session);
-            moved.push((session.id.clone(), session.owner, session.epoch));
-            let epoch = session.epoch;
-            self.record(id, (from, to, epoch), why, ctx);
+            session.epoch = epoch;
+            session.updated_at = ctx.at;
+            push_history(&mut session.history, placement.clone(), ctx.history_keep);
+            moved.push((session.id.clone(), to, epoch));
+            self.push_event(id, placement);
             changes.sessions.insert(id.clone());
         }
         moved
@@ -706,7 +717,8 @@ impl ClusterState {
     pub fn count_of_kind(&self, node: NodeId, kind: &SessionKind) -> usize {
         self.index
             .kinds
-            .get(&(node, kind.clone()))
+            .get(&node)
+            .and_then(|kinds| kinds.get(kind))
             .copied()
             .unwrap_or(0)
     }
@@ -716,4 +728,15 @@ impl ClusterState {
     pub fn unplaced_groups(&self) -> impl Iterator<Item = (&Requirement, &BTreeSet<SessionId>)> {
         self.index.unplaced.iter()
     }
+}
+
+/// Appends `placement` to a session's history, keeping the last `keep`
+/// (moves are rare: the vector is kept exact rather than doubled, with one
+/// reallocation a move).
+fn push_history(history: &mut Vec<Placement>, placement: Placement, keep: usize) {
+    if history.len() >= keep {
+        history.drain(..=history.len() - keep);
+    }
+    history.reserve_exact(1);
+    history.push(placement);
 }

@@ -816,6 +816,26 @@ fn check_changes(
     }
     let counted: usize = after.owners().map(|owner| after.count_of(owner)).sum();
     prop_assert_eq!(counted, after.sessions.len(), "owner index misses sessions");
+    // The per-node kind counts (spread) and the unplaced groups agree with a
+    // scan of the rows too.
+    for session in after.sessions.values() {
+        if let Some(node) = session.owner {
+            let scanned = after
+                .sessions
+                .values()
+                .filter(|s| s.owner == Some(node) && s.kind == session.kind)
+                .count();
+            prop_assert_eq!(after.count_of_kind(node, &session.kind), scanned);
+        }
+    }
+    let grouped: usize = after.unplaced_groups().map(|(_, ids)| ids.len()).sum();
+    prop_assert_eq!(grouped, after.count_of(None), "unplaced groups off");
+    for (need, ids) in after.unplaced_groups() {
+        for id in ids {
+            let row = after.sessions.get(id);
+            prop_assert!(row.is_some_and(|s| s.owner.is_none() && &s.placement == need));
+        }
+    }
     Ok(())
 }
 

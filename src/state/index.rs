@@ -12,8 +12,9 @@ use crate::model::{NodeId, Session, SessionId, SessionKind};
 pub(super) struct OwnerIndex {
     /// Session ids by owner (`None`: unplaced).
     pub(super) by_owner: BTreeMap<Option<NodeId>, BTreeSet<SessionId>>,
-    /// Placed sessions per node and kind.
-    pub(super) kinds: BTreeMap<(NodeId, SessionKind), usize>,
+    /// Placed sessions per node and kind (nested, so a lookup borrows the
+    /// kind instead of cloning it).
+    pub(super) kinds: BTreeMap<NodeId, BTreeMap<SessionKind, usize>>,
     /// Unplaced sessions by requirement.
     pub(super) unplaced: BTreeMap<Requirement, BTreeSet<SessionId>>,
 }
@@ -21,38 +22,75 @@ pub(super) struct OwnerIndex {
 impl OwnerIndex {
     /// Indexes `session` under its current owner.
     pub(super) fn add(&mut self, session: &Session) {
-        let id = session.id.clone();
-        self.by_owner
-            .entry(session.owner)
-            .or_default()
-            .insert(id.clone());
-        match session.owner {
-            Some(node) => *self.kinds.entry((node, session.kind.clone())).or_default() += 1,
-            None => {
-                self.unplaced
-                    .entry(session.placement.clone())
-                    .or_default()
-                    .insert(id);
-            }
-        }
+        self.insert(session, session.id.clone());
     }
 
     /// Takes `session` out from under its current owner.
     pub(super) fn remove(&mut self, session: &Session) {
+        self.take(session);
+    }
+
+    /// Moves `session`'s entry from its current owner to `to` (call before
+    /// changing its owner), reusing the indexed id instead of a new copy.
+    pub(super) fn move_owner(&mut self, session: &Session, to: Option<NodeId>) {
+        let id = self.take(session).unwrap_or_else(|| session.id.clone());
+        let (owner, kind, placement) = (to, &session.kind, &session.placement);
+        self.put(owner, kind, placement, id);
+    }
+
+    fn insert(&mut self, session: &Session, id: SessionId) {
+        self.put(session.owner, &session.kind, &session.placement, id);
+    }
+
+    fn put(
+        &mut self,
+        owner: Option<NodeId>,
+        kind: &SessionKind,
+        placement: &Requirement,
+        id: SessionId,
+    ) {
+        match owner {
+            Some(node) => {
+                let kinds = self.kinds.entry(node).or_default();
+                match kinds.get_mut(kind) {
+                    Some(count) => *count += 1,
+                    None => {
+                        kinds.insert(kind.clone(), 1);
+                    }
+                }
+            }
+            None => {
+                let group = match self.unplaced.get_mut(placement) {
+                    Some(group) => group,
+                    None => self.unplaced.entry(placement.clone()).or_default(),
+                };
+                group.insert(id.clone());
+            }
+        }
+        self.by_owner.entry(owner).or_default().insert(id);
+    }
+
+    /// Removes `session`'s entries; answers the id the index held.
+    fn take(&mut self, session: &Session) -> Option<SessionId> {
         let owner = session.owner;
+        let mut id = None;
         if let Some(ids) = self.by_owner.get_mut(&owner) {
-            ids.remove(&session.id);
+            id = ids.take(&session.id);
             if ids.is_empty() {
                 self.by_owner.remove(&owner);
             }
         }
         match owner {
             Some(node) => {
-                let key = (node, session.kind.clone());
-                if let Some(count) = self.kinds.get_mut(&key) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.kinds.remove(&key);
+                if let Some(kinds) = self.kinds.get_mut(&node) {
+                    if let Some(count) = kinds.get_mut(&session.kind) {
+                        *count -= 1;
+                        if *count == 0 {
+                            kinds.remove(&session.kind);
+                        }
+                    }
+                    if kinds.is_empty() {
+                        self.kinds.remove(&node);
                     }
                 }
             }
@@ -65,5 +103,6 @@ impl OwnerIndex {
                 }
             }
         }
+        id
     }
 }
