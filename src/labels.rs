@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +98,28 @@ pub struct Requirement {
     pub labels: Labels,
     /// A label key to spread the kind's sessions over.
     pub spread: Option<String>,
+}
+
+/// `need` as a session row holds it: the empty requirement is one shared
+/// value, any other its own.
+pub fn share(need: &Requirement) -> Arc<Requirement> {
+    static EMPTY: OnceLock<Arc<Requirement>> = OnceLock::new();
+    if need.is_empty() {
+        EMPTY
+            .get_or_init(|| Arc::new(Requirement::default()))
+            .clone()
+    } else {
+        Arc::new(need.clone())
+    }
+}
+
+/// Reads a row's requirement through [`share`] (a restarted node's
+/// unconstrained rows share one again).
+pub(crate) fn shared_requirement<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Arc<Requirement>, D::Error> {
+    let need = Requirement::deserialize(deserializer)?;
+    Ok(share(&need))
 }
 
 impl Requirement {

@@ -339,7 +339,7 @@ fn rebalance_target(planner: &Planner, state: &ClusterState, session: &Session) 
     match (&need.spread, owner) {
         (Some(key), Some(owner)) => {
             // Rendezvous within the owner's value of the spread label.
-            let mut within = need.clone();
+            let mut within = Requirement::clone(need);
             within.spread = None;
             if let Some(value) = owner.traits.labels.get(key) {
                 within.labels.insert(key.clone(), value.clone());

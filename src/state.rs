@@ -14,6 +14,7 @@
 //! - a rejected command changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use imbl::OrdMap;
 
@@ -53,7 +54,7 @@ pub struct ClusterState {
     /// Sessions by id (change them only through [`ClusterState::apply`]).
     /// A persistent map: a copy is O(1) and shares every row, so a snapshot
     /// is taken without holding up the writers (see [`ClusterState::copy`]).
-    pub sessions: OrdMap<SessionId, Session>,
+    pub sessions: OrdMap<SessionId, Arc<Session>>,
     /// Last epoch handed out. Epochs come from this table-wide counter so a
     /// session deleted and created again never reuses an epoch of its
     /// earlier life (a late write from that life stays fenced).
@@ -78,7 +79,7 @@ pub struct ClusterState {
 #[derive(Deserialize)]
 struct Table {
     nodes: BTreeMap<NodeId, NodeInfo>,
-    sessions: OrdMap<SessionId, Session>,
+    sessions: OrdMap<SessionId, Arc<Session>>,
     last_epoch: Epoch,
     events: imbl::Vector<Event>,
     last_event: u64,
@@ -110,7 +111,7 @@ struct Ctx {
 #[derive(Clone, Debug, Serialize)]
 pub struct TableCopy {
     nodes: BTreeMap<NodeId, NodeInfo>,
-    sessions: OrdMap<SessionId, Session>,
+    sessions: OrdMap<SessionId, Arc<Session>>,
     last_epoch: Epoch,
     events: imbl::Vector<Event>,
     last_event: u64,
@@ -211,7 +212,7 @@ impl ClusterState {
             .get(&owner)
             .into_iter()
             .flat_map(move |ids| ids.range((start, Bound::Unbounded)))
-            .filter_map(|id| self.sessions.get(id))
+            .filter_map(|id| self.sessions.get(id).map(|s| &**s))
     }
 
     /// Applies one log entry; one result per command, in order.
@@ -461,7 +462,7 @@ impl ClusterState {
             .cloned()
             .unwrap_or_default();
         for session_id in &owned {
-            if let Some(session) = self.sessions.get_mut(session_id) {
+            if let Some(session) = self.sessions.get_mut(session_id).map(Arc::make_mut) {
                 self.index.remove(session);
                 self.last_epoch = self.last_epoch.next();
                 session.owner = None;
@@ -487,7 +488,7 @@ impl ClusterState {
         ctx: &Ctx,
     ) {
         let placement = self.next_placement(step, why, ctx);
-        if let Some(session) = self.sessions.get_mut(id) {
+        if let Some(session) = self.sessions.get_mut(id).map(Arc::make_mut) {
             push_history(&mut session.history, placement.clone(), ctx.history_keep);
         }
         self.push_event(id, placement);
@@ -557,13 +558,15 @@ impl ClusterState {
             updated_at: at,
             calls: Vec::new(),
             history: Vec::new(),
-            placement: placement.clone(),
+            placement: crate::labels::share(placement),
         };
         self.index.add(&session);
-        self.sessions.insert(id.clone(), session);
+        self.sessions.insert(id.clone(), Arc::new(session));
         let step = (None, owner, self.last_epoch);
         self.record(id, step, (MoveReason::Created, None), ctx);
-        Ok(Applied::Session(Box::new(self.sessions[id].clone())))
+        Ok(Applied::Session(Box::new(Session::clone(
+            &self.sessions[id],
+        ))))
     }
 
     /// Carries out the moves whose `from_epoch` is still current and whose
@@ -598,7 +601,7 @@ impl ClusterState {
             let epoch = self.last_epoch.next();
             let from = current.owner;
             let placement = self.next_placement((from, to, epoch), why, ctx);
-            let Some(session) = self.sessions.get_mut(id) else {
+            let Some(session) = self.sessions.get_mut(id).map(Arc::make_mut) else {
                 continue;
             };
             self.index.move_owner(session, to);
@@ -625,6 +628,7 @@ impl ClusterState {
         let session = self
             .sessions
             .get_mut(id)
+            .map(Arc::make_mut)
             .ok_or_else(|| Rejection::NoSuchSession(id.clone()))?;
         if session.epoch != epoch || session.owner.is_none() {
             return Err(Rejection::StaleEpoch {
@@ -695,7 +699,7 @@ impl ClusterState {
             .get(&owner)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.sessions.get(id))
+            .filter_map(|id| self.sessions.get(id).map(|s| &**s))
     }
 
     /// Sessions owned by `node`.

@@ -638,12 +638,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let rows = changes
                     .sessions
                     .iter()
-                    .map(|id| {
-                        (
-                            id.clone(),
-                            applied.state.sessions.get(id).cloned().map(Arc::new),
-                        )
-                    })
+                    .map(|id| (id.clone(), applied.state.sessions.get(id).cloned()))
                     .collect();
                 update = Some(Update::Sessions(Arc::new(rows)));
             }

@@ -833,7 +833,7 @@ fn check_changes(
     for (need, ids) in after.unplaced_groups() {
         for id in ids {
             let row = after.sessions.get(id);
-            prop_assert!(row.is_some_and(|s| s.owner.is_none() && &s.placement == need));
+            prop_assert!(row.is_some_and(|s| s.owner.is_none() && *s.placement == *need));
         }
     }
     Ok(())

@@ -318,7 +318,7 @@ pub(crate) fn follow_session(
     let updates = core.view.watch_updates();
     let first = core
         .view
-        .read(|a| a.state.sessions.get(&id).map(SessionChange::of));
+        .read(|a| a.state.sessions.get(&id).map(|s| SessionChange::of(s)));
     let follower = SessionFollower {
         shutdown: core.shutdown.clone(),
         core,
@@ -389,7 +389,7 @@ impl SessionFollower {
                 Ok(Update::Reset) => self
                     .core
                     .view
-                    .read(|a| a.state.sessions.get(&self.id).map(SessionChange::of)),
+                    .read(|a| a.state.sessions.get(&self.id).map(|s| SessionChange::of(s))),
                 Err(broadcast::error::RecvError::Lagged(_)) => return self.end("lagged"),
                 Err(broadcast::error::RecvError::Closed) => return None,
             };

@@ -184,7 +184,7 @@ pub(super) async fn list_sessions(
                 a.state
                     .sessions
                     .range((start, Bound::Unbounded))
-                    .map(|(_, s)| s),
+                    .map(|(_, s)| &**s),
             ),
         };
         let sessions: Vec<SessionView> = matching

@@ -109,7 +109,7 @@ pub(super) fn session_view(state: &ClusterState, session: &Session) -> SessionVi
         state: session.state.to_value(),
         created_at: session.created_at,
         updated_at: session.updated_at,
-        placement: (!session.placement.is_empty()).then(|| (&session.placement).into()),
+        placement: (!session.placement.is_empty()).then(|| session.placement.as_ref().into()),
         unplaced: crate::placement::unplaced_reason(state, session),
     }
 }

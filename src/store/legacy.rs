@@ -85,7 +85,7 @@ impl From<SessionV2> for Session {
             updated_at: s.updated_at,
             calls: s.calls,
             history: s.history,
-            placement: Requirement::default(),
+            placement: crate::labels::share(&Requirement::default()),
         }
     }
 }
