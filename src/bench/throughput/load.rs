@@ -4,13 +4,16 @@
 //! cell ends when its operations are done or its time is up, whichever
 //! comes first (every loop is bounded in count and time).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use serde::Serialize;
 use tokio::time::Instant;
+
+/// Writes sent in this process (every write's value is unique in the run).
+static WRITES: AtomicU64 = AtomicU64::new(0);
 
 /// A system under test and how to talk to it.
 #[derive(Clone, Debug)]
@@ -188,11 +191,17 @@ fn b64(text: &str) -> String {
 impl Worker {
     /// Sends operation number `n` on `key`; the status code of a failure
     /// (0: no answer before `deadline` or a transport error). Every write
-    /// carries a new value (the number replaces the value's first digits),
-    /// so none is a no-op.
+    /// carries a value no earlier operation of the run wrote (`w` and a
+    /// number counted over the whole run replace the value's first
+    /// characters), so none is a no-op: a create of key `n` and a later
+    /// write numbered `n` in its own cell used to carry the same value, and
+    /// a minos session whose state does not change commits nothing.
     async fn send(&self, key: &str, n: usize, deadline: Instant) -> Result<(), u16> {
         let base = &self.endpoint;
-        let number = n.to_string();
+        let number = match self.op {
+            Op::Write => format!("w{}", WRITES.fetch_add(1, Ordering::Relaxed)),
+            _ => n.to_string(),
+        };
         let value = format!(
             "{number}{}",
             &self.value[number.len().min(self.value.len())..]
