@@ -514,12 +514,9 @@ impl ClusterState {
         }
     }
 
-    /// Appends a change of owner to the bounded table events (not a
-    /// creation).
+    /// Appends a change of owner to the bounded table events (a creation
+    /// is only in the session's history).
     fn push_event(&mut self, id: &SessionId, placement: Placement) {
-        if placement.reason == MoveReason::Created {
-            return;
-        }
         self.events.push_back(Event {
             session: id.clone(),
             placement,
@@ -547,7 +544,9 @@ impl ClusterState {
         // take it must not: leave it unplaced (repair places it).
         let owner = owner.filter(|node| self.can_take(*node, placement));
         self.last_epoch = self.last_epoch.next();
-        let session = Session {
+        let created = (None, owner, self.last_epoch);
+        let placement_event = self.next_placement(created, (MoveReason::Created, None), ctx);
+        let mut session = Session {
             id: id.clone(),
             kind: kind.clone(),
             owner,
@@ -560,21 +559,18 @@ impl ClusterState {
             history: Vec::new(),
             placement: crate::labels::share(placement),
         };
+        // A creation is in the session's history, not in the table events.
+        push_history(&mut session.history, placement_event, ctx.history_keep);
         self.index.add(&session);
+        let answer = session.clone();
         self.sessions.insert(id.clone(), Arc::new(session));
-        let step = (None, owner, self.last_epoch);
-        self.record(id, step, (MoveReason::Created, None), ctx);
-        Ok(Applied::Session(Box::new(Session::clone(
-            &self.sessions[id],
-        ))))
+        Ok(Applied::Session(Box::new(answer)))
     }
 
     /// Carries out the moves whose `from_epoch` is still current and whose
     /// target is none or a member that can take the session (its labels,
     /// its capacity; a move to its own owner always can); each gets a new
-    /// epoch.
-    /// Applies each move whose session is still at its epoch (and, when
-    /// given, at its version) and fits its target.
+    /// epoch (and, for a handoff move, whose version is the one given).
     fn reassign<'a>(
         &mut self,
         moves: impl ExactSizeIterator<Item = (&'a Move, Option<u64>)>,

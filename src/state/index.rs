@@ -22,7 +22,12 @@ pub(super) struct OwnerIndex {
 impl OwnerIndex {
     /// Indexes `session` under its current owner.
     pub(super) fn add(&mut self, session: &Session) {
-        self.insert(session, session.id.clone());
+        self.put(
+            session.owner,
+            &session.kind,
+            &session.placement,
+            session.id.clone(),
+        );
     }
 
     /// Takes `session` out from under its current owner.
@@ -34,12 +39,7 @@ impl OwnerIndex {
     /// changing its owner), reusing the indexed id instead of a new copy.
     pub(super) fn move_owner(&mut self, session: &Session, to: Option<NodeId>) {
         let id = self.take(session).unwrap_or_else(|| session.id.clone());
-        let (owner, kind, placement) = (to, &session.kind, &session.placement);
-        self.put(owner, kind, placement, id);
-    }
-
-    fn insert(&mut self, session: &Session, id: SessionId) {
-        self.put(session.owner, &session.kind, &session.placement, id);
+        self.put(to, &session.kind, &session.placement, id);
     }
 
     fn put(
