@@ -15,7 +15,7 @@ use chrono::Utc;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -25,16 +25,14 @@ use crate::peer::Transport;
 use crate::placement;
 use crate::store::StateView;
 
+mod batch;
+
+use batch::Pending;
+
 pub use crate::wire::TypeConfig;
 
 /// The Raft handle type.
 pub type MinosRaft = Raft<TypeConfig>;
-
-/// Longest batch packed into one log entry.
-const MAX_BATCH: usize = 1024;
-/// Rough bytes per log entry at most: an entry must replicate within one
-/// heartbeat (openraft's AppendEntries timeout), whatever the load.
-const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// A command's rough size in a log entry.
 fn weight(command: &Command) -> usize {
@@ -104,11 +102,6 @@ pub enum WriteError {
     Failed(String),
 }
 
-struct Pending {
-    command: Command,
-    reply: oneshot::Sender<Result<CommandResult, WriteError>>,
-}
-
 /// Entry point of the write path; cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
@@ -119,12 +112,61 @@ impl Proposer {
     /// Proposes one command and waits for its outcome (commit and apply on
     /// the leader).
     pub async fn propose(&self, command: Command) -> Result<CommandResult, WriteError> {
+        match self.propose_group(vec![command], false).await {
+            Ok(mut results) => results.pop().ok_or(WriteError::ShuttingDown),
+            Err(ForwardError::Write(e)) => Err(e),
+            // Only a follower's batch is refused so.
+            Err(ForwardError::NotLeader) => Err(WriteError::NoLeader),
+        }
+    }
+
+    /// Handles a batch forwarded by a follower: written here, in one entry
+    /// (with whatever else waits to be written), only while this node is
+    /// the leader; never forwarded again.
+    pub async fn accept_forwarded(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<CommandResult>, ForwardError> {
+        self.propose_group(commands, true).await
+    }
+
+    async fn propose_group(&self, commands: Vec<Command>, forwarded: bool) -> batch::GroupAnswer {
         let (reply, answer) = oneshot::channel();
+        let shutting_down = || ForwardError::Write(WriteError::ShuttingDown);
         self.queue
-            .send(Pending { command, reply })
+            .send(Pending {
+                commands,
+                forwarded,
+                reply,
+            })
             .await
-            .map_err(|_| WriteError::ShuttingDown)?;
-        answer.await.map_err(|_| WriteError::ShuttingDown)?
+            .map_err(|_| shutting_down())?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+
+    /// Proposes `commands` in order with at most `window` waiting at once,
+    /// and stops at the first that did not go through: the answers of
+    /// those proposed, in order (shorter than `commands` after a failure).
+    /// A mass repair thus never queues seconds of moves ahead of other
+    /// writes, and a lapse ends it early instead of timing out the rest.
+    pub async fn propose_window(
+        &self,
+        commands: Vec<Command>,
+        window: usize,
+    ) -> Vec<Result<CommandResult, WriteError>> {
+        use futures::StreamExt;
+        let mut results = Vec::with_capacity(commands.len());
+        let mut writes = futures::stream::iter(commands)
+            .map(|command| self.propose(command))
+            .buffered(window.max(1));
+        while let Some(result) = writes.next().await {
+            let failed = result.is_err();
+            results.push(result);
+            if failed {
+                break;
+            }
+        }
+        results
     }
 
     /// Proposes several commands (they may land in one entry) and waits for all.
@@ -155,79 +197,6 @@ impl WritePath {
         let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
         let task = tokio::spawn(self.run(receiver));
         (Proposer { queue }, task)
-    }
-
-    async fn run(self: Arc<Self>, mut receiver: mpsc::Receiver<Pending>) {
-        let in_flight = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
-        let mut carried: Option<Pending> = None;
-        loop {
-            let first = match carried.take() {
-                Some(first) => first,
-                None => match receiver.recv().await {
-                    Some(first) => first,
-                    None => return,
-                },
-            };
-            let mut bytes = weight(&first.command);
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                match receiver.try_recv() {
-                    Ok(next) => {
-                        let more = weight(&next.command);
-                        if bytes + more > MAX_BATCH_BYTES {
-                            // The next entry starts with it.
-                            carried = Some(next);
-                            break;
-                        }
-                        bytes += more;
-                        batch.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
-            };
-            let this = self.clone();
-            tokio::spawn(async move {
-                let (commands, replies): (Vec<_>, Vec<_>) =
-                    batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-                let outcome = this.write(commands).await;
-                drop(permit);
-                match outcome {
-                    Ok(results) => {
-                        for (reply, result) in replies.into_iter().zip(results) {
-                            let _ = reply.send(Ok(result));
-                        }
-                    }
-                    Err(error) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(error.clone()));
-                        }
-                    }
-                }
-            });
-        }
-    }
-
-    /// Writes one batch: directly on the leader, forwarded otherwise.
-    pub async fn write(
-        self: &Arc<Self>,
-        commands: Vec<Command>,
-    ) -> Result<Vec<CommandResult>, WriteError> {
-        if let Some(hold) = self.transport.faults.take_hold(&commands) {
-            // Injected fault: the proposer hears "unknown" now, the write
-            // goes out when the test releases it.
-            let this = self.clone();
-            tokio::spawn(async move {
-                if hold.release.await.is_ok() {
-                    let outcome = this.write_now(commands).await;
-                    let _ = hold.outcome.send(outcome.map_err(|e| e.to_string()));
-                }
-            });
-            return Err(WriteError::Timeout(0));
-        }
-        self.write_now(commands).await
     }
 
     async fn write_now(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, WriteError> {
@@ -378,20 +347,6 @@ impl WritePath {
     fn node_addr(&self, node: NodeId) -> Option<String> {
         node_addr(&self.raft, node)
     }
-
-    /// Handles a batch forwarded by a follower: written here only if this
-    /// node is the leader, never forwarded again.
-    pub async fn accept_forwarded(
-        &self,
-        commands: Vec<Command>,
-    ) -> Result<Vec<CommandResult>, ForwardError> {
-        let deadline = Instant::now() + self.timing.write_timeout;
-        match self.write_as_leader(commands, deadline).await {
-            Ok(results) => Ok(results),
-            Err(Retry::NotLeader) => Err(ForwardError::NotLeader),
-            Err(Retry::Failed(e)) => Err(ForwardError::Write(e)),
-        }
-    }
 }
 
 enum Retry {
@@ -442,4 +397,61 @@ pub fn voters(raft: &MinosRaft) -> BTreeSet<NodeId> {
         .membership()
         .voter_ids()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Applied;
+
+    /// A batcher stand-in answering commands as `answer` says, and the
+    /// most proposals it ever held unanswered at once.
+    fn proposer_answering(
+        answer: impl Fn(&Command) -> Result<CommandResult, WriteError> + Send + Sync + 'static,
+    ) -> (Proposer, tokio::task::JoinHandle<usize>) {
+        let (queue, mut receiver) = mpsc::channel::<Pending>(QUEUE_DEPTH);
+        let task = tokio::spawn(async move {
+            let mut most = 0;
+            let mut held = Vec::new();
+            loop {
+                // Take all that is waiting, then answer them all.
+                match receiver.recv().await {
+                    Some(first) => held.push(first),
+                    None => return most,
+                }
+                tokio::task::yield_now().await;
+                while let Ok(next) = receiver.try_recv() {
+                    held.push(next);
+                }
+                most = most.max(held.len());
+                for pending in held.drain(..) {
+                    let answers: Result<Vec<_>, _> = pending.commands.iter().map(&answer).collect();
+                    let _ = pending.reply.send(answers.map_err(ForwardError::Write));
+                }
+            }
+        });
+        (Proposer { queue }, task)
+    }
+
+    fn drains(n: u64) -> Vec<Command> {
+        (1..=n).map(|id| Command::Drain { id }).collect()
+    }
+
+    #[tokio::test]
+    async fn a_window_keeps_at_most_its_width_waiting_and_stops_at_the_first_failure() {
+        let (proposer, batcher) = proposer_answering(|command| match command {
+            Command::Drain { id: 13 } => Err(WriteError::Timeout(1500)),
+            _ => Ok(Ok(Applied::Done)),
+        });
+        let results = proposer.propose_window(drains(40), 4).await;
+        assert_eq!(results.len(), 13, "answers up to and with the failed one");
+        assert!(results[..12].iter().all(|r| r.is_ok()));
+        assert_eq!(results[12], Err(WriteError::Timeout(1500)));
+        let all = proposer.propose_window(drains(12), 4).await;
+        assert_eq!(all.len(), 12);
+        assert!(all.iter().all(|r| r.is_ok()));
+        drop(proposer);
+        let most = batcher.await.unwrap();
+        assert!((1..=4).contains(&most), "{most} proposals waited at once");
+    }
 }

@@ -142,9 +142,18 @@ fn keep_watchers(
     }
 }
 
-/// Writes the scheduler's commands: a NodeUp not written is asked again,
-/// one written arms the automatic rebalance; failures are logged once and
-/// then counted, and "committed" is logged only when all went through.
+/// Commands of a plan waiting to be written at once: enough to keep the
+/// batcher's entries in flight full (each holds two full `Relocate`s),
+/// few enough that a mass repair (a third of a million sessions is 167
+/// commands) never queues seconds of moves ahead of the cluster's other
+/// writes, and that a lapse ends it early instead of timing out the rest.
+const PLAN_WINDOW: usize = 8;
+
+/// Writes the scheduler's commands in order, [`PLAN_WINDOW`] at a time,
+/// up to the first that fails (the next tick plans again from the table):
+/// a NodeUp not written is asked again, one written arms the automatic
+/// rebalance; failures are logged once and then counted, and "committed"
+/// is logged only when all went through.
 async fn write_plan(
     env: &SchedulerEnv,
     commands: Vec<Command>,
@@ -154,17 +163,28 @@ async fn write_plan(
 ) {
     let started = Instant::now();
     let summary: Vec<String> = commands.iter().map(summarize).collect();
-    let results = env.proposer.propose_all(commands.clone()).await;
-    let mut all_written = true;
-    for ((command, result), text) in commands.iter().zip(&results).zip(&summary) {
-        if let Err(e) = result {
-            all_written = false;
-            failures.report(text, e);
-            if let Command::NodeUp { id } = command {
-                env.liveness.retry_up(*id);
+    let results = env
+        .proposer
+        .propose_window(commands.clone(), PLAN_WINDOW)
+        .await;
+    let mut all_written = results.len() == commands.len();
+    for (i, (command, text)) in commands.iter().zip(&summary).enumerate() {
+        match results.get(i) {
+            Some(Ok(_)) => {
+                if let Command::NodeUp { .. } = command {
+                    auto.node_up(Instant::now());
+                }
             }
-        } else if let Command::NodeUp { .. } = command {
-            auto.node_up(Instant::now());
+            failed => {
+                all_written = false;
+                if let Some(Err(e)) = failed {
+                    failures.report(text, e);
+                }
+                // Not written, or not proposed after an earlier failure.
+                if let Command::NodeUp { id } = command {
+                    env.liveness.retry_up(*id);
+                }
+            }
         }
     }
     if all_written {

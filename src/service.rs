@@ -31,7 +31,7 @@ use crate::peer::{
     CallError, CallReply, DrainRequest, ForwardedCall, HandoffReport, JoinAnswer, JoinRefusal,
     JoinRequest, LeaderError, LeaseAnswer, LeaseRequest, ReleaseRequest, Transport,
 };
-use crate::raft::{ForwardError, MinosRaft, Proposer, WritePath};
+use crate::raft::{ForwardError, MinosRaft, Proposer};
 use crate::runtime::Runtime;
 use crate::scheduler::SchedulerEnv;
 use crate::store::StateView;
@@ -44,7 +44,6 @@ pub(crate) struct Service {
     pub(crate) raft: MinosRaft,
     pub(crate) view: StateView,
     pub(crate) proposer: Proposer,
-    pub(crate) write_path: Arc<WritePath>,
     pub(crate) transport: Transport,
     pub(crate) timing: Timing,
     pub(crate) limits: Limits,
@@ -296,7 +295,7 @@ impl PeerHandler for Service {
     }
 
     async fn propose(&self, commands: Vec<Command>) -> Self::ProposeAnswer {
-        self.write_path.accept_forwarded(commands).await
+        self.proposer.accept_forwarded(commands).await
     }
 
     async fn read_index(&self) -> Result<u64, LeaderError> {

@@ -25,7 +25,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-use crate::model::{CommandResult, NodeId};
+use crate::model::{Command, CommandResult, NodeId, Proposal};
 use crate::state::{Changes, ClusterState};
 use crate::sync::Recover;
 use crate::wire::TypeConfig;
@@ -439,6 +439,28 @@ fn read_snapshot_file(path: &Path) -> StorageResult<Option<StoredSnapshot>> {
     Ok(Some(StoredSnapshot { meta, data }))
 }
 
+/// Moves in an entry after whose apply the state machine yields to the
+/// runtime's other tasks (heartbeats, renewals, reads).
+const YIELD_AFTER_MOVES: usize = 256;
+
+/// Sessions an entry moves (the bulk of a large entry's apply time).
+fn entry_weight(payload: &EntryPayload<TypeConfig>) -> usize {
+    let EntryPayload::Normal(proposal) = payload else {
+        return 0;
+    };
+    let commands = match proposal {
+        Proposal::V1 { commands, .. } | Proposal::V2 { commands, .. } => commands,
+    };
+    commands
+        .iter()
+        .map(|command| match command {
+            Command::Reassign { moves } | Command::Relocate { moves, .. } => moves.len(),
+            Command::Handoff { moves, .. } => moves.len(),
+            _ => 1,
+        })
+        .sum()
+}
+
 /// Runs a snapshot's encoding or decoding and its file I/O on a thread of
 /// its own at a lower CPU priority (nice 10): on a busy machine a snapshot
 /// of a large table must not starve the workers that answer AppendEntries
@@ -617,10 +639,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
         let mut changes = Changes::default();
         let watched = self.view.updates.receiver_count() > 0;
-        let mut update = None;
-        let last_index = {
-            let mut applied = self.view.data.write().recover();
-            for entry in entries {
+        let mut last_index = self.view.applied_index();
+        // One entry per hold of the lock, and a yield after each large one:
+        // a batch of mass moves (tens of thousands) applied under one hold
+        // kept the runtime's workers from answering heartbeats (readers of
+        // the view block their thread), so a busy survivor of a mass
+        // failover campaigned and deposed the leader. Readers between two
+        // entries see a prefix of the log, as after a shorter batch.
+        for entry in entries {
+            let weight = entry_weight(&entry.payload);
+            {
+                let mut applied = self.view.data.write().recover();
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => responses.push(Vec::new()),
@@ -634,16 +663,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             }
-            if watched && !changes.sessions.is_empty() {
-                let rows = changes
+            last_index = entry.log_id.index;
+            if weight >= YIELD_AFTER_MOVES {
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut update = None;
+        if watched && !changes.sessions.is_empty() {
+            let rows = self.view.read(|applied| {
+                changes
                     .sessions
                     .iter()
                     .map(|id| (id.clone(), applied.state.sessions.get(id).cloned()))
-                    .collect();
-                update = Some(Update::Sessions(Arc::new(rows)));
-            }
-            applied.last_applied.map(|id| id.index).unwrap_or(0)
-        };
+                    .collect()
+            });
+            update = Some(Update::Sessions(Arc::new(rows)));
+        }
         if let Some(update) = update {
             let _ = self.view.updates.send(update);
         }

@@ -309,7 +309,7 @@ fn wire(
         timing: builder.timing.clone(),
         history_keep: builder.limits.history_per_session,
     });
-    let (proposer, batcher) = write_path.clone().start();
+    let (proposer, batcher) = write_path.start();
     let (lease_tx, lease_rx) = watch::channel(Lease::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let task_env = TaskEnv {
@@ -337,7 +337,6 @@ fn wire(
         raft: raft.clone(),
         view: view.clone(),
         proposer,
-        write_path,
         transport: transport.clone(),
         timing: builder.timing.clone(),
         limits: builder.limits.clone(),
