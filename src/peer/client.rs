@@ -64,7 +64,13 @@ impl Transport {
             .await
     }
 
-    /// Forwards a call to the session's owner, on a fresh connection.
+    /// Forwards a call to the session's owner. A call without a key goes
+    /// on a fresh connection: a crashed owner then shows as refused (not
+    /// delivered, so the router tries the new owner) instead of as a reset
+    /// of a stale pooled connection, which would answer `outcome_unknown`.
+    /// A keyed call goes on the pooled connections: the router retries its
+    /// unknown outcomes with its key, which applies nothing twice, so it
+    /// need not pay a connect (and its teardown) per call.
     pub async fn call(
         &self,
         owner: NodeId,
@@ -74,7 +80,11 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Result<CallReply, CallError>, InternalError> {
         let path = format!("{}{id}", paths::CALL);
-        self.json_with(&self.fresh, owner, addr, &path, call, timeout)
+        let client = match call.key {
+            Some(_) => &self.http,
+            None => &self.fresh,
+        };
+        self.json_with(client, owner, addr, &path, call, timeout)
             .await
     }
 

@@ -180,9 +180,9 @@ pub struct Transport {
     /// Pooled HTTP client.
     pub http: reqwest::Client,
     /// Client that opens a fresh connection for every request: used to
-    /// forward calls, so a crashed owner shows as "connection refused" (not
-    /// delivered, safe to retry) rather than as a reset on a stale pooled
-    /// connection (outcome unknown).
+    /// forward calls without an idempotency key, so a crashed owner shows
+    /// as "connection refused" (not delivered, safe to retry) rather than
+    /// as a reset on a stale pooled connection (outcome unknown).
     pub fresh: reqwest::Client,
     /// Injected faults.
     pub faults: Faults,
