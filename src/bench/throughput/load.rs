@@ -73,6 +73,13 @@ pub(super) struct CellResult {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// CPU time (user + system) the measured system's processes spent per
+    /// successful operation, in microseconds, all members together: where
+    /// the cores of a machine both share go.
+    pub cpu_us_per_op: f64,
+    /// minos only: Raft log entries the leader appended per successful
+    /// operation (how well the batchers packed the cell's writes).
+    pub entries_per_op: Option<f64>,
 }
 
 /// A cell to run: one operation by `clients` clients over `endpoints`
@@ -163,6 +170,8 @@ fn summarize(mut latencies: Vec<Duration>, failures: Vec<u16>, seconds: f64) -> 
         p50_ms: at(0.50),
         p99_ms: at(0.99),
         max_ms: latencies.last().map_or(0.0, |d| ms(*d)),
+        cpu_us_per_op: 0.0,
+        entries_per_op: None,
     }
 }
 
@@ -213,9 +222,12 @@ impl Worker {
                         .http
                         .post(format!("http://{base}/v1/sessions"))
                         .json(&serde_json::json!({"id": key, "kind": "kv", "state": {"v": value}})),
+                    // With an idempotency key, as minos's clients (CLI,
+                    // `Client::call`, `Sessions::call`) send every call.
                     Op::Write => self
                         .http
                         .post(format!("http://{base}/v1/sessions/{key}/call"))
+                        .header(crate::api::IDEMPOTENCY_KEY, format!("bench-{number}"))
                         .json(&serde_json::json!({"op": "set", "value": {"v": value}})),
                     Op::Read => self.http.get(format!("http://{base}/v1/sessions/{key}")),
                 };

@@ -93,6 +93,15 @@ struct System {
 }
 
 impl System {
+    /// minos only: the leader's last log index.
+    async fn log_index(&self) -> Option<f64> {
+        let Backend::Minos { token } = &self.backend else {
+            return None;
+        };
+        let text = probe::metrics(&self.endpoints[self.leader], token).await?;
+        probe::gauge(&text, "minos_raft_last_log_index")
+    }
+
     fn targets(&self, targets: Targets) -> Vec<String> {
         match targets {
             Targets::Leader => vec![self.endpoints[self.leader].clone()],
@@ -286,7 +295,16 @@ async fn cell(
     value: &str,
 ) -> CellResult {
     let endpoints = system.targets(targets);
-    let result = run_cell(Cell {
+    let cpu = || -> f64 {
+        system
+            .pids
+            .iter()
+            .filter_map(|p| probe::cpu_seconds(*p))
+            .sum()
+    };
+    let cpu_before = cpu();
+    let log_before = system.log_index().await;
+    let mut result = run_cell(Cell {
         backend: &system.backend,
         op,
         clients,
@@ -297,8 +315,12 @@ async fn cell(
         value,
     })
     .await;
+    result.cpu_us_per_op = (cpu() - cpu_before) * 1e6 / result.ok.max(1) as f64;
+    if let (Some(before), Some(after)) = (log_before, system.log_index().await) {
+        result.entries_per_op = Some((after - before) / result.ok.max(1) as f64);
+    }
     say(&format!(
-        "  {:<5} {:<6} {:>3} clients -> {:<6}: {:>8.0} ops/s  p50 {:>6.1} ms  p99 {:>6.1} ms  ({} failed)",
+        "  {:<5} {:<6} {:>3} clients -> {:<6}: {:>8.0} ops/s  p50 {:>6.1} ms  p99 {:>6.1} ms  cpu {:>5.0} us/op{}  ({} failed)",
         system.backend.name(),
         op.name(),
         clients,
@@ -306,6 +328,11 @@ async fn cell(
         result.rate,
         result.p50_ms,
         result.p99_ms,
+        result.cpu_us_per_op,
+        result
+            .entries_per_op
+            .map(|e| format!("  {e:.3} entries/op"))
+            .unwrap_or_default(),
         result.failed
     ));
     result

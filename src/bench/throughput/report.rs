@@ -161,39 +161,44 @@ impl ThroughputReport {
         let _ = writeln!(out, "machine: {}", self.machine);
         let _ = writeln!(
             out,
-            "\n{:<7} {:>7} {:<7} {:>7} | {:>9} {:>8} | {:>9} {:>8} | {:>6} {:>7}",
+            "\n{:<7} {:>7} {:<7} {:>7} | {:>9} {:>8} {:>7} | {:>9} {:>8} {:>7} | {:>6} {:>7}",
             "op",
             "clients",
             "to",
             "table",
             "minos/s",
             "p99 ms",
+            "cpu us",
             "etcd/s",
             "p99 ms",
+            "cpu us",
             "ratio",
             "failed"
         );
         for row in self.cells.iter().filter(|c| c.backend == "minos") {
             let etcd = self.find("etcd", row);
-            let (rate, p99, ratio) = match etcd {
+            let (rate, p99, cpu, ratio) = match etcd {
                 Some(e) => (
                     format!("{:.0}", e.result.rate),
                     format!("{:.1}", e.result.p99_ms),
+                    format!("{:.0}", e.result.cpu_us_per_op),
                     format!("{:.2}", row.result.rate / e.result.rate.max(1e-9)),
                 ),
-                None => ("-".into(), "-".into(), "-".into()),
+                None => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
             let _ = writeln!(
                 out,
-                "{:<7} {:>7} {:<7} {:>7} | {:>9.0} {:>8.1} | {:>9} {:>8} | {:>6} {:>7}",
+                "{:<7} {:>7} {:<7} {:>7} | {:>9.0} {:>8.1} {:>7.0} | {:>9} {:>8} {:>7} | {:>6} {:>7}",
                 row.op.name(),
                 row.clients,
                 format!("{:?}", row.targets).to_lowercase(),
                 row.table,
                 row.result.rate,
                 row.result.p99_ms,
+                row.result.cpu_us_per_op,
                 rate,
                 p99,
+                cpu,
                 ratio,
                 row.result.failed
             );
