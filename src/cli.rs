@@ -283,7 +283,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MINOS_MAX_SESSIONS", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_sessions: Option<u64>,
-    /// Raft log entries between two snapshots of the table [default: 20000].
+    /// Raft log entries at least between two snapshots of the table; with
+    /// more than ten times as many sessions, one entry per 10 sessions
+    /// [default: 20000].
     #[arg(long, env = "MINOS_SNAPSHOT_EVERY", value_name = "ENTRIES",
           value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub(crate) snapshot_every: Option<u64>,

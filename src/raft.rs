@@ -65,10 +65,8 @@ pub fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
         heartbeat_interval: timing.heartbeat.as_millis() as u64,
         election_timeout_min: timing.election_timeout_min.as_millis() as u64,
         election_timeout_max: timing.election_timeout_max.as_millis() as u64,
-        // Snapshot and purge regularly: sled grows on insert-then-delete.
-        // Every 20k entries: a snapshot encodes the whole table (off the
-        // write path, but a million sessions are a few hundred MB).
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+        // Snapshots are triggered by `snapshot_policy` (see `snapshot_due`).
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1000,
         purge_batch_size: 256,
         // A follower installs a snapshot (decode, swap, sled flush) inside
@@ -83,6 +81,67 @@ pub fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
         ..Default::default()
     };
     config.validate().map_err(|e| e.to_string())
+}
+
+/// Log entries per session at least between two snapshots: see
+/// [`snapshot_due`].
+const ENTRIES_PER_SESSION_SNAPSHOTTED: u64 = 10;
+
+/// Whether this node should snapshot now, `entries` log entries after its
+/// last snapshot, with `sessions` in the table: after `every` entries, or
+/// after one entry per [`ENTRIES_PER_SESSION_SNAPSHOTTED`] sessions if
+/// that is more. A snapshot encodes the whole table (off the write path,
+/// but on the same cores): at a fixed interval its cost per entry grew with
+/// the table, and with a million sessions the nodes spent about half their
+/// CPU encoding snapshots while loading (a snapshot every 20,000 entries,
+/// 2-3.5 s each, on each node). Spacing them by the table's size keeps the
+/// encoding work per entry bounded (a tenth of a session's), at the price
+/// of a longer log to replay after a restart (at most one entry per 10
+/// sessions) and to keep on disk until the next snapshot purges it.
+pub(crate) fn snapshot_due(entries: u64, sessions: usize, every: u64) -> bool {
+    entries >= every.max(sessions as u64 / ENTRIES_PER_SESSION_SNAPSHOTTED)
+}
+
+/// Triggers this node's snapshots by [`snapshot_due`] as entries apply,
+/// one at a time (it waits for one to be built before it looks again).
+pub(crate) async fn snapshot_policy(
+    raft: MinosRaft,
+    view: StateView,
+    every: u64,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut applied = view.subscribe();
+    let mut metrics = raft.metrics();
+    loop {
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let index = *applied.borrow_and_update();
+        let last = metrics.borrow().snapshot.map_or(0, |id| id.index);
+        let sessions = view.read(|a| a.state.sessions.len());
+        if !snapshot_due(index.saturating_sub(last), sessions, every) {
+            continue;
+        }
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+        // Until it is built (or replaced by an installed one), or a minute.
+        let until = Instant::now() + Duration::from_secs(60);
+        while metrics
+            .borrow_and_update()
+            .snapshot
+            .map_or(0, |id| id.index)
+            <= last
+        {
+            tokio::select! {
+                changed = tokio::time::timeout_at(until, metrics.changed()) => {
+                    if !matches!(changed, Ok(Ok(()))) { break }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 /// Why a write did not go through.
@@ -435,6 +494,19 @@ mod tests {
 
     fn drains(n: u64) -> Vec<Command> {
         (1..=n).map(|id| Command::Drain { id }).collect()
+    }
+
+    #[test]
+    fn snapshots_are_spaced_by_the_table_size_above_the_configured_interval() {
+        // Small tables: every `every` entries, as configured.
+        assert!(!snapshot_due(19_999, 0, 20_000));
+        assert!(snapshot_due(20_000, 0, 20_000));
+        assert!(snapshot_due(20_000, 199_999, 20_000));
+        // A million sessions: one entry per 10 sessions.
+        assert!(!snapshot_due(99_999, 1_000_000, 20_000));
+        assert!(snapshot_due(100_000, 1_000_000, 20_000));
+        // A small interval stays small on a small table.
+        assert!(snapshot_due(5, 40, 5));
     }
 
     #[tokio::test]

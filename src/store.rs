@@ -134,15 +134,23 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// The first index not purged: entries below it may still be in `log`
+    /// while a purge deletes them in the background, and are never read.
+    kept_from: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LogStore {
     /// Opens the log trees of `db`.
     pub fn new(db: sled::Db) -> Result<Self, sled::Error> {
+        let meta = db.open_tree("meta")?;
+        let last_purged: Option<LogId<NodeId>> = meta
+            .get(KEY_LAST_PURGED)?
+            .and_then(|bytes| bincode::deserialize(&bytes).ok());
         Ok(Self {
             log: db.open_tree("log")?,
-            meta: db.open_tree("meta")?,
+            meta,
             db,
+            kept_from: Arc::new(last_purged.map_or(0, |id| id.index + 1).into()),
         })
     }
 
@@ -169,7 +177,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
-        };
+        }
+        .max(self.kept_from.load(std::sync::atomic::Ordering::Acquire));
         let mut entries = Vec::new();
         for item in self.log.range(start.to_be_bytes()..) {
             let (key, value) = item.map_err(read_err)?;
@@ -273,12 +282,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .insert(KEY_LAST_PURGED, encode(&log_id)?)
             .map_err(write_err)?;
         self.flush().await?;
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(..=log_id.index.to_be_bytes()).keys() {
-            batch.remove(key.map_err(read_err)?);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        self.kept_from
+            .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::AcqRel);
+        // The entries go on a blocking thread, in chunks: openraft's core
+        // waits for `purge`, and deleting the tens of thousands of entries
+        // between two snapshots of a large table in one batch held it (and a
+        // worker) past the AppendEntries timeout, so followers campaigned.
+        // What a crash leaves behind is below `kept_from`, never read, and
+        // deleted by the next purge (which starts from the first key).
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || delete_through(&log, log_id.index));
         Ok(())
+    }
+}
+
+/// Log entries deleted per batch by a purge.
+const PURGE_CHUNK: usize = 1024;
+
+/// Deletes the log entries at and below `upto`, [`PURGE_CHUNK`] at a time.
+fn delete_through(log: &sled::Tree, upto: u64) {
+    loop {
+        let keys: Result<Vec<sled::IVec>, _> = log
+            .range(..=upto.to_be_bytes())
+            .keys()
+            .take(PURGE_CHUNK)
+            .collect();
+        let keys = match keys {
+            Ok(keys) if keys.is_empty() => return,
+            Ok(keys) => keys,
+            Err(e) => return tracing::warn!(error = %e, "purging the log: left for the next purge"),
+        };
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key);
+        }
+        if let Err(e) = log.apply_batch(batch) {
+            return tracing::warn!(error = %e, "purging the log: left for the next purge");
+        }
     }
 }
 

@@ -484,8 +484,8 @@ async fn join_cluster(
     }
 }
 
-/// The lease keeper, the leader's supervisor, the reconciler and the
-/// leader watch.
+/// The lease keeper, the leader's supervisor, the reconciler, the leader
+/// watch, the snapshot policy and the apps' watch.
 fn spawn_tasks(service: &Arc<Service>, lease_tx: watch::Sender<Lease>) -> Vec<JoinHandle<()>> {
     let shutdown = service.shutdown.clone();
     vec![
@@ -501,6 +501,12 @@ fn spawn_tasks(service: &Arc<Service>, lease_tx: watch::Sender<Lease>) -> Vec<Jo
         tokio::spawn(crate::service::announce_traits(service.clone())),
         tokio::spawn(crate::scheduler::watch_leader(
             service.scheduler.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(crate::raft::snapshot_policy(
+            service.raft.clone(),
+            service.view.clone(),
+            service.timing.snapshot_every,
             shutdown.clone(),
         )),
         tokio::spawn(super::apps::watch(service.clone(), shutdown)),
