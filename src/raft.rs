@@ -92,9 +92,9 @@ const ENTRIES_PER_SESSION_SNAPSHOTTED: u64 = 10;
 /// after one entry per [`ENTRIES_PER_SESSION_SNAPSHOTTED`] sessions if
 /// that is more. A snapshot encodes the whole table (off the write path,
 /// but on the same cores): at a fixed interval its cost per entry grew with
-/// the table, and with a million sessions the nodes spent about half their
-/// CPU encoding snapshots while loading (a snapshot every 20,000 entries,
-/// 2-3.5 s each, on each node). Spacing them by the table's size keeps the
+/// the table (a million sessions take 2-3.5 s to encode, on every node,
+/// every 20,000 entries: about a tenth of the CPU of a million-session
+/// load at 16 clients, estimated). Spacing them by the table's size keeps the
 /// encoding work per entry bounded (a tenth of a session's), at the price
 /// of a longer log to replay after a restart (at most one entry per 10
 /// sessions) and to keep on disk until the next snapshot purges it.
