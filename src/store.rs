@@ -785,6 +785,46 @@ mod tests {
         }
     }
 
+    /// A purge answers at once and deletes in the background: from the
+    /// moment it returns no entry at or below its point is read (also by a
+    /// store opened again), and the entries are gone from sled soon after.
+    #[tokio::test]
+    async fn a_purge_hides_its_entries_at_once_and_deletes_them_in_the_background() {
+        use openraft::entry::RaftEntry;
+        let dir = tempfile::tempdir().expect("dir");
+        let db = open_db(dir.path()).expect("db");
+        let (mut log, _sm) = open_stores(&db, dir.path()).expect("stores");
+        let id = |index| LogId::new(openraft::CommittedLeaderId::new(1, 1), index);
+        for index in 1..=5000u64 {
+            let entry = Entry::<TypeConfig>::new_blank(id(index));
+            let bytes = encode(&entry).expect("encode");
+            log.log.insert(index.to_be_bytes(), bytes).expect("insert");
+        }
+        log.purge(id(4000)).await.expect("purge");
+        let read = log.try_get_log_entries(0..=5000).await.expect("read");
+        assert_eq!(read.first().map(|e| e.log_id.index), Some(4001));
+        assert_eq!(read.len(), 1000);
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(id(4000)));
+        assert_eq!(state.last_log_id, Some(id(5000)));
+        let mut reopened = LogStore::new(db.clone()).expect("reopen");
+        let again = reopened.try_get_log_entries(..).await.expect("read");
+        assert_eq!(again.first().map(|e| e.log_id.index), Some(4001));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while log.log.len() > 1000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} entries left",
+                log.log.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            log.log.first().expect("first").map(|(k, _)| k.to_vec()),
+            Some(4001u64.to_be_bytes().to_vec())
+        );
+    }
+
     /// A snapshot is encoded from a copy taken in O(nodes); it must be the
     /// very bytes of the state it copies, or a restart would read garbage.
     #[test]
