@@ -100,6 +100,11 @@ impl Faults {
         }
     }
 
+    /// Whether a hold is armed (a test's; never in production).
+    pub(crate) fn hold_armed(&self) -> bool {
+        self.held.lock().recover().is_some()
+    }
+
     /// The pending hold, if `commands` update its session.
     pub(crate) fn take_hold(&self, commands: &[Command]) -> Option<HoldRequest> {
         let mut held = self.held.lock().recover();
