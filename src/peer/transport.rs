@@ -26,6 +26,7 @@ pub struct Faults {
     blocked: Arc<RwLock<BTreeSet<NodeId>>>,
     held: Arc<Mutex<Option<HoldRequest>>>,
     lost_replies: Arc<Mutex<BTreeSet<SessionId>>>,
+    reconcile_frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A pending [`Faults::hold_next_update`]: taken by the write path.
@@ -131,6 +132,20 @@ impl Faults {
     /// True (once) when the answer of this call to `session` must be lost.
     pub(crate) fn take_lost_reply(&self, session: &SessionId) -> bool {
         self.lost_replies.lock().recover().remove(session)
+    }
+
+    /// Freezes (or thaws) this node's reconciler: while frozen it starts
+    /// and stops no session task, so a task outlives its session's move
+    /// (as on a busy node whose reconciler has not run yet).
+    pub fn freeze_reconcile(&self, frozen: bool) {
+        self.reconcile_frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True while a test froze the reconciler (never in production).
+    pub(crate) fn reconcile_frozen(&self) -> bool {
+        self.reconcile_frozen
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Restores traffic to every peer.

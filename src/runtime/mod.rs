@@ -5,7 +5,10 @@
 //! - a task runs only while this node owns the session in the applied state,
 //!   holds a valid lease, and has not released the session for a handoff;
 //! - a task checks the lease again before every call, so a node resumed from
-//!   a pause answers nothing after its lease ended;
+//!   a pause answers nothing after its lease ended, and it checks that the
+//!   applied table still names this node and its epoch: between the apply
+//!   of a move and the reconciler's next pass, a task of the old epoch
+//!   answers nothing (a query answered from its state would be stale);
 //! - a task answers no call before the table row it starts from is settled:
 //!   unless its epoch is new to this node, it first commits a
 //!   `Command::Settle` and starts from the state that returns, so no
@@ -67,6 +70,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(2);
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Pause before a settle is tried again after its own outcome was unknown.
 const SETTLE_PAUSE: Duration = Duration::from_millis(10);
+/// How often a reconciler frozen by a test looks whether it was thawed.
+const FROZEN_POLL: Duration = Duration::from_millis(5);
 
 struct Call {
     msg: serde_json::Value,
@@ -173,6 +178,13 @@ impl Runtime {
         let mut lease = self.env.lease.clone();
         let mut kicked = true;
         loop {
+            if self.transport.faults.reconcile_frozen() {
+                // A test holds this node's tasks as they are; look again soon.
+                tokio::select! {
+                    _ = tokio::time::sleep(FROZEN_POLL) => continue,
+                    _ = shutdown.changed() => break,
+                }
+            }
             let wake_at = self.reconcile(kicked);
             kicked = false;
             let sleep = async {

@@ -165,7 +165,7 @@ impl SessionTask {
             // Its caller gave up before it was taken: never run.
             return false;
         }
-        if !self.env.lease_valid() || self.stop.load(Ordering::SeqCst) {
+        if !self.env.lease_valid() || self.stop.load(Ordering::SeqCst) || !self.is_current() {
             let _ = call.reply.send(Err(CallError::NotHere));
             return false;
         }
@@ -184,6 +184,21 @@ impl SessionTask {
         span.in_scope(|| debug!(outcome, micros = took.as_micros() as u64, "call handled"));
         let _ = call.reply.send(answer);
         stop
+    }
+
+    /// True while the applied table names this node as the owner under this
+    /// task's epoch. Read after the lease (whose check reads the applied
+    /// index), so the table seen is at least as new as the lease requires.
+    /// A move is applied before the reconciler stops the old task; until
+    /// then the task must answer nothing: a write would be fenced by the
+    /// log, but a query is answered from the task's own state.
+    fn is_current(&self) -> bool {
+        self.env.view.read(|a| {
+            a.state
+                .sessions
+                .get(&self.id)
+                .is_some_and(|s| s.owner == Some(self.env.me) && s.epoch == self.epoch)
+        })
     }
 
     /// Commits a [`Command::Settle`] for this task's epoch and takes the

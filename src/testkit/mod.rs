@@ -357,6 +357,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// Freezes (or thaws) node `node`'s reconciler: it starts and stops no
+    /// session task meanwhile, so a task outlives its session's move.
+    pub fn freeze_reconcile(&self, node: NodeId, frozen: bool) {
+        if let Some(slot) = self.slots.get(&node) {
+            slot.faults.freeze_reconcile(frozen);
+        }
+    }
+
     /// Restores all traffic.
     pub fn heal(&self) {
         for slot in self.slots.values() {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::model::NodeStatus;
+use crate::model::{NodeId, NodeStatus};
 use crate::testkit::{await_until, Cluster};
 
 /// The graceful stop of a node's old process lands after its restarted
@@ -56,5 +56,121 @@ async fn a_late_graceful_stop_does_not_leave_the_restarted_node_draining() {
     })
     .await
     .expect("the restarted node made Up again after the late stop");
+    cluster.shutdown().await;
+}
+
+/// A session moves away from its owner while the owner is cut off. Once
+/// the owner is back (the move applied, a lease held again) but before its
+/// reconciler has stopped the old task, a call that still reaches the old
+/// task (forwarded by a node whose view is older) gets no answer from the
+/// old epoch: a query would be answered from a state that is no longer the
+/// session's. The reconciler is frozen to hold that window open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_session_moved_answers_nothing_before_it_is_stopped() {
+    use crate::peer::server::PeerHandler;
+    use crate::peer::{CallError, ForwardedCall};
+    let timing = crate::config::Timing {
+        // No rebalance moves the session back while the test looks.
+        rebalance_after: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let limits = crate::config::Limits {
+        park_after: None,
+        ..Default::default()
+    };
+    let cluster = Cluster::builder(3)
+        .timing(timing)
+        .limits(limits)
+        .start()
+        .await
+        .expect("cluster");
+    let within = Duration::from_secs(30);
+    let leader = cluster.await_leader(within).await.expect("leader");
+    let client = cluster.client(leader);
+    // A session owned by a follower (cutting off the leader would only add
+    // an election).
+    let mut picked = None;
+    for n in 0..30 {
+        let id = format!("moved-{n}");
+        let new = crate::client::NewSession {
+            id: id.clone(),
+            kind: None,
+            state: None,
+        };
+        client.create_session(&new).await.expect("create");
+        let owner = cluster
+            .await_owner(&id, |_| true, within)
+            .await
+            .expect("owner");
+        if owner != leader {
+            picked = Some((id, owner));
+            break;
+        }
+    }
+    let (id, old_owner) = picked.expect("a session on a follower");
+    let append = serde_json::json!({"op": "append", "field": "log", "value": "a"});
+    let before = cluster
+        .await_call(old_owner, &id, append, |r| r.owner == old_owner, within)
+        .await
+        .expect("a write on the first owner");
+    let session = crate::model::SessionId::new(&id).expect("id");
+
+    cluster.freeze_reconcile(old_owner, true);
+    cluster.isolate(old_owner);
+    let moved = |node: NodeId| {
+        cluster.node(node).expect("node").read_state(|s| {
+            s.sessions
+                .get(&session)
+                .filter(|s| s.epoch > before.epoch)
+                .and_then(|s| s.owner)
+        })
+    };
+    let new_owner = await_until("the session to move away", within, || {
+        let owner = moved(leader);
+        async move { owner }
+    })
+    .await
+    .expect("moved");
+    assert_ne!(new_owner, old_owner);
+    cluster.heal();
+    await_until("the old owner to apply the move", within, || {
+        let seen = moved(old_owner).is_some();
+        async move { seen.then_some(()) }
+    })
+    .await
+    .expect("move applied on the old owner");
+    cluster
+        .await_healthy(old_owner, within)
+        .await
+        .expect("old owner holds a lease again");
+    let old = cluster.node(old_owner).expect("old owner");
+    assert!(
+        old.running_sessions().contains(&session),
+        "the frozen reconciler kept the old task"
+    );
+
+    let get = ForwardedCall {
+        msg: serde_json::json!({"op": "get"}),
+        key: None,
+    };
+    let answer = old.service().call(session.clone(), get).await;
+    assert!(
+        matches!(answer, Err(CallError::NotHere)),
+        "the old task answered under epoch {} after the move: {answer:?}",
+        before.epoch
+    );
+
+    cluster.freeze_reconcile(old_owner, false);
+    let after = cluster
+        .await_call(
+            old_owner,
+            &id,
+            serde_json::json!({"op": "get"}),
+            |r| r.epoch > before.epoch,
+            within,
+        )
+        .await
+        .expect("a read through the old owner");
+    assert_eq!(after.owner, new_owner);
     cluster.shutdown().await;
 }
