@@ -9,6 +9,8 @@ mod client;
 pub use client::Answer;
 mod messages;
 mod raft_net;
+#[cfg(test)]
+pub(crate) use raft_net::APPEND_BUDGET;
 pub(crate) mod server;
 mod transport;
 

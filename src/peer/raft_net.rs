@@ -21,6 +21,25 @@ use super::transport::{InternalError, Transport};
 use crate::model::NodeId;
 use crate::wire::TypeConfig;
 
+/// Encoded bytes of log entries one AppendEntries carries at most, unless
+/// its first entry alone is larger (then it goes alone). Everyday entries
+/// (a batch of writes, a few KB) are far below it, so it bounds only the
+/// repair of a mass failover and the catch-up of a node that was away.
+pub(crate) const APPEND_BUDGET: u64 = 256 * 1024;
+
+/// How many of `entries`, from the first, fit in `budget` encoded bytes
+/// (at least one when there is any).
+fn within_budget<T: Serialize>(entries: &[T], budget: u64) -> usize {
+    let mut total = 0u64;
+    for (i, entry) in entries.iter().enumerate() {
+        total = total.saturating_add(bincode::serialized_size(entry).unwrap_or(u64::MAX));
+        if total > budget && i > 0 {
+            return i;
+        }
+    }
+    entries.len()
+}
+
 /// openraft's network factory: one cheap link per target sharing the client.
 #[derive(Clone)]
 pub struct Network {
@@ -81,14 +100,32 @@ impl PeerLink {
 }
 
 impl RaftNetwork<TypeConfig> for PeerLink {
+    /// Sends at most [`APPEND_BUDGET`] bytes of the entries (always the
+    /// first): openraft 0.9 gives the whole AppendEntries one heartbeat
+    /// interval, and a follower handed 16 entries of a mass failover's
+    /// moves (up to 4 MB) could not take them in time, missed its leader
+    /// and campaigned. A shortened send that the follower accepts is
+    /// reported as a partial success up to its last entry; the leader sends
+    /// the rest next.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let keep = within_budget(&rpc.entries, APPEND_BUDGET);
+        let shortened = (keep < rpc.entries.len()).then(|| {
+            rpc.entries.truncate(keep);
+            rpc.entries.last().map(|entry| entry.log_id)
+        });
         let sent_at = Instant::now();
         let answer: AppendEntriesResponse<NodeId> =
             self.rpc(paths::RAFT_APPEND, &rpc, &option).await?;
+        let answer = match (answer, shortened) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(last)
+            }
+            (answer, _) => answer,
+        };
         if matches!(
             answer,
             AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
@@ -118,5 +155,25 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         // openraft's default is a constant 500 ms, which would ignore a
         // returning node that long.
         Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_budget;
+
+    fn blobs(sizes: &[usize]) -> Vec<Vec<u8>> {
+        sizes.iter().map(|n| vec![7u8; *n]).collect()
+    }
+
+    #[test]
+    fn entries_are_cut_at_the_budget_but_the_first_always_goes() {
+        // A Vec<u8> encodes as its length (8 bytes) and its bytes.
+        assert_eq!(within_budget(&blobs(&[92, 92, 92]), 300), 3);
+        assert_eq!(within_budget(&blobs(&[92, 92, 92]), 299), 2);
+        assert_eq!(within_budget(&blobs(&[92, 92, 92]), 200), 2);
+        assert_eq!(within_budget(&blobs(&[92, 92, 92]), 199), 1);
+        assert_eq!(within_budget(&blobs(&[5000, 10]), 100), 1);
+        assert_eq!(within_budget(&blobs(&[]), 100), 0);
     }
 }

@@ -86,28 +86,7 @@ async fn a_task_whose_session_moved_answers_nothing_before_it_is_stopped() {
         .expect("cluster");
     let within = Duration::from_secs(30);
     let leader = cluster.await_leader(within).await.expect("leader");
-    let client = cluster.client(leader);
-    // A session owned by a follower (cutting off the leader would only add
-    // an election).
-    let mut picked = None;
-    for n in 0..30 {
-        let id = format!("moved-{n}");
-        let new = crate::client::NewSession {
-            id: id.clone(),
-            kind: None,
-            state: None,
-        };
-        client.create_session(&new).await.expect("create");
-        let owner = cluster
-            .await_owner(&id, |_| true, within)
-            .await
-            .expect("owner");
-        if owner != leader {
-            picked = Some((id, owner));
-            break;
-        }
-    }
-    let (id, old_owner) = picked.expect("a session on a follower");
+    let (id, old_owner) = session_on_a_follower(&cluster, leader, within).await;
     let append = serde_json::json!({"op": "append", "field": "log", "value": "a"});
     let before = cluster
         .await_call(old_owner, &id, append, |r| r.owner == old_owner, within)
@@ -116,33 +95,7 @@ async fn a_task_whose_session_moved_answers_nothing_before_it_is_stopped() {
     let session = crate::model::SessionId::new(&id).expect("id");
 
     cluster.freeze_reconcile(old_owner, true);
-    cluster.isolate(old_owner);
-    let moved = |node: NodeId| {
-        cluster.node(node).expect("node").read_state(|s| {
-            s.sessions
-                .get(&session)
-                .filter(|s| s.epoch > before.epoch)
-                .and_then(|s| s.owner)
-        })
-    };
-    let new_owner = await_until("the session to move away", within, || {
-        let owner = moved(leader);
-        async move { owner }
-    })
-    .await
-    .expect("moved");
-    assert_ne!(new_owner, old_owner);
-    cluster.heal();
-    await_until("the old owner to apply the move", within, || {
-        let seen = moved(old_owner).is_some();
-        async move { seen.then_some(()) }
-    })
-    .await
-    .expect("move applied on the old owner");
-    cluster
-        .await_healthy(old_owner, within)
-        .await
-        .expect("old owner holds a lease again");
+    let new_owner = move_while_cut_off(&cluster, leader, old_owner, &session, before.epoch).await;
     let old = cluster.node(old_owner).expect("old owner");
     assert!(
         old.running_sessions().contains(&session),
@@ -172,5 +125,130 @@ async fn a_task_whose_session_moved_answers_nothing_before_it_is_stopped() {
         .await
         .expect("a read through the old owner");
     assert_eq!(after.owner, new_owner);
+    cluster.shutdown().await;
+}
+
+/// Cuts `old_owner` off until the leader has moved `session` (above
+/// `epoch`) away from it, heals, and waits until the old owner has applied
+/// the move and holds a lease again; the new owner.
+async fn move_while_cut_off(
+    cluster: &Cluster,
+    leader: NodeId,
+    old_owner: NodeId,
+    session: &crate::model::SessionId,
+    epoch: crate::model::Epoch,
+) -> NodeId {
+    let within = Duration::from_secs(30);
+    cluster.isolate(old_owner);
+    let moved = |node: NodeId| {
+        cluster.node(node).expect("node").read_state(|s| {
+            s.sessions
+                .get(session)
+                .filter(|s| s.epoch > epoch)
+                .and_then(|s| s.owner)
+        })
+    };
+    let new_owner = await_until("the session to move away", within, || {
+        let owner = moved(leader);
+        async move { owner }
+    })
+    .await
+    .expect("moved");
+    assert_ne!(new_owner, old_owner);
+    cluster.heal();
+    await_until("the old owner to apply the move", within, || {
+        let seen = moved(old_owner).is_some();
+        async move { seen.then_some(()) }
+    })
+    .await
+    .expect("move applied on the old owner");
+    cluster
+        .await_healthy(old_owner, within)
+        .await
+        .expect("old owner holds a lease again");
+    new_owner
+}
+
+/// Creates sessions until one is owned by a node other than `leader`
+/// (cutting off the leader would only add an election); its id and owner.
+async fn session_on_a_follower(
+    cluster: &Cluster,
+    leader: NodeId,
+    within: Duration,
+) -> (String, NodeId) {
+    let client = cluster.client(leader);
+    for n in 0..30 {
+        let id = format!("moved-{n}");
+        let new = crate::client::NewSession {
+            id: id.clone(),
+            kind: None,
+            state: None,
+        };
+        client.create_session(&new).await.expect("create");
+        let owner = cluster
+            .await_owner(&id, |_| true, within)
+            .await
+            .expect("owner");
+        if owner != leader {
+            return (id, owner);
+        }
+    }
+    panic!("30 sessions, all on the leader");
+}
+
+/// A follower cut off while megabytes of entries commit catches up through
+/// AppendEntries shortened to the byte budget (each accepted as a partial
+/// success) and ends with the leader's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_on_entries_larger_than_one_append_carries() {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let within = Duration::from_secs(60);
+    let leader = cluster.await_leader(within).await.expect("leader");
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("follower");
+    cluster.isolate(follower);
+    let client = cluster.client(leader);
+    let blob = "x".repeat(100 * 1024);
+    let sessions = 24;
+    let bytes = sessions * blob.len() as u64;
+    assert!(bytes > 8 * crate::peer::APPEND_BUDGET);
+    for n in 0..sessions {
+        let new = crate::client::NewSession {
+            id: format!("big-{n}"),
+            kind: None,
+            state: Some(serde_json::json!({ "blob": blob, "n": n })),
+        };
+        client.create_session(&new).await.expect("create");
+    }
+    let last = cluster
+        .node(leader)
+        .expect("leader")
+        .applied()
+        .borrow()
+        .to_owned();
+    cluster.heal();
+    cluster
+        .await_applied(follower, last, within)
+        .await
+        .expect("the follower caught up");
+    let rows = |node: NodeId| {
+        cluster.node(node).expect("node").read_state(|s| {
+            (0..sessions)
+                .map(|n| {
+                    let id = crate::model::SessionId::new(format!("big-{n}")).expect("id");
+                    s.sessions.get(&id).map(|row| row.state.0.to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let on_follower = rows(follower);
+    assert!(
+        on_follower.iter().all(Option::is_some),
+        "every session reached the follower"
+    );
+    assert_eq!(on_follower, rows(leader));
     cluster.shutdown().await;
 }
