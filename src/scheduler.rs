@@ -367,8 +367,16 @@ fn plan(env: &SchedulerEnv, state_changed: bool) -> (Vec<Command>, bool) {
     if down.is_empty() && up.is_empty() && !state_changed {
         return (Vec::new(), false);
     }
-    env.view
-        .read(|a| control::verdict_commands(&a.state, &down, &up))
+    let verdicts = || {
+        env.view
+            .read(|a| control::verdict_commands(&a.state, &down, &up))
+    };
+    if down.is_empty() && up.is_empty() {
+        verdicts()
+    } else {
+        // A node Down: the plan moves every session it owned.
+        crate::sync::heavy(verdicts)
+    }
 }
 
 /// Holds a long-lived request open to `node` until it ends, then tells a

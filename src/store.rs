@@ -365,7 +365,9 @@ const UPDATES_BUFFERED: usize = 1024;
 
 /// Changed sessions remembered for the runtime before it is told to look at
 /// the whole table instead (bounds the memory of a reader that fell behind).
-const MAX_TRACKED_CHANGES: usize = 65_536;
+/// A mass failover of a third of a million sessions stays below it: the
+/// runtime then looks at the moved sessions, in chunks, not at the table.
+const MAX_TRACKED_CHANGES: usize = 4 * 1024 * 1024;
 
 impl StateView {
     /// Runs `read` on the current applied state (never hold it across awaits).

@@ -98,6 +98,70 @@ pub(super) struct Pass {
     /// either means a full pass.
     pub(super) last: Option<(bool, bool)>,
     /// Sessions to look at again: wanted, but their earlier task was still
-    /// finishing.
+    /// finishing, or left for a later pass.
     pub(super) pending: BTreeSet<SessionId>,
+}
+
+impl Pass {
+    /// The sessions the next incremental pass looks at, the pending ones
+    /// and `changed`, `n` at most; and the rest, for a later pass.
+    pub(super) fn take_chunk(
+        &mut self,
+        changed: BTreeSet<SessionId>,
+        n: usize,
+    ) -> (BTreeSet<SessionId>, BTreeSet<SessionId>) {
+        let mut ids = std::mem::take(&mut self.pending);
+        let mut changed = changed;
+        if ids.len() < changed.len() {
+            std::mem::swap(&mut ids, &mut changed);
+        }
+        ids.extend(changed);
+        let rest = match ids.iter().nth(n).cloned() {
+            Some(first_of_rest) => ids.split_off(&first_of_rest),
+            None => BTreeSet::new(),
+        };
+        (ids, rest)
+    }
+
+    /// Keeps `later` and `deferred` for the next pass. `later` is most of
+    /// what a mass failover left: it becomes the set (inserting its ids one
+    /// by one on every pass cost seconds).
+    pub(super) fn keep(&mut self, mut later: BTreeSet<SessionId>, deferred: Vec<SessionId>) {
+        if self.pending.is_empty() {
+            self.pending = later;
+        } else {
+            self.pending.append(&mut later);
+        }
+        self.pending.extend(deferred);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(range: std::ops::Range<usize>) -> BTreeSet<SessionId> {
+        range
+            .map(|n| SessionId::new(format!("s{n:04}")).expect("id"))
+            .collect()
+    }
+
+    #[test]
+    fn a_pass_takes_a_chunk_of_pending_and_changed_and_keeps_the_rest() {
+        let mut pass = Pass {
+            pending: ids(0..6),
+            ..Pass::default()
+        };
+        let (chunk, rest) = pass.take_chunk(ids(4..10), 4);
+        assert_eq!(chunk, ids(0..4));
+        assert_eq!(rest, ids(4..10));
+        assert!(pass.pending.is_empty());
+        pass.keep(rest, vec![SessionId::new("s0001").expect("id")]);
+        let mut expected = ids(4..10);
+        expected.extend(ids(1..2));
+        assert_eq!(pass.pending, expected);
+        let (chunk, rest) = pass.take_chunk(BTreeSet::new(), 100);
+        assert_eq!(chunk, expected);
+        assert!(rest.is_empty());
+    }
 }

@@ -70,6 +70,13 @@ const RETRY_PAUSE: Duration = Duration::from_millis(2);
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Pause before a settle is tried again after its own outcome was unknown.
 const SETTLE_PAUSE: Duration = Duration::from_millis(10);
+/// Sessions one incremental reconciler pass looks at, and tasks one pass
+/// starts, at most; the rest wait for the next pass, after a yield. A mass
+/// failover hands a survivor hundreds of thousands of sessions at once: in
+/// one pass that held a worker thread (and the table's read lock, which the
+/// apply of the next entries waits for) for seconds, and the node missed
+/// its leader's heartbeats.
+pub(crate) const PASS_CHUNK: usize = 2048;
 /// How often a reconciler frozen by a test looks whether it was thawed.
 const FROZEN_POLL: Duration = Duration::from_millis(5);
 
@@ -185,8 +192,13 @@ impl Runtime {
                     _ = shutdown.changed() => break,
                 }
             }
-            let wake_at = self.reconcile(kicked);
+            let (wake_at, more) = self.reconcile(kicked);
             kicked = false;
+            if more && !*shutdown.borrow() {
+                // The rest of a large change, after the others had a turn.
+                tokio::task::yield_now().await;
+                continue;
+            }
             let sleep = async {
                 match wake_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -205,8 +217,9 @@ impl Runtime {
     }
 
     /// One reconciliation pass (of everything when `kicked`: a task ended by
-    /// itself); returns when the next one is due at the latest.
-    fn reconcile(&self, kicked: bool) -> Option<Instant> {
+    /// itself); returns when the next one is due at the latest, and whether
+    /// work was left for the next pass ([`PASS_CHUNK`]).
+    fn reconcile(&self, kicked: bool) -> (Option<Instant>, bool) {
         let now = Instant::now();
         let lease = *self.env.lease.borrow();
         let applied_index = self.env.view.applied_index();
@@ -225,6 +238,7 @@ impl Runtime {
         let full = kicked || changes.all || pass.last != Some((runnable, me_down));
         pass.last = Some((runnable, me_down));
         let mut held = self.held.lock().recover();
+        let mut later = BTreeSet::new();
         let scope: Option<BTreeSet<SessionId>> = if full {
             pass.pending.clear();
             self.env
@@ -232,8 +246,8 @@ impl Runtime {
                 .read(|a| held.refresh_all(&a.state, self.env.me, now));
             None
         } else {
-            let mut ids = std::mem::take(&mut pass.pending);
-            ids.extend(changes.sessions);
+            let (mut ids, rest) = pass.take_chunk(changes.sessions, PASS_CHUNK);
+            later = rest;
             self.env.view.read(|a| {
                 ids.extend(held.expire(now));
                 held.refresh(&a.state, self.env.me, now, &ids);
@@ -243,21 +257,10 @@ impl Runtime {
         if let Some(until) = held.next_expiry {
             wake_at = Some(wake_at.map_or(until, |w| w.min(until)));
         }
-        let wanted: HashMap<SessionId, Option<Epoch>> = self.env.view.read(|a| {
-            let is_held = |id: &SessionId| held.by_id.contains_key(id);
-            match &scope {
-                None => crate::control::wanted_sessions(&a.state, self.env.me, runnable, is_held)
-                    .into_iter()
-                    .map(|(id, epoch)| (id, Some(epoch)))
-                    .collect(),
-                Some(ids) => {
-                    crate::control::wanted_among(&a.state, self.env.me, runnable, is_held, ids)
-                }
-            }
-        });
+        let wanted = self.wanted(&held, runnable, scope.as_ref());
         drop(held);
         self.stop_unwanted(&wanted, scope.is_none());
-        let waiting = self.start_wanted(wanted, scope.as_ref());
+        let (waiting, deferred) = self.start_wanted(wanted, scope.as_ref());
         if !waiting.is_empty() {
             // Stopped tasks still finishing kick the reconciler when they
             // end, but look at their sessions again soon.
@@ -265,7 +268,37 @@ impl Runtime {
             let soon = now + RETRY_PAUSE;
             wake_at = Some(wake_at.map_or(soon, |w| w.min(soon)));
         }
-        wake_at
+        let more = !later.is_empty() || !deferred.is_empty();
+        pass.keep(later, deferred);
+        (wake_at, more)
+    }
+
+    /// The epoch each session in `scope` (all when `None`: every session
+    /// this node owns) should run under here, `None` for those it should
+    /// not run.
+    fn wanted(
+        &self,
+        held: &Holds,
+        runnable: bool,
+        scope: Option<&BTreeSet<SessionId>>,
+    ) -> HashMap<SessionId, Option<Epoch>> {
+        let me = self.env.me;
+        let is_held = |id: &SessionId| held.by_id.contains_key(id);
+        match scope {
+            // Reads every session this node owns: maybe a long time.
+            None => crate::sync::heavy(|| {
+                self.env.view.read(|a| {
+                    crate::control::wanted_sessions(&a.state, me, runnable, is_held)
+                        .into_iter()
+                        .map(|(id, epoch)| (id, Some(epoch)))
+                        .collect()
+                })
+            }),
+            Some(ids) => self
+                .env
+                .view
+                .read(|a| crate::control::wanted_among(&a.state, me, runnable, is_held, ids)),
+        }
     }
 
     /// Stops the tasks not wanted under their epoch (or ended by
@@ -303,15 +336,16 @@ impl Runtime {
     }
 
     /// Starts a task for each wanted session that has none and whose
-    /// earlier task has finished. A task starts settled only under an epoch
-    /// handed to this process after it could first run sessions, under
-    /// which no task ran here (invariant 10). Returns the wanted sessions
-    /// whose earlier task is still finishing.
+    /// earlier task has finished, [`PASS_CHUNK`] at most. A task starts
+    /// settled only under an epoch handed to this process after it could
+    /// first run sessions, under which no task ran here (invariant 10).
+    /// Returns the wanted sessions whose earlier task is still finishing,
+    /// and those left for the next pass.
     fn start_wanted(
         &self,
         wanted: HashMap<SessionId, Option<Epoch>>,
         scope: Option<&BTreeSet<SessionId>>,
-    ) -> Vec<SessionId> {
+    ) -> (Vec<SessionId>, Vec<SessionId>) {
         let boot_epoch = self.boot_epoch.get().copied().unwrap_or(Epoch(u64::MAX));
         let mut tasks = self.tasks.lock().recover();
         let finishing = self.finishing.lock().recover();
@@ -333,6 +367,8 @@ impl Runtime {
             }
         });
         let mut waiting = Vec::new();
+        let mut deferred = Vec::new();
+        let mut started = 0;
         for (id, epoch) in wanted {
             let Some(epoch) = epoch else { continue };
             if tasks.contains_key(&id) {
@@ -342,6 +378,11 @@ impl Runtime {
                 waiting.push(id);
                 continue;
             }
+            if started == PASS_CHUNK {
+                deferred.push(id);
+                continue;
+            }
+            started += 1;
             let settled = epoch > boot_epoch && ran.get(&id) != Some(&epoch);
             if let Some(running) = self.start_task(&id, epoch, settled, None) {
                 if running.live.is_some() {
@@ -350,7 +391,7 @@ impl Runtime {
                 tasks.insert(id, running);
             }
         }
-        waiting
+        (waiting, deferred)
     }
 
     /// Starts a task for `id` under `epoch` from the applied state. Unless
@@ -530,44 +571,5 @@ impl Runtime {
                 .collect()
         });
         self.release(Some(&owned)).await;
-    }
-
-    /// The mailbox of a session running here; a parked session gets its
-    /// task now (settling first unless its row is known final).
-    fn mailbox_of(&self, id: &SessionId) -> Option<mpsc::Sender<Box<Call>>> {
-        let mut tasks = self.tasks.lock().recover();
-        let slot = tasks.get_mut(id)?;
-        slot.take_parked();
-        if slot.live.is_none() {
-            if self.finishing.lock().recover().contains_key(id) {
-                return None;
-            }
-            let started = self.start_task(id, slot.epoch, slot.settled, Some(slot.min_version))?;
-            self.ran.lock().recover().insert(id.clone(), slot.epoch);
-            slot.live = started.live;
-        }
-        slot.live.as_ref().map(|live| live.mailbox.clone())
-    }
-
-    /// Handles a call here if this node runs the session; never forwards.
-    pub(crate) async fn call_local(
-        &self,
-        id: &SessionId,
-        msg: serde_json::Value,
-        key: Option<CallKey>,
-    ) -> Result<CallReply, CallError> {
-        let Some(mailbox) = self.mailbox_of(id) else {
-            return Err(CallError::NotHere);
-        };
-        let (reply, answer) = oneshot::channel();
-        if mailbox
-            .send(Box::new(Call { msg, key, reply }))
-            .await
-            .is_err()
-        {
-            return Err(CallError::NotHere);
-        }
-        // A dropped reply means the task stopped before taking the call.
-        answer.await.unwrap_or(Err(CallError::NotHere))
     }
 }

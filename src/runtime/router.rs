@@ -1,18 +1,59 @@
 //! A call's way to its session's owner: run here when this node owns it,
 //! else forwarded to the owner; while the session moves, wait (with a
-//! backoff on an unchanged route) and try again until the timeout.
+//! backoff on an unchanged route) and try again until the timeout; and the
+//! local end, a call handed to the mailbox of the session running here.
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Runtime, MAX_RETRY_PAUSE, MOVED_GRACE, RETRY_PAUSE};
+use super::{Call, Runtime, MAX_RETRY_PAUSE, MOVED_GRACE, RETRY_PAUSE};
 use crate::model::{CallKey, Epoch, NodeId, NodeStatus, SessionId, SessionKind};
 use crate::peer::{CallError, CallReply, ForwardedCall, InternalError};
+use crate::sync::Recover;
 
 impl Runtime {
+    /// The mailbox of a session running here; a parked session gets its
+    /// task now (settling first unless its row is known final).
+    fn mailbox_of(&self, id: &SessionId) -> Option<mpsc::Sender<Box<Call>>> {
+        let mut tasks = self.tasks.lock().recover();
+        let slot = tasks.get_mut(id)?;
+        slot.take_parked();
+        if slot.live.is_none() {
+            if self.finishing.lock().recover().contains_key(id) {
+                return None;
+            }
+            let started = self.start_task(id, slot.epoch, slot.settled, Some(slot.min_version))?;
+            self.ran.lock().recover().insert(id.clone(), slot.epoch);
+            slot.live = started.live;
+        }
+        slot.live.as_ref().map(|live| live.mailbox.clone())
+    }
+
+    /// Handles a call here if this node runs the session; never forwards.
+    pub(crate) async fn call_local(
+        &self,
+        id: &SessionId,
+        msg: serde_json::Value,
+        key: Option<CallKey>,
+    ) -> Result<CallReply, CallError> {
+        let Some(mailbox) = self.mailbox_of(id) else {
+            return Err(CallError::NotHere);
+        };
+        let (reply, answer) = oneshot::channel();
+        if mailbox
+            .send(Box::new(Call { msg, key, reply }))
+            .await
+            .is_err()
+        {
+            return Err(CallError::NotHere);
+        }
+        // A dropped reply means the task stopped before taking the call.
+        answer.await.unwrap_or(Err(CallError::NotHere))
+    }
+
     /// Routes a call to the session's owner, waiting while it moves, until
     /// `timeout`. With a `key`, or for a query, an attempt whose outcome is
     /// unknown is tried again (on whichever node owns the session then)

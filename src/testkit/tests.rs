@@ -252,3 +252,67 @@ async fn a_follower_catches_up_on_entries_larger_than_one_append_carries() {
     assert_eq!(on_follower, rows(leader));
     cluster.shutdown().await;
 }
+
+/// A crashed node's sessions, more than one reconciler pass takes, all run
+/// on the survivors: the passes that follow pick up the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_larger_than_a_reconciler_pass_runs_every_session() {
+    use futures::StreamExt;
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let within = Duration::from_secs(120);
+    let leader = cluster.await_leader(within).await.expect("leader");
+    let total = 3 * crate::runtime::PASS_CHUNK + 1200;
+    let client = cluster.client(leader);
+    let failed = futures::stream::iter(0..total)
+        .map(|n| {
+            let client = client.clone();
+            async move {
+                let new = crate::client::NewSession {
+                    id: format!("many-{n}"),
+                    kind: None,
+                    state: None,
+                };
+                client.create_session(&new).await.is_err()
+            }
+        })
+        .buffer_unordered(32)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    assert_eq!(failed, 0, "creates failed");
+    let owned = |cluster: &Cluster, node: NodeId| {
+        cluster.node(leader).expect("leader").read_state(|s| {
+            s.sessions
+                .values()
+                .filter(|s| s.owner == Some(node))
+                .count()
+        })
+    };
+    let victim = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("follower");
+    let on_victim = owned(&cluster, victim);
+    assert!(
+        on_victim > crate::runtime::PASS_CHUNK,
+        "the victim owns {on_victim} sessions, no more than one pass takes"
+    );
+    cluster.kill(victim).await;
+    let survivors: Vec<NodeId> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != victim)
+        .collect();
+    await_until("every session running on the survivors", within, || {
+        let running: usize = survivors
+            .iter()
+            .map(|id| cluster.node(*id).map_or(0, |n| n.running_sessions().len()))
+            .sum();
+        let done = running == total && owned(&cluster, victim) == 0;
+        async move { done.then_some(()) }
+    })
+    .await
+    .expect("all running");
+    cluster.shutdown().await;
+}

@@ -94,6 +94,8 @@ pub(super) struct Cell<'a> {
     pub ops: usize,
     pub limit: Duration,
     pub value: &'a str,
+    /// Print how far the cell got this often (the bulk load: minutes).
+    pub progress: Option<Duration>,
 }
 
 /// Runs one cell and measures it.
@@ -137,6 +139,21 @@ pub(super) async fn run_cell(cell: Cell<'_>) -> CellResult {
             (latencies, failures)
         }));
     }
+    let ticker = cell.progress.map(|every| {
+        let next = next.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(started + every, every);
+            loop {
+                tick.tick().await;
+                let sent = next.load(Ordering::Relaxed).min(total);
+                let secs = started.elapsed().as_secs_f64();
+                super::say(&format!(
+                    "  ... {sent} of {total} sent in {secs:.0} s ({:.0}/s)",
+                    sent as f64 / secs.max(1e-9)
+                ));
+            }
+        })
+    });
     let mut latencies = Vec::new();
     let mut failures = Vec::new();
     for worker in workers {
@@ -144,6 +161,9 @@ pub(super) async fn run_cell(cell: Cell<'_>) -> CellResult {
             latencies.extend(l);
             failures.extend(f);
         }
+    }
+    if let Some(ticker) = ticker {
+        ticker.abort();
     }
     let seconds = started.elapsed().as_secs_f64();
     summarize(latencies, failures, seconds)

@@ -313,6 +313,7 @@ async fn cell(
         ops: args.ops,
         limit: Duration::from_secs(args.cell_secs),
         value,
+        progress: None,
     })
     .await;
     result.cpu_us_per_op = (cpu() - cpu_before) * 1e6 / result.ok.max(1) as f64;

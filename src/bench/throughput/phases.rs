@@ -53,6 +53,9 @@ pub(super) async fn matrix(
     }
 }
 
+/// How often the bulk load says how far it got.
+const LOAD_PROGRESS: Duration = Duration::from_secs(15);
+
 /// Phase 2: `--load` creates by the largest client count, over all nodes.
 pub(super) async fn bulk_load(
     args: &ThroughputArgs,
@@ -77,6 +80,7 @@ pub(super) async fn bulk_load(
         ops: args.load,
         limit: Duration::from_secs(args.load_secs),
         value,
+        progress: Some(LOAD_PROGRESS),
     })
     .await;
     say(&format!(
