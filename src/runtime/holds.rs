@@ -107,11 +107,10 @@ impl Pass {
     /// and `changed`, `n` at most; and the rest, for a later pass.
     pub(super) fn take_chunk(
         &mut self,
-        changed: BTreeSet<SessionId>,
+        mut changed: BTreeSet<SessionId>,
         n: usize,
     ) -> (BTreeSet<SessionId>, BTreeSet<SessionId>) {
         let mut ids = std::mem::take(&mut self.pending);
-        let mut changed = changed;
         if ids.len() < changed.len() {
             std::mem::swap(&mut ids, &mut changed);
         }
