@@ -122,16 +122,17 @@ fn main() {
             .len(),
     );
 
-    let moves: Vec<Move> = state
-        .sessions
-        .values()
-        .filter(|s| s.owner == Some(3))
-        .map(|s| Move {
-            id: s.id.clone(),
-            from_epoch: s.epoch,
-            to: Some(1 + s.id.as_str().len() as u64 % 2),
-        })
-        .collect();
+    // The leader's plan once node 3 is Down: every session of node 3 to
+    // its placement choice among the survivors.
+    state.apply(&entry(vec![Command::NodeDown { id: 3 }]));
+    let started = Instant::now();
+    let moves: Vec<Move> = minos::placement::repair(&state);
+    println!(
+        "mass failover: planned {} moves in {} ms ({:.2} us a move)",
+        moves.len(),
+        started.elapsed().as_millis(),
+        started.elapsed().as_secs_f64() * 1e6 / moves.len().max(1) as f64,
+    );
     let entries: Vec<Proposal> = moves
         .chunks(MOVES_PER_COMMAND * COMMANDS_PER_ENTRY)
         .map(|chunk| {

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use crate::model::{
-    Command, Detection, Epoch, HandoffMove, Move, MoveReason, NodeId, NodeStatus, SessionId,
+    Command, Detection, HandoffMove, Move, MoveReason, NodeId, NodeStatus, Session, SessionId,
 };
 use crate::state::ClusterState;
 
@@ -146,8 +148,7 @@ pub(crate) fn verdict_commands(
     // One Relocate per reason: the sessions of each node found Down now
     // (with how), of nodes Down before or gone, and the unplaced ones.
     let mut by_reason: BTreeMap<(u8, Option<NodeId>), Relocation> = BTreeMap::new();
-    for step in crate::placement::repair_with(state, &nodes) {
-        let owner = state.sessions.get(&step.id).and_then(|s| s.owner);
+    for (owner, steps) in crate::placement::repair_with(state, &nodes) {
         let why = match owner {
             None => (0, None, MoveReason::Placed, None),
             Some(node) => match down.iter().find(|(id, _)| *id == node) {
@@ -160,7 +161,7 @@ pub(crate) fn verdict_commands(
             .entry((why.0, why.1))
             .or_insert_with(|| (why.2, why.3, Vec::new()))
             .2
-            .push(step);
+            .extend(steps);
     }
     for (reason, detected, moves) in by_reason.into_values() {
         commands.extend(relocations(moves, reason, detected));
@@ -228,28 +229,29 @@ pub(crate) fn unmoved(state: &ClusterState, moves: Vec<Move>) -> Vec<Move> {
         .collect()
 }
 
-/// The sessions node `me` must run now, with their epochs: those it owns,
-/// unless it may run nothing (`runnable` false: no valid lease, or
-/// stopping), it is Down in the table, or the session is held back for a
-/// handoff. Costs the sessions `me` owns, not the table.
+/// The sessions node `me` must run now, each with its row (whose epoch
+/// it runs under; the task starts from the row, with no second look-up):
+/// those it owns, unless it may run nothing (`runnable` false: no valid
+/// lease, or stopping), it is Down in the table, or the session is held
+/// back for a handoff. Costs the sessions `me` owns, not the table.
 pub(crate) fn wanted_sessions(
     state: &ClusterState,
     me: NodeId,
     runnable: bool,
     is_held: impl Fn(&SessionId) -> bool,
-) -> HashMap<SessionId, Epoch> {
+) -> HashMap<SessionId, Arc<Session>> {
     if !may_run(state, me, runnable) {
         return HashMap::new();
     }
     state
-        .sessions_owned_by(me)
+        .rows_of(Some(me))
         .filter(|s| !is_held(&s.id))
-        .map(|s| (s.id.clone(), s.epoch))
+        .map(|s| (s.id.clone(), s.clone()))
         .collect()
 }
 
 /// [`wanted_sessions`] for the sessions `ids` only (those that changed):
-/// for each, the epoch to run it under, or `None` when it must not run here.
+/// for each, the row to run it from, or `None` when it must not run here.
 /// Agrees with [`wanted_sessions`] on every id (property-tested).
 pub(crate) fn wanted_among<'a>(
     state: &ClusterState,
@@ -257,16 +259,16 @@ pub(crate) fn wanted_among<'a>(
     runnable: bool,
     is_held: impl Fn(&SessionId) -> bool,
     ids: impl IntoIterator<Item = &'a SessionId>,
-) -> HashMap<SessionId, Option<Epoch>> {
+) -> HashMap<SessionId, Option<Arc<Session>>> {
     let allowed = may_run(state, me, runnable);
     ids.into_iter()
         .map(|id| {
-            let epoch = state
+            let row = state
                 .sessions
                 .get(id)
                 .filter(|s| allowed && s.owner == Some(me) && !is_held(id))
-                .map(|s| s.epoch);
-            (id.clone(), epoch)
+                .cloned();
+            (id.clone(), row)
         })
         .collect()
 }
@@ -401,7 +403,7 @@ mod tests {
             let wanted = wanted_sessions(&state, me, runnable, |id| held.contains(id));
             for (id, session) in &state.sessions {
                 let expected = runnable && !me_down && session.owner == Some(me) && !held.contains(id);
-                prop_assert_eq!(wanted.get(id) == Some(&session.epoch), expected);
+                prop_assert_eq!(wanted.get(id).map(|s| s.epoch) == Some(session.epoch), expected);
             }
             prop_assert!(wanted.len() <= state.sessions.len());
             // The incremental form agrees on every id, unknown ones included.
@@ -409,7 +411,8 @@ mod tests {
             ids.push(SessionId::new("gone").expect("id"));
             let among = wanted_among(&state, me, runnable, |id| held.contains(id), &ids);
             for id in &ids {
-                prop_assert_eq!(among[id], wanted.get(id).copied(), "{}", id);
+                let epoch = |row: Option<&Arc<Session>>| row.map(|s| (s.epoch, s.owner));
+                prop_assert_eq!(epoch(among[id].as_ref()), epoch(wanted.get(id)), "{}", id);
             }
         }
     }

@@ -5,6 +5,7 @@
 //! (`SessionId::new`, serde `try_from`) and can never be invalid inside.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -49,19 +50,22 @@ fn validate_name(text: &str) -> Result<(), InvalidId> {
 
 /// Defines a validated name type (1 to 128 characters of `[A-Za-z0-9_.:-]`)
 /// that serializes as a plain string and can never hold an invalid value.
+/// The text is shared (`Arc<str>`): the table's key, its row, the owner
+/// index, the events and the runtime hold one allocation of an id, and a
+/// clone (a mass failover makes several a move) is a reference count.
 macro_rules! validated_name {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             #[doc = concat!("Validates `text` as a ", $what, ".")]
             pub fn new(text: impl Into<String>) -> Result<Self, InvalidId> {
                 let text = text.into();
                 validate_name(&text)?;
-                Ok(Self(text))
+                Ok(Self(Arc::from(text)))
             }
 
             #[doc = concat!("The ", $what, " as text.")]
@@ -79,7 +83,7 @@ macro_rules! validated_name {
 
         impl From<$name> for String {
             fn from(name: $name) -> String {
-                name.0
+                name.0.to_string()
             }
         }
 

@@ -252,17 +252,22 @@ pub fn unplaced_reason(state: &ClusterState, session: &Session) -> Option<String
 /// move through the handoff, after their owner stopped them.
 pub fn repair(state: &ClusterState) -> Vec<Move> {
     repair_with(state, &state.nodes)
+        .into_iter()
+        .flat_map(|(_, moves)| moves)
+        .collect()
 }
 
 /// [`repair`] with the node statuses taken from `nodes` instead of the
-/// state (the scheduler plans its Down verdicts and the moves together).
+/// state (the scheduler plans its Down verdicts and the moves together),
+/// grouped by the owner the moves leave (`None`: the unplaced sessions),
+/// so the caller needs no second look-up of each session.
 /// The unplaced sessions are placed too, a group of one requirement only
 /// when some node fits it: the cost is the repair and the number of
 /// distinct requirements, not the table.
 pub fn repair_with<'a>(
     state: &'a ClusterState,
     nodes: &'a BTreeMap<NodeId, NodeInfo>,
-) -> Vec<Move> {
+) -> Vec<(Option<NodeId>, Vec<Move>)> {
     let mut planner = Planner::new(state, up_nodes(nodes));
     let lost: Vec<NodeId> = state
         .owners()
@@ -273,11 +278,14 @@ pub fn repair_with<'a>(
                 .is_none_or(|node| node.status == NodeStatus::Down)
         })
         .collect();
-    let mut moves: Vec<Move> = lost
+    let mut groups: Vec<(Option<NodeId>, Vec<Move>)> = lost
         .into_iter()
-        .flat_map(|owner| state.sessions_of(Some(owner)))
-        .map(|session| planner.relocate(session))
+        .map(|owner| {
+            let sessions = state.sessions_of(Some(owner));
+            (Some(owner), sessions.map(|s| planner.relocate(s)).collect())
+        })
         .collect();
+    let mut placed = Vec::new();
     for (need, ids) in state.unplaced_groups() {
         if !planner.fits(need) {
             continue;
@@ -287,10 +295,13 @@ pub fn repair_with<'a>(
             if step.to.is_none() {
                 break;
             }
-            moves.push(step);
+            placed.push(step);
         }
     }
-    moves
+    if !placed.is_empty() {
+        groups.push((None, placed));
+    }
+    groups
 }
 
 /// Moves that hand every session of `node` to the nodes that fit them.

@@ -79,11 +79,52 @@ pub struct ClusterState {
 #[derive(Deserialize)]
 struct Table {
     nodes: BTreeMap<NodeId, NodeInfo>,
+    #[serde(deserialize_with = "rows_by_their_id")]
     sessions: OrdMap<SessionId, Arc<Session>>,
     last_epoch: Epoch,
     events: imbl::Vector<Event>,
     last_event: u64,
     events_dropped_through: u64,
+}
+
+/// Reads the sessions map keyed by each row's own id (one copy of the
+/// text for the key, the row and the index; the decoded key is dropped). A
+/// key that differs from its row's id is refused: the map is keyed by id.
+fn rows_by_their_id<'de, D: serde::Deserializer<'de>>(
+    decoder: D,
+) -> Result<OrdMap<SessionId, Arc<Session>>, D::Error> {
+    struct Rows;
+    impl<'de> serde::de::Visitor<'de> for Rows {
+        type Value = OrdMap<SessionId, Arc<Session>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("sessions by id")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> Result<Self::Value, M::Error> {
+            let mut rows = OrdMap::new();
+            let mut kinds: BTreeSet<SessionKind> = BTreeSet::new();
+            while let Some((key, mut row)) = map.next_entry::<SessionId, Arc<Session>>()? {
+                if key != row.id {
+                    return Err(serde::de::Error::custom(format!(
+                        "session {key} holds the row of {}",
+                        row.id
+                    )));
+                }
+                // A decoded row is not shared yet: this clones nothing.
+                match kinds.get(&row.kind) {
+                    Some(kind) => Arc::make_mut(&mut row).kind = kind.clone(),
+                    None => {
+                        kinds.insert(row.kind.clone());
+                    }
+                }
+                rows.insert(row.id.clone(), row);
+            }
+            Ok(rows)
+        }
+    }
+    decoder.deserialize_map(Rows)
 }
 
 /// Placement events the table keeps for `GET /v1/events`.
@@ -140,6 +181,7 @@ impl From<Table> for ClusterState {
     fn from(table: Table) -> Self {
         let mut index = OwnerIndex::default();
         for session in table.sessions.values() {
+            index.kind(&session.kind);
             index.add(session);
         }
         Self {
@@ -159,8 +201,11 @@ impl From<Table> for ClusterState {
 /// sessions instead of scanning the table).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// Sessions created, deleted, moved or written.
-    pub sessions: BTreeSet<SessionId>,
+    /// Sessions created, deleted, moved or written, each with its owner
+    /// after the last of those changes (`None`: unplaced or deleted), so a
+    /// node skips, without a look-up, the sessions that are neither its
+    /// own nor running on it (in a mass failover, most of what changed).
+    pub sessions: BTreeMap<SessionId, Option<NodeId>>,
     /// A node was added, removed or changed status.
     pub nodes: bool,
     /// The whole table was replaced (a snapshot was installed): look at all of it.
@@ -290,9 +335,15 @@ impl ClusterState {
                 | Command::CreateSessionPlaced { id, .. }
                 | Command::UpdateState { id, .. }
                 | Command::UpdateStateKeyed { id, .. }
-                | Command::Settle { id, .. }
-                | Command::DeleteSession { id } => {
-                    changes.sessions.insert(id.clone());
+                | Command::Settle { id, .. } => {
+                    let owner = match &result {
+                        Ok(Applied::Session(row)) => row.owner,
+                        _ => self.sessions.get(id).and_then(|s| s.owner),
+                    };
+                    changes.sessions.insert(id.clone(), owner);
+                }
+                Command::DeleteSession { id } => {
+                    changes.sessions.insert(id.clone(), None);
                 }
                 // They record the sessions they moved (RemoveNode too).
                 Command::Reassign { .. } | Command::Relocate { .. } | Command::Handoff { .. } => {}
@@ -473,7 +524,9 @@ impl ClusterState {
                 self.record(session_id, step, (MoveReason::NodeRemoved, None), ctx);
             }
         }
-        changes.sessions.extend(owned);
+        changes
+            .sessions
+            .extend(owned.into_iter().map(|id| (id, None)));
         Ok(Applied::Done)
     }
 
@@ -548,7 +601,7 @@ impl ClusterState {
         let placement_event = self.next_placement(created, (MoveReason::Created, None), ctx);
         let mut session = Session {
             id: id.clone(),
-            kind: kind.clone(),
+            kind: self.index.kind(kind),
             owner,
             epoch: self.last_epoch,
             version: 0,
@@ -606,9 +659,11 @@ impl ClusterState {
             session.epoch = epoch;
             session.updated_at = ctx.at;
             push_history(&mut session.history, placement.clone(), ctx.history_keep);
-            moved.push((session.id.clone(), to, epoch));
-            self.push_event(id, placement);
-            changes.sessions.insert(id.clone());
+            // The row's id, not the move's: its clones share the table's text.
+            let id = session.id.clone();
+            moved.push((id.clone(), to, epoch));
+            self.push_event(&id, placement);
+            changes.sessions.insert(id, to);
         }
         moved
     }
@@ -690,12 +745,17 @@ impl ClusterState {
     /// Sessions owned by `owner` (`None`: the unplaced ones), in id order;
     /// costs what it returns.
     pub fn sessions_of(&self, owner: Option<NodeId>) -> impl Iterator<Item = &Session> {
+        self.rows_of(owner).map(|s| &**s)
+    }
+
+    /// The rows (shared) of the sessions owned by `owner`, in id order.
+    pub fn rows_of(&self, owner: Option<NodeId>) -> impl Iterator<Item = &Arc<Session>> {
         self.index
             .by_owner
             .get(&owner)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.sessions.get(id).map(|s| &**s))
+            .filter_map(|id| self.sessions.get(id))
     }
 
     /// Sessions owned by `node`.

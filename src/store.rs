@@ -715,7 +715,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let rows = self.view.read(|applied| {
                 changes
                     .sessions
-                    .iter()
+                    .keys()
                     .map(|id| (id.clone(), applied.state.sessions.get(id).cloned()))
                     .collect()
             });

@@ -784,7 +784,8 @@ fn check_planners(state: &ClusterState, at: DateTime<Utc>) -> Result<(), TestCas
 }
 
 /// (6) What `apply_tracked` reports covers every change: each session
-/// created, deleted or changed is named, and a change to any node is flagged.
+/// created, deleted or changed is named with its owner after the entry, and
+/// a change to any node is flagged.
 /// (Readers that follow the table incrementally depend on it.)
 fn check_changes(
     before: &ClusterState,
@@ -798,8 +799,14 @@ fn check_changes(
         .collect();
     for id in ids {
         if before.sessions.get(id) != after.sessions.get(id) {
-            prop_assert!(changes.sessions.contains(id), "{id} changed unreported");
+            prop_assert!(changes.sessions.contains_key(id), "{id} changed unreported");
         }
+    }
+    // The owner reported with each change is the owner after the entry
+    // (the runtime skips, without a look-up, what is not its own).
+    for (id, owner) in &changes.sessions {
+        let now = after.sessions.get(id).and_then(|s| s.owner);
+        prop_assert_eq!(*owner, now, "{} reported under the wrong owner", id);
     }
     if before.nodes != after.nodes {
         prop_assert!(changes.nodes, "a node changed unreported");
@@ -913,6 +920,19 @@ fn run_log(ops: &[Vec<Op>]) -> Result<(), TestCaseError> {
     prop_assert_eq!(&snapshot, &serde_json::to_vec(&second).unwrap());
     let restored: ClusterState = serde_json::from_slice(&snapshot).unwrap();
     prop_assert_eq!(&restored, &state);
+    // As the state machine's snapshot does (bincode): the same table, each
+    // row keyed by its own id's text (one copy, not two).
+    let restored: ClusterState =
+        bincode::deserialize(&bincode::serialize(&first).unwrap()).unwrap();
+    prop_assert_eq!(&restored, &state);
+    for (key, row) in restored.sessions.iter() {
+        prop_assert_eq!(
+            key.as_str().as_ptr(),
+            row.id.as_str().as_ptr(),
+            "{} not shared",
+            key
+        );
+    }
     let log_text = serde_json::to_string(&log).unwrap();
     let log_back: Vec<Proposal> = serde_json::from_str(&log_text).unwrap();
     prop_assert_eq!(&log_back, &log, "the log does not survive serialization");
@@ -1032,6 +1052,27 @@ fn one_session_on_node_1(state: &str) -> (ClusterState, SessionId, DateTime<Utc>
         table.apply_command(&command, at).unwrap();
     }
     (table, id, at)
+}
+
+/// A snapshot whose sessions map keys a row under another id is refused,
+/// not read into a table whose index and look-ups would disagree.
+#[test]
+fn a_snapshot_keying_a_row_under_another_id_is_refused() {
+    let (table, id, _) = one_session_on_node_1("{}");
+    let mut value = serde_json::to_value(&table).unwrap();
+    let sessions = value["sessions"].as_object_mut().unwrap();
+    let row = sessions.remove(id.as_str()).unwrap();
+    sessions.insert("someone-else".into(), row);
+    let error = serde_json::from_value::<ClusterState>(value).unwrap_err();
+    assert!(
+        error.to_string().contains("holds the row of"),
+        "unexpected error: {error}"
+    );
+    let readable = serde_json::to_value(&table).unwrap();
+    assert_eq!(
+        serde_json::from_value::<ClusterState>(readable).unwrap(),
+        table
+    );
 }
 
 /// A write built on an older version is refused even under the current

@@ -32,24 +32,24 @@
 mod holds;
 mod router;
 mod slot;
+mod start;
 mod task;
 
 use self::holds::{Holds, Pass};
-use self::slot::{join_stopped, Live, Row, Running};
+use self::slot::{join_stopped, Running};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use self::task::SessionTask;
 use crate::lease::Lease;
-use crate::model::{CallKey, CallRetention, Epoch, NodeId, SessionId};
+use crate::model::{CallKey, CallRetention, Epoch, NodeId, Session, SessionId};
 use crate::peer::Transport;
 pub use crate::peer::{CallError, CallReply, ForwardedCall};
 use crate::raft::Proposer;
@@ -113,6 +113,10 @@ impl TaskEnv {
             .is_valid(Instant::now(), self.view.applied_index())
     }
 }
+
+/// What a pass wants of each session it looked at: the row to run it
+/// from (under the row's epoch), or `None` (it must not run here).
+type Wanted = HashMap<SessionId, Option<Arc<Session>>>;
 
 /// Live sessions of this node.
 pub(crate) struct Runtime {
@@ -229,7 +233,8 @@ impl Runtime {
             self.boot_epoch
                 .get_or_init(|| self.env.view.read(|a| a.state.last_epoch));
         }
-        let changes = self.env.view.take_changes();
+        let mut changes = self.env.view.take_changes();
+        let ours = self.ours(std::mem::take(&mut changes.sessions));
         let me_down = self.env.view.read(|a| {
             a.state.nodes.get(&self.env.me).map(|n| n.status)
                 == Some(crate::model::NodeStatus::Down)
@@ -246,7 +251,7 @@ impl Runtime {
                 .read(|a| held.refresh_all(&a.state, self.env.me, now));
             None
         } else {
-            let (mut ids, rest) = pass.take_chunk(changes.sessions, PASS_CHUNK);
+            let (mut ids, rest) = pass.take_chunk(ours, PASS_CHUNK);
             later = rest;
             self.env.view.read(|a| {
                 ids.extend(held.expire(now));
@@ -273,15 +278,34 @@ impl Runtime {
         (wake_at, more)
     }
 
-    /// The epoch each session in `scope` (all when `None`: every session
-    /// this node owns) should run under here, `None` for those it should
-    /// not run.
-    fn wanted(
-        &self,
-        held: &Holds,
-        runnable: bool,
-        scope: Option<&BTreeSet<SessionId>>,
-    ) -> HashMap<SessionId, Option<Epoch>> {
+    /// The changed sessions this pass must look at: those this node owns
+    /// after the change, and those it runs, stops, holds or ran (the rest,
+    /// in a mass failover most of what changed, wants nothing here and is
+    /// skipped without a look-up). Locks in the runtime's order: tasks,
+    /// finishing, held, ran.
+    fn ours(&self, changed: BTreeMap<SessionId, Option<NodeId>>) -> BTreeSet<SessionId> {
+        let me = Some(self.env.me);
+        let tasks = self.tasks.lock().recover();
+        let finishing = self.finishing.lock().recover();
+        let held = self.held.lock().recover();
+        let ran = self.ran.lock().recover();
+        changed
+            .into_iter()
+            .filter(|(id, owner)| {
+                *owner == me
+                    || tasks.contains_key(id)
+                    || finishing.contains_key(id)
+                    || held.by_id.contains_key(id)
+                    || ran.contains_key(id)
+            })
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The row (whose epoch it runs under) of each session in `scope` (all
+    /// when `None`: every session this node owns) that should run here,
+    /// `None` for those it should not run.
+    fn wanted(&self, held: &Holds, runnable: bool, scope: Option<&BTreeSet<SessionId>>) -> Wanted {
         let me = self.env.me;
         let is_held = |id: &SessionId| held.by_id.contains_key(id);
         match scope {
@@ -290,7 +314,7 @@ impl Runtime {
                 self.env.view.read(|a| {
                     crate::control::wanted_sessions(&a.state, me, runnable, is_held)
                         .into_iter()
-                        .map(|(id, epoch)| (id, Some(epoch)))
+                        .map(|(id, row)| (id, Some(row)))
                         .collect()
                 })
             }),
@@ -306,11 +330,12 @@ impl Runtime {
     /// task stopped here may still be committing (a lease lapse in the
     /// middle of a write): it answers no other call, and no successor
     /// starts before it is done.
-    fn stop_unwanted(&self, wanted: &HashMap<SessionId, Option<Epoch>>, full: bool) {
+    fn stop_unwanted(&self, wanted: &Wanted, full: bool) {
         let mut tasks = self.tasks.lock().recover();
         let mut finishing = self.finishing.lock().recover();
         let unwanted_epoch = |id: &SessionId, running: &Running| {
-            wanted.get(id).copied().flatten() != Some(running.epoch) || running.ended_by_itself()
+            let epoch = wanted.get(id).and_then(|row| row.as_ref()).map(|s| s.epoch);
+            epoch != Some(running.epoch) || running.ended_by_itself()
         };
         let unwanted: Vec<SessionId> = if full {
             tasks
@@ -343,7 +368,7 @@ impl Runtime {
     /// and those left for the next pass.
     fn start_wanted(
         &self,
-        wanted: HashMap<SessionId, Option<Epoch>>,
+        wanted: Wanted,
         scope: Option<&BTreeSet<SessionId>>,
     ) -> (Vec<SessionId>, Vec<SessionId>) {
         let boot_epoch = self.boot_epoch.get().copied().unwrap_or(Epoch(u64::MAX));
@@ -369,8 +394,9 @@ impl Runtime {
         let mut waiting = Vec::new();
         let mut deferred = Vec::new();
         let mut started = 0;
-        for (id, epoch) in wanted {
-            let Some(epoch) = epoch else { continue };
+        for (id, row) in wanted {
+            let Some(row) = row else { continue };
+            let epoch = row.epoch;
             if tasks.contains_key(&id) {
                 continue;
             }
@@ -384,7 +410,7 @@ impl Runtime {
             }
             started += 1;
             let settled = epoch > boot_epoch && ran.get(&id) != Some(&epoch);
-            if let Some(running) = self.start_task(&id, epoch, settled, None) {
+            if let Some(running) = self.start_task(&id, epoch, settled, None, Some(&row)) {
                 if running.live.is_some() {
                     ran.insert(id.clone(), epoch);
                 }
@@ -392,118 +418,6 @@ impl Runtime {
             }
         }
         (waiting, deferred)
-    }
-
-    /// Starts a task for `id` under `epoch` from the applied state. Unless
-    /// `settled` (the epoch is new to this node), the task settles the row
-    /// through the log before it answers anything.
-    fn start_task(
-        &self,
-        id: &SessionId,
-        epoch: Epoch,
-        settled: bool,
-        restart: Option<u64>,
-    ) -> Option<Running> {
-        let new_slot = restart.is_none();
-        let Row {
-            kind,
-            state,
-            version,
-            recorded,
-            moved_at,
-        } = self.row_of(id, epoch, new_slot && settled)?;
-        // A parked session's next task: settled only from a row that has
-        // the last write of the task before it.
-        let settled = settled && restart.is_none_or(|min| version >= min);
-        let (handler, live) = self.load(id, &kind, &state)?;
-        let deadline = live.next_deadline();
-        if new_slot && deadline.is_none() && self.env.park_after.is_some() {
-            // Nothing to do until a call comes: parked, ready here.
-            if let Some(at) = moved_at {
-                task::observe_failover(&self.env, at);
-            }
-            return Some(Running {
-                id: id.clone(),
-                epoch,
-                settled,
-                min_version: 0,
-                live: None,
-            });
-        }
-        let (mailbox, calls) = mpsc::channel(MAILBOX);
-        let stop = Arc::new(AtomicBool::new(false));
-        let parked = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let task = SessionTask {
-            env: self.env.clone(),
-            id: id.clone(),
-            epoch,
-            handler,
-            deadline,
-            not_before: None,
-            live: Some(live),
-            committed: state,
-            version,
-            calls: recorded,
-            settled,
-            stop: stop.clone(),
-            parked: parked.clone(),
-            kind,
-            moved_at,
-        };
-        self.env.live_tasks.fetch_add(1, Ordering::SeqCst);
-        Some(Running {
-            id: id.clone(),
-            epoch,
-            settled,
-            min_version: 0,
-            live: Some(Live {
-                mailbox,
-                task: tokio::spawn(task.run(calls)),
-                stop,
-                parked,
-            }),
-        })
-    }
-
-    /// The kind's handler and the live state made from `state`.
-    #[allow(clippy::type_complexity)]
-    fn load(
-        &self,
-        id: &SessionId,
-        kind: &crate::model::SessionKind,
-        state: &crate::model::StateJson,
-    ) -> Option<(
-        Arc<dyn crate::handler::DynHandler>,
-        Box<dyn crate::handler::LiveSession>,
-    )> {
-        let Some(handler) = self.registry.get(kind).cloned() else {
-            warn!(session = %id, %kind, "no handler registered for this kind; session not started");
-            return None;
-        };
-        match handler.start(state) {
-            Ok(live) => Some((handler, live)),
-            Err(e) => {
-                warn!(session = %id, error = %e, "session state does not load; not started");
-                None
-            }
-        }
-    }
-
-    /// The session's row under `epoch`, as a task starts from it; `moved_at`
-    /// when `moved` (a new epoch here) and the row shows a move.
-    fn row_of(&self, id: &SessionId, epoch: Epoch, moved: bool) -> Option<Row> {
-        self.env.view.read(|a| {
-            let s = a.state.sessions.get(id).filter(|s| s.epoch == epoch)?;
-            // A new epoch here on a session not just created: a move.
-            let moved_at = (moved && s.updated_at != s.created_at).then_some(s.updated_at);
-            Some(Row {
-                kind: s.kind.clone(),
-                state: s.state.clone(),
-                version: s.version,
-                recorded: s.calls.clone(),
-                moved_at,
-            })
-        })
     }
 
     async fn stop_all(&self) {

@@ -25,7 +25,8 @@ impl Runtime {
             if self.finishing.lock().recover().contains_key(id) {
                 return None;
             }
-            let started = self.start_task(id, slot.epoch, slot.settled, Some(slot.min_version))?;
+            let started =
+                self.start_task(id, slot.epoch, slot.settled, Some(slot.min_version), None)?;
             self.ran.lock().recover().insert(id.clone(), slot.epoch);
             slot.live = started.live;
         }

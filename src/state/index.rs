@@ -17,9 +17,23 @@ pub(super) struct OwnerIndex {
     pub(super) kinds: BTreeMap<NodeId, BTreeMap<SessionKind, usize>>,
     /// Unplaced sessions by requirement.
     pub(super) unplaced: BTreeMap<Requirement, BTreeSet<SessionId>>,
+    /// Every kind name a row has held: rows share one copy of each
+    /// (memory, and the kind compared on every move stays in cache).
+    names: BTreeSet<SessionKind>,
 }
 
 impl OwnerIndex {
+    /// The shared copy of `kind` (made the shared one if it is new).
+    pub(super) fn kind(&mut self, kind: &SessionKind) -> SessionKind {
+        match self.names.get(kind) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.names.insert(kind.clone());
+                kind.clone()
+            }
+        }
+    }
+
     /// Indexes `session` under its current owner.
     pub(super) fn add(&mut self, session: &Session) {
         self.put(
