@@ -632,27 +632,28 @@ impl ClusterState {
         changes: &mut Changes,
     ) -> Vec<(SessionId, Option<NodeId>, Epoch)> {
         let mut moved = Vec::with_capacity(moves.len());
+        // Out of `self` while the moves run, so that each move looks its row
+        // up once (checks and change through one `get_mut`) while the node,
+        // index and event fields stay reachable; nothing below reads it.
+        let mut sessions = std::mem::take(&mut self.sessions);
         for (step, version) in moves {
             let (id, to) = (&step.id, step.to);
-            let Some(current) = self.sessions.get(id) else {
+            let Some(row) = sessions.get_mut(id) else {
                 continue;
             };
             let fits = match to {
                 None => true,
-                Some(node) if current.owner == Some(node) => self.nodes.contains_key(&node),
-                Some(node) => self.can_take(node, &current.placement),
+                Some(node) if row.owner == Some(node) => self.nodes.contains_key(&node),
+                Some(node) => self.can_take(node, &row.placement),
             };
             let unchanged =
-                current.epoch == step.from_epoch && version.is_none_or(|v| v == current.version);
+                row.epoch == step.from_epoch && version.is_none_or(|v| v == row.version);
             if !unchanged || !fits {
                 continue;
             }
             let epoch = self.last_epoch.next();
-            let from = current.owner;
-            let placement = self.next_placement((from, to, epoch), why, ctx);
-            let Some(session) = self.sessions.get_mut(id).map(Arc::make_mut) else {
-                continue;
-            };
+            let placement = self.next_placement((row.owner, to, epoch), why, ctx);
+            let session = Arc::make_mut(row);
             self.index.move_owner(session, to);
             self.last_epoch = epoch;
             session.owner = to;
@@ -665,6 +666,7 @@ impl ClusterState {
             self.push_event(&id, placement);
             changes.sessions.insert(id, to);
         }
+        self.sessions = sessions;
         moved
     }
 
