@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::labels::Requirement;
 use crate::model::{NodeId, Session, SessionId, SessionKind};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct OwnerIndex {
     /// Session ids by owner (`None`: unplaced).
     pub(super) by_owner: BTreeMap<Option<NodeId>, BTreeSet<SessionId>>,
@@ -21,6 +21,19 @@ pub(super) struct OwnerIndex {
     /// (memory, and the kind compared on every move stays in cache).
     names: BTreeSet<SessionKind>,
 }
+
+/// Two indexes are equal when they index the same rows: the shared kind
+/// names are a cache (a table read back from a snapshot holds only the
+/// kinds its rows use, one built by `apply` also those of deleted rows).
+impl PartialEq for OwnerIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_owner == other.by_owner
+            && self.kinds == other.kinds
+            && self.unplaced == other.unplaced
+    }
+}
+
+impl Eq for OwnerIndex {}
 
 impl OwnerIndex {
     /// The shared copy of `kind` (made the shared one if it is new).
