@@ -512,6 +512,61 @@ fn read_snapshot_file(path: &Path) -> StorageResult<Option<StoredSnapshot>> {
     Ok(Some(StoredSnapshot { meta, data: bytes }))
 }
 
+/// The snapshot file opened at its data, with its metadata read (`None`:
+/// there is none). A length of metadata beyond the file is refused before
+/// anything is allocated for it.
+fn open_snapshot(
+    path: &Path,
+) -> StorageResult<
+    Option<(
+        SnapshotMeta<NodeId, openraft::BasicNode>,
+        impl std::io::Read,
+    )>,
+> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let size = file.metadata().map_err(read_err)?.len();
+    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut len = [0u8; 8];
+    input.read_exact(&mut len).map_err(read_err)?;
+    let meta_len = u64::from_be_bytes(len);
+    if meta_len > size.saturating_sub(8) {
+        return Err(read_err(std::io::Error::other(
+            "snapshot file is truncated",
+        )));
+    }
+    let mut meta = vec![0u8; meta_len as usize];
+    input.read_exact(&mut meta).map_err(read_err)?;
+    Ok(Some((decode(&meta)?, input)))
+}
+
+/// The table of the snapshot file, decoded as the file is read (its data
+/// is never held whole in memory: a restart of a large table did, twice),
+/// in this version's format or the untagged version 2 one, converted.
+fn read_snapshot_table(path: &Path) -> StorageResult<Option<Applied>> {
+    use std::io::Read;
+    let Some((_, mut input)) = open_snapshot(path)? else {
+        return Ok(None);
+    };
+    let mut tag = Vec::with_capacity(SNAPSHOT_TAG.len());
+    (&mut input)
+        .take(SNAPSHOT_TAG.len() as u64)
+        .read_to_end(&mut tag)
+        .map_err(read_err)?;
+    let applied = if tag == SNAPSHOT_TAG.as_slice() {
+        bincode::deserialize_from(input).map_err(read_err)?
+    } else {
+        let v2: legacy::AppliedV2 =
+            bincode::deserialize_from(std::io::Cursor::new(tag).chain(input)).map_err(read_err)?;
+        v2.into()
+    };
+    Ok(Some(applied))
+}
+
 /// Moves in an entry after whose apply the state machine yields to the
 /// runtime's other tasks (heartbeats, renewals, reads).
 const YIELD_AFTER_MOVES: usize = 256;
@@ -608,29 +663,20 @@ impl StateMachineStore {
     /// version is read once and moved to the file.
     pub fn new(db: sled::Db, dir: &Path) -> StorageResult<Self> {
         let file = dir.join(SNAPSHOT_FILE);
-        let mut stored = read_snapshot_file(&file)?;
         let legacy = db.open_tree("snapshot").map_err(read_err)?;
         if let Some(bytes) = legacy.get(KEY_SNAPSHOT).map_err(read_err)? {
             // Written by a version that kept no placement history.
             let old: StoredSnapshot = decode(&bytes)?;
-            let newer = stored
-                .as_ref()
-                .is_some_and(|s| s.meta.last_log_id >= old.meta.last_log_id);
+            let current = open_snapshot(&file)?.map(|(meta, _)| meta);
+            let newer = current.is_some_and(|meta| meta.last_log_id >= old.meta.last_log_id);
             if !newer {
                 let applied: Applied = decode::<legacy::AppliedV1>(&old.data)?.into();
                 let data = encode_applied(&applied)?;
                 write_snapshot_file(&file, &encode(&old.meta)?, &data).map_err(write_err)?;
-                stored = Some(StoredSnapshot {
-                    meta: old.meta,
-                    data,
-                });
             }
             legacy.remove(KEY_SNAPSHOT).map_err(write_err)?;
         }
-        let applied: Applied = match &stored {
-            Some(stored) => decode_applied(&stored.data)?,
-            None => Applied::default(),
-        };
+        let applied = read_snapshot_table(&file)?.unwrap_or_default();
         let index = applied.last_applied.map(|id| id.index).unwrap_or(0);
         let (applied_tx, _) = watch::channel(index);
         Ok(Self {
@@ -1113,6 +1159,45 @@ mod tests {
         drop(sm);
         let again = StateMachineStore::new(db, dir.path()).expect("open again");
         assert_eq!(again.view().read(|a| a.state.clone()), state);
+    }
+
+    /// A snapshot file cut short, or claiming more metadata than it holds,
+    /// fails to open with an error (no panic, no allocation of the claimed
+    /// length); a whole one opens to the table it was written from.
+    #[tokio::test]
+    async fn a_damaged_snapshot_file_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = open_db(dir.path()).expect("db");
+        let mut sm = StateMachineStore::new(db.clone(), dir.path()).expect("open");
+        let mut state = ClusterState::default();
+        state
+            .apply_command(
+                &Command::AddNode {
+                    id: 1,
+                    addr: "127.0.0.1:7001".into(),
+                },
+                chrono::Utc::now(),
+            )
+            .expect("add");
+        sm.view.replace(Applied {
+            state,
+            ..Applied::default()
+        });
+        sm.build_snapshot().await.expect("snapshot");
+        let file = dir.path().join(SNAPSHOT_FILE);
+        let whole = std::fs::read(&file).expect("read");
+        let opened = read_snapshot_table(&file).expect("whole").expect("there");
+        assert_eq!(opened.state.nodes.len(), 1);
+        let mut huge = whole.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_be_bytes());
+        for (what, bytes) in [("cut", &whole[..whole.len() - 3]), ("huge", &huge[..])] {
+            std::fs::write(&file, bytes).expect("write");
+            assert!(read_snapshot_table(&file).is_err(), "{what} opened");
+            assert!(
+                StateMachineStore::new(db.clone(), dir.path()).is_err(),
+                "{what}"
+            );
+        }
     }
 
     /// The log format only gains variants: every command an earlier
