@@ -127,11 +127,12 @@ fn main() {
     state.apply(&entry(vec![Command::NodeDown { id: 3 }]));
     let started = Instant::now();
     let moves: Vec<Move> = minos::placement::repair(&state);
+    let planned = started.elapsed();
     println!(
         "mass failover: planned {} moves in {} ms ({:.2} us a move)",
         moves.len(),
-        started.elapsed().as_millis(),
-        started.elapsed().as_secs_f64() * 1e6 / moves.len().max(1) as f64,
+        planned.as_millis(),
+        planned.as_secs_f64() * 1e6 / moves.len().max(1) as f64,
     );
     let entries: Vec<Proposal> = moves
         .chunks(MOVES_PER_COMMAND * COMMANDS_PER_ENTRY)

@@ -113,12 +113,8 @@ fn rows_by_their_id<'de, D: serde::Deserializer<'de>>(
                     )));
                 }
                 // A decoded row is not shared yet: this clones nothing.
-                match kinds.get(&row.kind) {
-                    Some(kind) => Arc::make_mut(&mut row).kind = kind.clone(),
-                    None => {
-                        kinds.insert(row.kind.clone());
-                    }
-                }
+                let kind = index::share_kind(&mut kinds, &row.kind);
+                Arc::make_mut(&mut row).kind = kind;
                 rows.insert(row.id.clone(), row);
             }
             Ok(rows)

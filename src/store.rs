@@ -443,44 +443,22 @@ pub struct StateMachineStore {
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 /// The snapshot file: the length of the metadata (8 bytes, big-endian), the
-/// metadata (bincode), then the data (the bincode of [`Applied`]). Written
-/// to a temporary file, synced and renamed, so a crash leaves the old one.
-fn write_snapshot_file(path: &Path, meta: &[u8], data: &[u8]) -> std::io::Result<()> {
-    replace_file(path, |out| {
-        use std::io::Write;
-        out.write_all(&(meta.len() as u64).to_be_bytes())?;
-        out.write_all(meta)?;
-        out.write_all(data)
-    })
-}
-
-/// A snapshot file whose data (the tag, then the bincode of `applied`) is
-/// encoded straight into it: the encoding of a large table is never held
-/// whole in memory (it was, twice over while its buffer grew: a node of a
-/// million sessions went from 560 MiB to 1.1 GiB during each snapshot).
-fn write_snapshot_streamed<T: Serialize>(
+/// metadata (bincode), then the data, which `data` writes (straight into
+/// the file: the encoding of a large table is never held whole in memory;
+/// it was, twice over while its buffer grew, and a node of a million
+/// sessions went from 560 MiB to 1.1 GiB during each snapshot). Written to
+/// a temporary file, synced and renamed, so a crash leaves the old one.
+fn write_snapshot_file(
     path: &Path,
     meta: &[u8],
-    applied: &T,
+    data: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    replace_file(path, |out| {
-        use std::io::Write;
-        out.write_all(&(meta.len() as u64).to_be_bytes())?;
-        out.write_all(meta)?;
-        out.write_all(SNAPSHOT_TAG)?;
-        bincode::serialize_into(&mut *out, applied).map_err(std::io::Error::other)
-    })
-}
-
-/// Writes `path` through `write` into a temporary file beside it, then
-/// syncs it, renames it over `path` and syncs the directory.
-fn replace_file(
-    path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
-) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-    write(&mut out)?;
+    out.write_all(&(meta.len() as u64).to_be_bytes())?;
+    out.write_all(meta)?;
+    data(&mut out)?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -492,24 +470,13 @@ fn replace_file(
 
 /// Reads the snapshot file: its metadata and data (`None`: there is none).
 fn read_snapshot_file(path: &Path) -> StorageResult<Option<StoredSnapshot>> {
-    let mut bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(read_err(e)),
+    use std::io::Read;
+    let Some((meta, mut input)) = open_snapshot(path)? else {
+        return Ok(None);
     };
-    let bad = || read_err(std::io::Error::other("snapshot file is truncated"));
-    let meta_len = bytes
-        .get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(bad)? as usize;
-    if bytes.len() < 8 + meta_len {
-        return Err(bad());
-    }
-    let meta = decode(&bytes[8..8 + meta_len])?;
-    // In place: a copy of the data would double a large table's file in memory.
-    bytes.drain(..8 + meta_len);
-    Ok(Some(StoredSnapshot { meta, data: bytes }))
+    let mut data = Vec::new();
+    input.read_to_end(&mut data).map_err(read_err)?;
+    Ok(Some(StoredSnapshot { meta, data }))
 }
 
 /// The snapshot file opened at its data, with its metadata read (`None`:
@@ -545,26 +512,12 @@ fn open_snapshot(
 }
 
 /// The table of the snapshot file, decoded as the file is read (its data
-/// is never held whole in memory: a restart of a large table did, twice),
-/// in this version's format or the untagged version 2 one, converted.
+/// is never held whole in memory: a restart of a large table did, twice).
 fn read_snapshot_table(path: &Path) -> StorageResult<Option<Applied>> {
-    use std::io::Read;
-    let Some((_, mut input)) = open_snapshot(path)? else {
-        return Ok(None);
-    };
-    let mut tag = Vec::with_capacity(SNAPSHOT_TAG.len());
-    (&mut input)
-        .take(SNAPSHOT_TAG.len() as u64)
-        .read_to_end(&mut tag)
-        .map_err(read_err)?;
-    let applied = if tag == SNAPSHOT_TAG.as_slice() {
-        bincode::deserialize_from(input).map_err(read_err)?
-    } else {
-        let v2: legacy::AppliedV2 =
-            bincode::deserialize_from(std::io::Cursor::new(tag).chain(input)).map_err(read_err)?;
-        v2.into()
-    };
-    Ok(Some(applied))
+    match open_snapshot(path)? {
+        Some((_, input)) => decode_applied(input).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Moves in an entry after whose apply the state machine yields to the
@@ -631,21 +584,28 @@ mod legacy;
 /// number of nodes, never this text.
 const SNAPSHOT_TAG: &[u8; 16] = b"minos-snapshot-3";
 
-/// A snapshot's data: the tag, then the bincode of the [`Applied`] (or of
-/// its copy, which encodes the same).
-fn encode_applied<T: Serialize>(applied: &T) -> StorageResult<Vec<u8>> {
-    let mut data = SNAPSHOT_TAG.to_vec();
-    bincode::serialize_into(&mut data, applied).map_err(write_err)?;
-    Ok(data)
+/// A snapshot's data, into `out`: the tag, then the bincode of the
+/// [`Applied`] (or of its copy, which encodes the same).
+fn write_applied<T: Serialize>(out: &mut impl std::io::Write, applied: &T) -> std::io::Result<()> {
+    out.write_all(SNAPSHOT_TAG)?;
+    bincode::serialize_into(out, applied).map_err(std::io::Error::other)
 }
 
-/// Reads a snapshot's data in its format: this version's (tagged), or the
-/// untagged version 2 one, converted.
-fn decode_applied(data: &[u8]) -> StorageResult<Applied> {
-    match data.strip_prefix(SNAPSHOT_TAG.as_slice()) {
-        Some(current) => decode(current),
-        None => Ok(decode::<legacy::AppliedV2>(data)?.into()),
+/// Reads a snapshot's data from `input` in its format: this version's
+/// (tagged), or the untagged version 2 one, converted.
+fn decode_applied(mut input: impl std::io::Read) -> StorageResult<Applied> {
+    use std::io::Read;
+    let mut tag = Vec::with_capacity(SNAPSHOT_TAG.len());
+    (&mut input)
+        .take(SNAPSHOT_TAG.len() as u64)
+        .read_to_end(&mut tag)
+        .map_err(read_err)?;
+    if tag == SNAPSHOT_TAG.as_slice() {
+        return bincode::deserialize_from(input).map_err(read_err);
     }
+    let v2: legacy::AppliedV2 =
+        bincode::deserialize_from(std::io::Cursor::new(tag).chain(input)).map_err(read_err)?;
+    Ok(v2.into())
 }
 
 /// What a snapshot holds, copied from [`Applied`] in O(number of nodes)
@@ -671,8 +631,10 @@ impl StateMachineStore {
             let newer = current.is_some_and(|meta| meta.last_log_id >= old.meta.last_log_id);
             if !newer {
                 let applied: Applied = decode::<legacy::AppliedV1>(&old.data)?.into();
-                let data = encode_applied(&applied)?;
-                write_snapshot_file(&file, &encode(&old.meta)?, &data).map_err(write_err)?;
+                write_snapshot_file(&file, &encode(&old.meta)?, |out| {
+                    write_applied(out, &applied)
+                })
+                .map_err(write_err)?;
             }
             legacy.remove(KEY_SNAPSHOT).map_err(write_err)?;
         }
@@ -702,7 +664,11 @@ impl StateMachineStore {
     ) -> StorageResult<()> {
         let meta = encode(meta)?;
         let file = self.file.clone();
-        in_background(move || write_snapshot_file(&file, &meta, &data).map_err(write_err)).await
+        in_background(move || {
+            write_snapshot_file(&file, &meta, |out| std::io::Write::write_all(out, &data))
+                .map_err(write_err)
+        })
+        .await
     }
 }
 
@@ -734,7 +700,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let file = self.file.clone();
         let started = std::time::Instant::now();
         let bytes = in_background(move || {
-            write_snapshot_streamed(&file, &encoded, &copy).map_err(write_err)?;
+            write_snapshot_file(&file, &encoded, |out| write_applied(out, &copy))
+                .map_err(write_err)?;
             Ok(std::fs::metadata(&*file).map_or(0, |m| m.len()))
         })
         .await?;
@@ -837,7 +804,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> StorageResult<()> {
         let data = Arc::new(snapshot.into_inner());
         let decoded = data.clone();
-        let applied: Applied = in_background(move || decode_applied(&decoded)).await?;
+        let applied: Applied = in_background(move || decode_applied(decoded.as_slice())).await?;
         self.save_snapshot(meta, data).await?;
         self.view.replace(applied);
         Ok(())
@@ -1137,7 +1104,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join(SNAPSHOT_FILE);
         let data = encode(&old).expect("encode");
-        write_snapshot_file(&file, &encode(&meta).expect("meta"), &data).expect("write");
+        write_snapshot_file(&file, &encode(&meta).expect("meta"), |out| {
+            std::io::Write::write_all(out, &data)
+        })
+        .expect("write");
         let db = open_db(dir.path()).expect("db");
         let mut sm = StateMachineStore::new(db.clone(), dir.path()).expect("open");
         let (state, index) = sm.view().read(|a| (a.state.clone(), a.last_applied));

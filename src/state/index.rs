@@ -38,13 +38,7 @@ impl Eq for OwnerIndex {}
 impl OwnerIndex {
     /// The shared copy of `kind` (made the shared one if it is new).
     pub(super) fn kind(&mut self, kind: &SessionKind) -> SessionKind {
-        match self.names.get(kind) {
-            Some(shared) => shared.clone(),
-            None => {
-                self.names.insert(kind.clone());
-                kind.clone()
-            }
-        }
+        share_kind(&mut self.names, kind)
     }
 
     /// Indexes `session` under its current owner.
@@ -131,5 +125,17 @@ impl OwnerIndex {
             }
         }
         id
+    }
+}
+
+/// The copy of `kind` in `names` (`kind` itself, added, if it is new): the
+/// one copy of a kind name every row holding it shares.
+pub(super) fn share_kind(names: &mut BTreeSet<SessionKind>, kind: &SessionKind) -> SessionKind {
+    match names.get(kind) {
+        Some(shared) => shared.clone(),
+        None => {
+            names.insert(kind.clone());
+            kind.clone()
+        }
     }
 }
