@@ -83,6 +83,16 @@ pub trait SessionHandler: Send + Sync + 'static {
         false
     }
 
+    /// False when no state of this kind ever has a deadline (the kind
+    /// leaves [`SessionHandler::next_deadline`] as it is): a session of
+    /// it that comes to a node with nothing to do is then parked without
+    /// its state being read, which is most of what starting the sessions
+    /// of a dead node costs. Keep the default (true) if `next_deadline`
+    /// can return a time.
+    fn has_deadlines(&self) -> bool {
+        true
+    }
+
     /// The next time [`SessionHandler::on_deadline`] must run, if any.
     fn next_deadline(&self, _state: &Self::State) -> Option<DateTime<Utc>> {
         None
@@ -125,6 +135,8 @@ pub(crate) trait DynHandler: Send + Sync + 'static {
     fn start(&self, state: &StateJson) -> Result<Box<dyn LiveSession>, HandlerError>;
     /// [`SessionHandler::is_query`]; false for a message that does not fit.
     fn is_query(&self, msg: &serde_json::Value) -> bool;
+    /// [`SessionHandler::has_deadlines`].
+    fn has_deadlines(&self) -> bool;
 }
 
 /// A running session's state and handler, type-erased.
@@ -177,6 +189,10 @@ impl<H: SessionHandler> DynHandler for Erased<H> {
 
     fn is_query(&self, msg: &serde_json::Value) -> bool {
         H::Msg::deserialize(msg).is_ok_and(|msg| self.0.is_query(&msg))
+    }
+
+    fn has_deadlines(&self) -> bool {
+        self.0.has_deadlines()
     }
 }
 

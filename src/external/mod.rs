@@ -225,6 +225,11 @@ impl DynHandler for Handler {
     fn is_query(&self, _msg: &Value) -> bool {
         false
     }
+
+    /// An app's envelope may carry a deadline: its state is read on start.
+    fn has_deadlines(&self) -> bool {
+        true
+    }
 }
 
 /// A running external session: its committed envelope (and the text of it,

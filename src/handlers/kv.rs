@@ -94,6 +94,11 @@ impl SessionHandler for Kv {
         matches!(msg, KvMessage::Get {})
     }
 
+    /// A kv session has no timer.
+    fn has_deadlines(&self) -> bool {
+        false
+    }
+
     fn handle(
         &self,
         _ctx: &SessionContext,
