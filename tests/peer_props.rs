@@ -191,11 +191,22 @@ fn no_forged_or_garbage_peer_message_changes_term_vote_log_or_table() {
             })
             .await
             .expect("create");
+        // Every node has applied the leader's log, so the footprint below
+        // is settled: on a busy machine a follower may not have applied the
+        // create yet, and that would look like a change made by a case.
+        let last = cluster
+            .node(leader)
+            .and_then(|n| n.metrics().borrow().last_log_index)
+            .expect("the leader's last log index");
         for id in cluster.ids() {
             cluster
                 .await_healthy(id, Duration::from_secs(30))
                 .await
                 .expect("healthy");
+            cluster
+                .await_applied(id, last, Duration::from_secs(30))
+                .await
+                .expect("applied");
         }
         cluster
     });
