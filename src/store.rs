@@ -137,6 +137,9 @@ pub struct LogStore {
     /// The first index not purged: entries below it may still be in `log`
     /// while a purge deletes them in the background, and are never read.
     kept_from: Arc<std::sync::atomic::AtomicU64>,
+    /// The log's last entries, decoded (`recent.rs`); changed under its
+    /// lock together with `log`, so a reader sees both or neither.
+    recent: Arc<Mutex<recent::Recent>>,
 }
 
 impl LogStore {
@@ -151,6 +154,7 @@ impl LogStore {
             meta,
             db,
             kept_from: Arc::new(last_purged.map_or(0, |id| id.index + 1).into()),
+            recent: Arc::default(),
         })
     }
 
@@ -179,6 +183,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         }
         .max(self.kept_from.load(std::sync::atomic::Ordering::Acquire));
+        if let Some(entries) = self
+            .recent
+            .lock()
+            .recover()
+            .get(start, |i| range.contains(&i))
+        {
+            return Ok(entries);
+        }
         let mut entries = Vec::new();
         for item in self.log.range(start.to_be_bytes()..) {
             let (key, value) = item.map_err(read_err)?;
@@ -248,10 +260,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.insert(&entry.log_id.index.to_be_bytes(), encode(&entry)?);
+            let bytes = encode(&entry)?;
+            let size = bytes.len();
+            batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
+            appended.push((entry, size));
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        {
+            let mut recent = self.recent.lock().recover();
+            self.log.apply_batch(batch).map_err(write_err)?;
+            for (entry, size) in appended {
+                recent.appended(entry, size);
+            }
+        }
         // Durable before acknowledged.
         let flushed = self.db.flush_async().await;
         match flushed {
@@ -272,7 +294,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for key in self.log.range(log_id.index.to_be_bytes()..).keys() {
             batch.remove(key.map_err(read_err)?);
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        {
+            let mut recent = self.recent.lock().recover();
+            self.log.apply_batch(batch).map_err(write_err)?;
+            recent.truncated(log_id.index);
+        }
         self.flush().await
     }
 
@@ -284,6 +310,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.flush().await?;
         self.kept_from
             .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::AcqRel);
+        self.recent.lock().recover().purged(log_id.index);
         // The entries go on a blocking thread, in chunks: openraft's core
         // waits for `purge`, and deleting the tens of thousands of entries
         // between two snapshots of a large table in one batch held it (and a
@@ -577,6 +604,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 mod legacy;
+mod recent;
 
 /// The tag in front of a snapshot's data since placement constraints (the
 /// format version 3 of [`Applied`]). Data without it is the version 2
