@@ -239,9 +239,9 @@ pub(crate) fn wanted_sessions(
     me: NodeId,
     runnable: bool,
     is_held: impl Fn(&SessionId) -> bool,
-) -> HashMap<SessionId, Arc<Session>> {
+) -> foldhash::HashMap<SessionId, Arc<Session>> {
     if !may_run(state, me, runnable) {
-        return HashMap::new();
+        return foldhash::HashMap::default();
     }
     state
         .rows_of(Some(me))
@@ -259,7 +259,7 @@ pub(crate) fn wanted_among<'a>(
     runnable: bool,
     is_held: impl Fn(&SessionId) -> bool,
     ids: impl IntoIterator<Item = &'a SessionId>,
-) -> HashMap<SessionId, Option<Arc<Session>>> {
+) -> foldhash::HashMap<SessionId, Option<Arc<Session>>> {
     let allowed = may_run(state, me, runnable);
     ids.into_iter()
         .map(|id| {

@@ -2,7 +2,9 @@
 //! sessions held back from running here until their move away is
 //! committed, or at most until the hold expires.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 
 use tokio::time::Instant;
 

@@ -38,7 +38,11 @@ mod task;
 use self::holds::{Holds, Pass};
 use self::slot::{join_stopped, Running};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+// Maps keyed by session id: seeded per process, far cheaper than SipHash
+// on short keys (a mass failover inserts and looks up every moved id).
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
