@@ -109,11 +109,10 @@ impl Liveness {
         self.with(|inner| inner.stopped.get(&node).is_some_and(|i| *i != instance))
     }
 
-    /// The process of `node` is gone (connection closed, then refused).
-    pub fn mark_dead(&self, node: NodeId) {
-        self.with(|inner| {
-            inner.dead.insert(node);
-        });
+    /// The process of `node` is gone (connection closed, then refused);
+    /// true when that is news (it was not marked dead since last heard).
+    pub fn mark_dead(&self, node: NodeId) -> bool {
+        self.with(|inner| inner.dead.insert(node))
     }
 
     fn heard(&self, node: NodeId, wants_up: bool) {

@@ -95,8 +95,10 @@ async fn run(env: Arc<SchedulerEnv>, term: u64) {
         tokio::select! {
             _ = ticker.tick() => {}
             Some(node) = dead_rx.recv() => {
-                info!(node, "process of node is gone (connection closed, then refused)");
-                env.liveness.mark_dead(node);
+                // Its watcher says so every few ms while it stays gone.
+                if env.liveness.mark_dead(node) {
+                    info!(node, "process of node is gone (connection closed, then refused)");
+                }
             }
         }
         if env.raft.metrics().borrow().current_term != term {
