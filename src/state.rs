@@ -126,6 +126,10 @@ fn rows_by_their_id<'de, D: serde::Deserializer<'de>>(
 /// Placement events the table keeps for `GET /v1/events`.
 pub const EVENTS_KEPT: usize = 10_000;
 
+/// An owner holding at least 1/`WALK_SHARE` of the table has its rows read
+/// by walking the table (see [`ClusterState::rows_of`]).
+const WALK_SHARE: usize = 8;
+
 /// A change of owner of one session, in the table's recent events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -747,13 +751,25 @@ impl ClusterState {
     }
 
     /// The rows (shared) of the sessions owned by `owner`, in id order.
+    /// An owner of a large share of the table (a dead node's third, which
+    /// the plan of a mass failover reads) is served by one walk of the
+    /// table rather than a look-up of each of its ids: the walk costs a
+    /// row, a look-up a descent of the tree comparing ids as text.
     pub fn rows_of(&self, owner: Option<NodeId>) -> impl Iterator<Item = &Arc<Session>> {
-        self.index
-            .by_owner
-            .get(&owner)
+        let ids = self.index.by_owner.get(&owner);
+        let count = ids.map_or(0, BTreeSet::len);
+        let walk = count.saturating_mul(WALK_SHARE) >= self.sessions.len() && count > 0;
+        let (walked, looked_up) = if walk {
+            let rows = self.sessions.values().filter(move |row| row.owner == owner);
+            (Some(rows), None)
+        } else {
+            let rows = ids.into_iter().flatten();
+            (None, Some(rows.filter_map(|id| self.sessions.get(id))))
+        };
+        walked
             .into_iter()
             .flatten()
-            .filter_map(|id| self.sessions.get(id))
+            .chain(looked_up.into_iter().flatten())
     }
 
     /// Sessions owned by `node`.

@@ -812,14 +812,22 @@ fn check_changes(
         prop_assert!(changes.nodes, "a node changed unreported");
     }
     for owner in after.owners() {
-        let listed: Vec<&SessionId> = after.sessions_of(owner).map(|s| &s.id).collect();
+        // The index itself (pages of an owner's sessions read only it)...
+        let indexed: Vec<&SessionId> = after
+            .sessions_of_after(owner, None)
+            .map(|s| &s.id)
+            .collect();
         let scanned: Vec<&SessionId> = after
             .sessions
             .values()
             .filter(|s| s.owner == owner)
             .map(|s| &s.id)
             .collect();
-        prop_assert_eq!(listed, scanned, "owner index of {:?} is off", owner);
+        prop_assert_eq!(&indexed, &scanned, "owner index of {:?} is off", owner);
+        // ...and the rows of an owner, read through the index or, for an
+        // owner of a large share, by walking the table.
+        let listed: Vec<&SessionId> = after.sessions_of(owner).map(|s| &s.id).collect();
+        prop_assert_eq!(listed, scanned, "rows of {:?} are off", owner);
     }
     let counted: usize = after.owners().map(|owner| after.count_of(owner)).sum();
     prop_assert_eq!(counted, after.sessions.len(), "owner index misses sessions");
@@ -1375,4 +1383,39 @@ fn recorded_calls_are_bounded_by_count_age_and_bytes() {
     );
     let keys: Vec<&str> = session.calls.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, ["k202"]);
+}
+
+#[test]
+fn rows_of_a_small_and_a_large_owner_are_the_same_walked_or_looked_up() {
+    // Node 1 owns 90 of 100 sessions (its rows are read by walking the
+    // table), node 2 the other 10 (looked up by id), in shuffled creation order.
+    let at = start_time();
+    let mut table = ClusterState::default();
+    for id in [1, 2] {
+        let addr = format!("127.0.0.1:{}", 7000 + id);
+        table
+            .apply_command(&Command::AddNode { id, addr }, at)
+            .unwrap();
+    }
+    for n in (0..100u32).map(|n| (n * 37) % 100) {
+        let create = Command::CreateSession {
+            id: SessionId::new(format!("r{n}")).unwrap(),
+            kind: SessionKind::new("kv").unwrap(),
+            state: StateJson("{}".into()),
+            owner: Some(if n % 10 == 3 { 2 } else { 1 }),
+        };
+        table.apply_command(&create, at).unwrap();
+    }
+    for (owner, count) in [(Some(1), 90), (Some(2), 10), (None, 0), (Some(3), 0)] {
+        let listed: Vec<&SessionId> = table.sessions_of(owner).map(|s| &s.id).collect();
+        let mut expected: Vec<&SessionId> = table
+            .sessions
+            .values()
+            .filter(|s| s.owner == owner)
+            .map(|s| &s.id)
+            .collect();
+        expected.sort();
+        assert_eq!(listed.len(), count, "rows of {owner:?}");
+        assert_eq!(listed, expected, "rows of {owner:?}");
+    }
 }
