@@ -2,13 +2,13 @@
 //! session and node records, the log command format and its outcomes.
 //!
 //! Everything here is plain data. Identifiers are validated once at the edge
-//! (`SessionId::new`, serde `try_from`) and can never be invalid inside.
+//! (`SessionId::new`, also when deserialized) and can never be invalid inside.
 
 use std::fmt;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 pub use crate::labels::{NodeTraits, Requirement};
 
@@ -50,22 +50,25 @@ fn validate_name(text: &str) -> Result<(), InvalidId> {
 
 /// Defines a validated name type (1 to 128 characters of `[A-Za-z0-9_.:-]`)
 /// that serializes as a plain string and can never hold an invalid value.
-/// The text is shared (`Arc<str>`): the table's key, its row, the owner
-/// index, the events and the runtime hold one allocation of an id, and a
-/// clone (a mass failover makes several a move) is a reference count.
+/// The text is a [`SmolStr`]: up to 23 bytes it is kept inline, so the
+/// table's key, its row, the owner index, the events and the runtime each
+/// hold a copy of 24 bytes, and comparing two ids (a mass failover compares
+/// dozens a move, descending ordered maps) reads no memory beyond the map's
+/// own nodes; a longer name is shared (`Arc<str>`), a clone a reference count.
+/// It (de)serializes from and to a borrowed `str`, without a `String` in
+/// between.
 macro_rules! validated_name {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(Arc<str>);
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(SmolStr);
 
         impl $name {
             #[doc = concat!("Validates `text` as a ", $what, ".")]
-            pub fn new(text: impl Into<String>) -> Result<Self, InvalidId> {
-                let text = text.into();
-                validate_name(&text)?;
-                Ok(Self(Arc::from(text)))
+            pub fn new(text: impl AsRef<str>) -> Result<Self, InvalidId> {
+                let text = text.as_ref();
+                validate_name(text)?;
+                Ok(Self(SmolStr::new(text)))
             }
 
             #[doc = concat!("The ", $what, " as text.")]
@@ -84,6 +87,28 @@ macro_rules! validated_name {
         impl From<$name> for String {
             fn from(name: $name) -> String {
                 name.0.to_string()
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl serde::de::Visitor<'_> for Visit {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str(concat!("a ", $what))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$name, E> {
+                        $name::new(text).map_err(E::custom)
+                    }
+                }
+                deserializer.deserialize_str(Visit)
             }
         }
 
