@@ -27,7 +27,6 @@ use self::load::{run_cell, Backend, Cell, CellResult, Op};
 pub use self::report::ThroughputReport;
 use self::report::{CellRow, MemoryRow};
 use crate::bench::BenchError;
-use crate::model::NodeId;
 use crate::testkit::process::{ProcessCluster, ProcessOptions};
 
 /// Flags of `minos bench throughput`.
@@ -137,7 +136,7 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> 
         })?;
         Some(cluster)
     };
-    let (mut cluster, leader, minos) = start_minos(bin).await?;
+    let (mut cluster, minos) = start_minos(bin).await?;
     let mut systems = vec![minos];
     if let Some(etcd) = &etcd {
         systems.insert(
@@ -170,6 +169,12 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> 
     let sessions = args.load + systems.last().map_or(0, |s| report_sessions_of(&report, s));
     report.placement = phases::placement(&cluster).await.map_err(failed)?;
     if !args.no_failover && sessions > 0 {
+        // The leader now: an election during the load may have moved it,
+        // and the victim must be a follower (a leader's death adds one).
+        let leader = cluster
+            .await_leader(Instant::now() + Duration::from_secs(30))
+            .await
+            .map_err(failed)?;
         report.failover = Some(
             phases::mass_failover(&mut cluster, leader)
                 .await
@@ -198,8 +203,8 @@ fn check(args: &ThroughputArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Starts the minos cluster; its leader and the system to measure.
-async fn start_minos(bin: PathBuf) -> Result<(ProcessCluster, NodeId, System), BenchError> {
+/// Starts the minos cluster; it and the system to measure.
+async fn start_minos(bin: PathBuf) -> Result<(ProcessCluster, System), BenchError> {
     say("starting a 3-node minos cluster");
     let mut options = ProcessOptions::new(bin);
     options.start_timeout = Duration::from_secs(60);
@@ -219,7 +224,7 @@ async fn start_minos(bin: PathBuf) -> Result<(ProcessCluster, NodeId, System), B
         leader: ids.iter().position(|id| *id == leader).unwrap_or(0),
         pids: ids.iter().filter_map(|id| cluster.pid(*id)).collect(),
     };
-    Ok((cluster, leader, minos))
+    Ok((cluster, minos))
 }
 
 /// Phases 2 and 3: the bulk load, then writes again on the loaded table.
