@@ -283,8 +283,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MINOS_MAX_SESSIONS", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_sessions: Option<u64>,
-    /// Raft log entries at least between two snapshots of the table; with
-    /// more than ten times as many sessions, one entry per 10 sessions
+    /// Raft log entries between two snapshots of the table (half that to
+    /// that many; each node a third of it apart from the others); with more
+    /// than ten times as many sessions, one entry per 10 sessions
     /// [default: 20000].
     #[arg(long, env = "MINOS_SNAPSHOT_EVERY", value_name = "ENTRIES",
           value_parser = clap::value_parser!(u64).range(100..=10_000_000))]

@@ -39,9 +39,10 @@ pub struct Timing {
     /// a graceful handoff), so a node coming back fills without a storm;
     /// `minos cluster rebalance` by hand is not bounded. At least 1.
     pub rebalance_moves_per_sec: u32,
-    /// Log entries at least between two snapshots of the table (a snapshot
-    /// encodes the whole table, off the write path); with a larger table,
-    /// one entry per 10 sessions (`raft::snapshot_due`).
+    /// Log entries between two snapshots of the table (a snapshot encodes
+    /// the whole table, off the write path): half that to that many, each
+    /// node a third of it apart from the others; with a larger table, one
+    /// entry per 10 sessions (`raft::snapshot_due`).
     pub snapshot_every: u64,
 }
 

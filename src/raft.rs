@@ -83,23 +83,46 @@ pub fn raft_config(timing: &Timing) -> Result<openraft::Config, String> {
     config.validate().map_err(|e| e.to_string())
 }
 
-/// Log entries per session at least between two snapshots: see
-/// [`snapshot_due`].
+/// Log entries per session between two snapshots: see
+/// [`snapshot_period`].
 const ENTRIES_PER_SESSION_SNAPSHOTTED: u64 = 10;
 
-/// Whether this node should snapshot now, `entries` log entries after its
-/// last snapshot, with `sessions` in the table: after `every` entries, or
-/// after one entry per [`ENTRIES_PER_SESSION_SNAPSHOTTED`] sessions if
-/// that is more. A snapshot encodes the whole table (off the write path,
-/// but on the same cores): at a fixed interval its cost per entry grew with
-/// the table (a million sessions take 2-3.5 s to encode, on every node,
-/// every 20,000 entries: about a tenth of the CPU of a million-session
-/// load at 16 clients, estimated). Spacing them by the table's size keeps the
-/// encoding work per entry bounded (a tenth of a session's), at the price
-/// of a longer log to replay after a restart (at most one entry per 10
-/// sessions) and to keep on disk until the next snapshot purges it.
-pub(crate) fn snapshot_due(entries: u64, sessions: usize, every: u64) -> bool {
-    entries >= every.max(sessions as u64 / ENTRIES_PER_SESSION_SNAPSHOTTED)
+/// Log entries between two of a node's snapshots: `every`, or one entry per
+/// [`ENTRIES_PER_SESSION_SNAPSHOTTED`] sessions if that is more. A snapshot
+/// encodes the whole table (off the write path, but on the same cores): at
+/// a fixed interval its cost per entry grew with the table (a million
+/// sessions take 2-3.5 s to encode, on every node, every 20,000 entries:
+/// about a tenth of the CPU of a million-session load at 16 clients,
+/// estimated). Spacing them by the table's size keeps the encoding work per
+/// entry bounded (a tenth of a session's), at the price of a longer log to
+/// replay after a restart (at most one entry per 10 sessions) and to keep
+/// on disk until the next snapshot purges it.
+fn snapshot_period(sessions: usize, every: u64) -> u64 {
+    every.max(sessions as u64 / ENTRIES_PER_SESSION_SNAPSHOTTED)
+}
+
+/// Whether a node should snapshot at log index `index`, its last snapshot
+/// at `last`, with `sessions` in the table. Each node snapshots where the
+/// log crosses a grid of [`snapshot_period`] shifted by its `phase` (0, 1
+/// or 2 thirds of a period; see [`snapshot_phase`]), never less than half a
+/// period and never more than a period after its last: nodes in different
+/// phases snapshot a third of a period apart instead of all at the same
+/// index, so a quorum is never all encoding at once (seen on one machine:
+/// three nodes writing 265 MB snapshots together for 10 s, heartbeats and
+/// lease renewals timed out, nodes were declared Down under load).
+pub(crate) fn snapshot_due(index: u64, last: u64, sessions: usize, every: u64, phase: u64) -> bool {
+    let period = snapshot_period(sessions, every);
+    let entries = index.saturating_sub(last);
+    if entries < period / 2 {
+        return false;
+    }
+    let offset = period * (phase % 3) / 3;
+    entries >= period || (index + offset) / period > (last + offset) / period
+}
+
+/// The snapshot phase of node `id` (see [`snapshot_due`]).
+pub(crate) fn snapshot_phase(id: NodeId) -> u64 {
+    id % 3
 }
 
 /// Triggers this node's snapshots by [`snapshot_due`] as entries apply,
@@ -112,6 +135,7 @@ pub(crate) async fn snapshot_policy(
 ) {
     let mut applied = view.subscribe();
     let mut metrics = raft.metrics();
+    let phase = snapshot_phase(metrics.borrow().id);
     loop {
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
@@ -120,7 +144,7 @@ pub(crate) async fn snapshot_policy(
         let index = *applied.borrow_and_update();
         let last = metrics.borrow().snapshot.map_or(0, |id| id.index);
         let sessions = view.read(|a| a.state.sessions.len());
-        if !snapshot_due(index.saturating_sub(last), sessions, every) {
+        if !snapshot_due(index, last, sessions, every, phase) {
             continue;
         }
         if raft.trigger().snapshot().await.is_err() {
@@ -498,15 +522,61 @@ mod tests {
 
     #[test]
     fn snapshots_are_spaced_by_the_table_size_above_the_configured_interval() {
-        // Small tables: every `every` entries, as configured.
-        assert!(!snapshot_due(19_999, 0, 20_000));
-        assert!(snapshot_due(20_000, 0, 20_000));
-        assert!(snapshot_due(20_000, 199_999, 20_000));
+        // Small tables: every `every` entries, as configured (phase 0).
+        assert!(!snapshot_due(19_999, 0, 0, 20_000, 0));
+        assert!(snapshot_due(20_000, 0, 0, 20_000, 0));
+        assert!(snapshot_due(20_000, 0, 199_999, 20_000, 0));
         // A million sessions: one entry per 10 sessions.
-        assert!(!snapshot_due(99_999, 1_000_000, 20_000));
-        assert!(snapshot_due(100_000, 1_000_000, 20_000));
+        assert!(!snapshot_due(99_999, 0, 1_000_000, 20_000, 0));
+        assert!(snapshot_due(100_000, 0, 1_000_000, 20_000, 0));
         // A small interval stays small on a small table.
-        assert!(snapshot_due(5, 40, 5));
+        assert!(snapshot_due(5, 0, 40, 5, 0));
+    }
+
+    /// The indexes at which a node of `phase` snapshots over `entries`
+    /// entries of a table of constant size (period `period`).
+    fn snapshot_points(phase: u64, period: u64, entries: u64) -> Vec<u64> {
+        let mut last = 0;
+        let mut points = Vec::new();
+        for index in 1..=entries {
+            if snapshot_due(index, last, 0, period, phase) {
+                points.push(index);
+                last = index;
+            }
+        }
+        points
+    }
+
+    #[test]
+    fn nodes_in_different_phases_snapshot_a_third_of_a_period_apart() {
+        let period = 30_000;
+        let points: Vec<Vec<u64>> = (0..3)
+            .map(|phase| snapshot_points(phase, period, 20 * period))
+            .collect();
+        for (phase, points) in points.iter().enumerate() {
+            // Between half a period and a period apart, from the start on.
+            let mut last = 0;
+            for point in points {
+                let gap = point - last;
+                assert!(
+                    (period / 2..=period).contains(&gap),
+                    "phase {phase}: a gap of {gap}"
+                );
+                last = *point;
+            }
+            assert!(points.len() >= 19, "phase {phase}: {points:?}");
+        }
+        // After the first round, any two snapshots of different nodes are
+        // at least a quarter of a period apart.
+        for a in 0..3 {
+            for b in (a + 1)..3 {
+                for x in points[a].iter().filter(|x| **x > period) {
+                    for y in points[b].iter().filter(|y| **y > period) {
+                        assert!(x.abs_diff(*y) >= period / 4, "{a} at {x}, {b} at {y}");
+                    }
+                }
+            }
+        }
     }
 
     #[tokio::test]
