@@ -159,14 +159,17 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> 
     }
     for system in &systems {
         let window = Duration::from_secs(args.idle_secs);
+        let loaded = loaded_of(&report, system);
         report
             .idle
-            .push(phases::idle_row(system, args.load, window).await);
+            .push(phases::idle_row(system, loaded, window).await);
         if args.load > 0 {
-            report.memory.push(phases::memory_row(system, args.load));
+            report.memory.push(phases::memory_row(system, loaded));
         }
     }
-    let sessions = args.load + systems.last().map_or(0, |s| report_sessions_of(&report, s));
+    let sessions = systems.last().map_or(0, |s| {
+        loaded_of(&report, s) + report_sessions_of(&report, s)
+    });
     report.placement = phases::placement(&cluster).await.map_err(failed)?;
     if !args.no_failover && sessions > 0 {
         // The leader now: an election during the load may have moved it,
@@ -241,7 +244,7 @@ async fn loaded(
     for system in systems {
         for clients in [1, *args.clients.iter().max().unwrap_or(&64)] {
             let result = cell(args, system, Op::Write, clients, Targets::All, &keys, value).await;
-            let table = args.load + report_sessions_of(report, system);
+            let table = loaded_of(report, system) + report_sessions_of(report, system);
             report.cells.push(CellRow::new(
                 system,
                 Op::Write,
@@ -283,6 +286,17 @@ fn report_sessions_of(report: &ThroughputReport, system: &System) -> usize {
         .iter()
         .filter(|c| c.backend == system.backend.name() && c.op == Op::Create)
         .map(|c| c.result.ok)
+        .sum()
+}
+
+/// Sessions (keys) the bulk load of `system` created: fewer than `--load`
+/// when it ran out of `--load-secs` or some creates failed.
+fn loaded_of(report: &ThroughputReport, system: &System) -> usize {
+    report
+        .load
+        .iter()
+        .filter(|row| row.backend == system.backend.name())
+        .map(|row| row.result.ok)
         .sum()
 }
 
