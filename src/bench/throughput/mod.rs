@@ -157,16 +157,7 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> 
     if args.load > 0 {
         loaded(args, &systems, &value, &mut report).await;
     }
-    for system in &systems {
-        let window = Duration::from_secs(args.idle_secs);
-        let loaded = loaded_of(&report, system);
-        report
-            .idle
-            .push(phases::idle_row(system, loaded, window).await);
-        if args.load > 0 {
-            report.memory.push(phases::memory_row(system, loaded));
-        }
-    }
+    idle_and_memory(args, &systems, &mut report).await;
     let sessions = systems.last().map_or(0, |s| {
         loaded_of(&report, s) + report_sessions_of(&report, s)
     });
@@ -287,6 +278,20 @@ fn report_sessions_of(report: &ThroughputReport, system: &System) -> usize {
         .filter(|c| c.backend == system.backend.name() && c.op == Op::Create)
         .map(|c| c.result.ok)
         .sum()
+}
+
+/// Phase 4: idle CPU and memory of each system on its loaded table.
+async fn idle_and_memory(args: &ThroughputArgs, systems: &[System], report: &mut ThroughputReport) {
+    for system in systems {
+        let window = Duration::from_secs(args.idle_secs);
+        let loaded = loaded_of(report, system);
+        report
+            .idle
+            .push(phases::idle_row(system, loaded, window).await);
+        if args.load > 0 {
+            report.memory.push(phases::memory_row(system, loaded));
+        }
+    }
 }
 
 /// Sessions (keys) the bulk load of `system` created: fewer than `--load`
