@@ -116,8 +116,9 @@ pub(crate) fn snapshot_due(index: u64, last: u64, sessions: usize, every: u64, p
     if entries < period / 2 {
         return false;
     }
-    let offset = period * (phase % 3) / 3;
-    entries >= period || (index + offset) / period > (last + offset) / period
+    // A period or more since the last always crosses a line of the grid.
+    let offset = period * phase / 3;
+    (index + offset) / period > (last + offset) / period
 }
 
 /// The snapshot phase of node `id` (see [`snapshot_due`]).
