@@ -25,6 +25,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
+use self::paced::PacedFile;
 use crate::model::{Command, CommandResult, NodeId, Proposal};
 use crate::state::{Changes, ClusterState};
 use crate::sync::Recover;
@@ -474,19 +475,21 @@ const SNAPSHOT_FILE: &str = "snapshot.bin";
 /// the file: the encoding of a large table is never held whole in memory;
 /// it was, twice over while its buffer grew, and a node of a million
 /// sessions went from 560 MiB to 1.1 GiB during each snapshot). Written to
-/// a temporary file, synced and renamed, so a crash leaves the old one.
+/// a temporary file, synced as it grows ([`paced`]) and at the end, and
+/// renamed, so a crash leaves the old one.
 fn write_snapshot_file(
     path: &Path,
     meta: &[u8],
-    data: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    data: impl FnOnce(&mut std::io::BufWriter<PacedFile>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    let file = PacedFile::new(std::fs::File::create(&tmp)?);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     out.write_all(&(meta.len() as u64).to_be_bytes())?;
     out.write_all(meta)?;
     data(&mut out)?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
+    let file = out.into_inner().map_err(|e| e.into_error())?.into_inner();
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
@@ -604,6 +607,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 mod legacy;
+mod paced;
 mod recent;
 
 /// The tag in front of a snapshot's data since placement constraints (the
