@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use minos::labels::{Labels, NodeTraits, Requirement};
 use minos::model::{Applied, Command, Move, NodeId, NodeStatus, Proposal, SessionId, SessionKind};
-use minos::placement::{evacuate, rebalance, repair, unplaced_reason, up_nodes, Planner};
+use minos::placement::{evacuate, place, rebalance, repair, unplaced_reason, up_nodes, Planner};
 use minos::state::ClusterState;
 use proptest::prelude::*;
 
@@ -248,6 +248,40 @@ proptest! {
         let least = per_zone.values().min().copied().unwrap_or(0);
         prop_assert!(most - least <= 1, "{per_zone:?}");
         check_constraints(&state)?;
+    }
+
+    /// A session with no requirement goes where rendezvous hashing over
+    /// the Up nodes puts it, whatever the nodes' labels and the moves
+    /// planned before, unless some Up node has a capacity; with one,
+    /// it never goes to a full node.
+    #[test]
+    fn an_unconstrained_session_goes_where_rendezvous_puts_it(
+        traits in prop::collection::vec(traits(), NODES as usize),
+        down in prop::collection::vec(any::<bool>(), NODES as usize),
+        sessions in prop::collection::vec(need(), 0..20),
+        ids in prop::collection::vec("[a-z0-9-]{1,40}", 1..20),
+    ) {
+        let mut state = table(&traits, &sessions);
+        let downs = (1..=NODES).filter(|id| down[*id as usize - 1]).map(|id| Command::NodeDown { id });
+        apply(&mut state, downs.collect());
+        let up = up_nodes(&state.nodes);
+        let up_ids: Vec<NodeId> = up.iter().map(|node| node.id).collect();
+        let limited = up.iter().any(|node| node.traits.max_sessions.is_some());
+        let kind = SessionKind::new("kv").expect("kind");
+        let mut planner = Planner::new(&state, up);
+        for id in &ids {
+            let id = SessionId::new(id.clone()).expect("id");
+            let chosen = planner.choose(&id, &kind, &Requirement::default(), None).ok();
+            if limited {
+                if let Some(node) = chosen {
+                    let max = state.nodes[&node].traits.max_sessions;
+                    prop_assert!(max.is_none_or(|max| planner.load(node) < max), "{id} to full node {node}");
+                }
+            } else {
+                prop_assert_eq!(chosen, place(&id, &up_ids), "{}", id);
+            }
+            planner.count(chosen, &kind);
+        }
     }
 }
 
