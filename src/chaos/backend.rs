@@ -58,4 +58,9 @@ pub trait Backend {
     fn log_tail(&self, _node: NodeId) -> String {
         String::new()
     }
+    /// A node's whole log (empty when the backend keeps none), for the
+    /// lines around a violation.
+    fn log(&self, _node: NodeId) -> String {
+        String::new()
+    }
 }

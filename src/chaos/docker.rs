@@ -148,6 +148,27 @@ impl DockerBackend {
             .ok_or(format!("no node {id}"))
     }
 
+    /// `docker logs` of node `id`'s container with `flags` (stdout and
+    /// stderr together; empty when docker cannot say).
+    fn docker_logs(&self, id: NodeId, flags: &[&str]) -> String {
+        let Ok(node) = self.node(id) else {
+            return String::new();
+        };
+        std::process::Command::new("docker")
+            .arg("logs")
+            .args(flags)
+            .arg(&node.container)
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default()
+    }
+
     async fn pid(&self, id: NodeId) -> Result<String, String> {
         let container = &self.node(id)?.container;
         let pid = docker(&["inspect", "-f", "{{.State.Pid}}", container]).await?;
@@ -313,20 +334,11 @@ impl Backend for DockerBackend {
     }
 
     fn log_tail(&self, node: NodeId) -> String {
-        let Ok(node) = self.node(node) else {
-            return String::new();
-        };
-        std::process::Command::new("docker")
-            .args(["logs", "--tail", "30", &node.container])
-            .output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_default()
+        self.docker_logs(node, &["--tail", "30"])
+    }
+
+    fn log(&self, node: NodeId) -> String {
+        self.docker_logs(node, &[])
     }
 }
 

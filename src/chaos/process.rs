@@ -85,4 +85,8 @@ impl Backend for ProcessBackend {
     fn log_tail(&self, node: NodeId) -> String {
         self.cluster.log_tail(node, 30)
     }
+
+    fn log(&self, node: NodeId) -> String {
+        self.cluster.log(node)
+    }
 }

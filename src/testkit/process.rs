@@ -408,10 +408,14 @@ impl ProcessCluster {
 
     /// The tail of a node's log (for failure messages).
     pub fn log_tail(&self, id: NodeId, lines: usize) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.join(format!("node{id}.log"))).unwrap_or_default();
+        let text = self.log(id);
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A node's whole log, of every process it ran as (empty if unreadable).
+    pub fn log(&self, id: NodeId) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node{id}.log"))).unwrap_or_default()
     }
 }
 

@@ -6,6 +6,7 @@
 //! history to the checkers: the append rules and the register
 //! linearizability checker.
 
+mod logs;
 mod player;
 mod probes;
 mod report;
@@ -114,6 +115,7 @@ pub async fn run_with<B: Backend>(
     }
 
     let t0 = Instant::now();
+    let started = chrono::Utc::now();
     let deadline = t0 + config.duration;
     let tap = Arc::new(WriteTap::default());
     let writes = tap.subscribe();
@@ -141,6 +143,7 @@ pub async fn run_with<B: Backend>(
     read_registers(&mut player, &registers, &mut ops, config).await;
     ops.sort_by_key(|op| (op.start_us, op.end_us));
     let check = check_history(&mut player, &ops, &finals, config).await?;
+    logs::print_around(backend, &check.violations, started);
     Ok(ChaosReport {
         seed: config.seed,
         backend: backend.name(),
