@@ -71,11 +71,11 @@ fn window(log: &str, from: DateTime<Utc>, to: DateTime<Utc>, max: usize) -> (Vec
         return (lines, 0);
     }
     let total = lines.len();
-    let own = lines.iter().filter(|l| l.contains(" minos::")).count();
-    let mut room_for_rest = max.saturating_sub(own);
+    let own_lines = lines.iter().filter(|l| own(l)).count();
+    let mut room_for_rest = max.saturating_sub(own_lines);
     let mut kept_own = 0;
     lines.retain(|line| {
-        if line.contains(" minos::") {
+        if own(line) {
             kept_own += 1;
             kept_own <= max
         } else if room_for_rest > 0 {
@@ -87,6 +87,15 @@ fn window(log: &str, from: DateTime<Utc>, to: DateTime<Utc>, max: usize) -> (Vec
     });
     let kept = lines.len();
     (lines, total - kept)
+}
+
+/// True for a line logged by minos's own code: its target (after the time
+/// and the level) is a `minos::` module (an openraft line may quote one of
+/// minos's errors).
+fn own(line: &str) -> bool {
+    line.split_whitespace()
+        .nth(2)
+        .is_some_and(|target| target.starts_with("minos::"))
 }
 
 /// The RFC 3339 time a log line starts with.
@@ -109,7 +118,7 @@ mod tests {
 
     const LOG: &str = "\
 2026-12-04T03:47:36.900000Z  INFO minos::scheduler: before
-2026-12-04T03:47:37.000000Z  WARN openraft::core: in 1
+2026-12-04T03:47:37.000000Z  WARN openraft::core: in 1 error=minos::peer::Error
   a continuation of it
 2026-12-04T03:47:37.100000Z  INFO minos::runtime: in 2
 2026-12-04T03:47:37.200000Z  INFO openraft::replication: in 3
@@ -139,6 +148,7 @@ mod tests {
         );
         assert_eq!(left_out, 3);
         assert_eq!(lines.len(), 3);
-        assert!(lines.iter().all(|l| l.contains(" minos::")), "{lines:?}");
+        assert!(lines.iter().all(|l| own(l)), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("openraft")), "{lines:?}");
     }
 }
