@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::super::backend::Backend;
 use super::super::checker::Violation;
+use crate::model::NodeId;
 
 /// Log lines kept per node and violation.
 const LINES: usize = 120;
@@ -21,6 +22,16 @@ pub(super) fn print_around<B: Backend>(
     violations: &[Violation],
     started: DateTime<Utc>,
 ) {
+    if violations.is_empty() {
+        return;
+    }
+    // Each log read once (a docker backend asks `docker logs` for it).
+    let logs: Vec<(NodeId, String)> = backend
+        .nodes()
+        .into_iter()
+        .map(|node| (node, backend.log(node)))
+        .filter(|(_, log)| !log.is_empty())
+        .collect();
     for violation in violations.iter().take(VIOLATIONS) {
         let (Some(first), Some(last)) = (
             violation.ops.iter().map(|op| op.start_us).min(),
@@ -30,12 +41,8 @@ pub(super) fn print_around<B: Backend>(
         };
         let from = started + micros(first) - Duration::milliseconds(1500);
         let to = started + micros(last) + Duration::milliseconds(500);
-        for node in backend.nodes() {
-            let log = backend.log(node);
-            if log.is_empty() {
-                continue;
-            }
-            let (lines, left_out) = window(&log, from, to, LINES);
+        for (node, log) in &logs {
+            let (lines, left_out) = window(log, from, to, LINES);
             eprintln!(
                 "chaos: node {node} from {} to {} ({} on {}; {left_out} more lines left out):\n{}",
                 from.format("%H:%M:%S%.3f"),
