@@ -83,10 +83,13 @@ const POLL: Duration = Duration::from_millis(10);
 /// suite's linearizability checker, likeliest cause: a table read after a
 /// SIGKILL of the leader, restarted within 0.43 s, returned the value
 /// before a write acknowledged 50 ms before the read started). Every
-/// acknowledged write
-/// is in the leader's log (it was flushed there before it counted towards
-/// its commit), so waiting for the last index of that log covers it; the
-/// price is waiting, under writes, for the entries in flight to commit.
+/// acknowledged write is in the leader's log (it was flushed there before
+/// it counted towards its commit), so waiting for the last index of that
+/// log covers it; the price is waiting, under writes, for the entries in
+/// flight to commit. The last index is taken from openraft's metrics, which
+/// may lag its core by a little but never below the log a restarted leader
+/// loaded at start-up, and `ensure_linearizable` has passed through the
+/// core since.
 pub(crate) fn read_index_of(confirmed: Option<u64>, last_log: Option<u64>) -> u64 {
     confirmed.max(last_log).unwrap_or(0)
 }
